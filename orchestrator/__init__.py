@@ -1,0 +1,1 @@
+"""ecapture: a declarative, YAML-driven eBPF capture orchestrator."""

@@ -1,0 +1,1 @@
+"""Kernel side: target discovery, hook tables, rendering, event layout, loading and attaching."""

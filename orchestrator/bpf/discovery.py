@@ -1,0 +1,249 @@
+"""Target discovery: which file to attach to, which symbols it has, which processes run it.
+
+Reads ELF files (pyelftools), the dynamic linker cache (`ldconfig -p`) and /proc.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from dataclasses import dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+
+from orchestrator.bpf import hooks as hooks_mod
+from orchestrator.spec import models
+
+FUNC_TYPES = ("STT_FUNC", "STT_GNU_IFUNC")
+BIN_DIRS = ("/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
+
+
+class DiscoveryError(Exception):
+    """A target that cannot be attached: names the profile field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Resolution:
+    attach_path: str                 # the ELF file the uprobes go into
+    hooks: tuple                     # hooks whose symbol exists there
+    missing_optional: tuple[str, ...]
+    scope_paths: tuple[str, ...]     # exec paths that put a process in scope; () = no scoping
+    scope_real: str | None           # the program's real path, to find running instances
+    how: str                         # how the attach path was found, for `plan`
+
+
+@functools.lru_cache(maxsize=256)
+def _elf_info(path: str, mtime_ns: int):
+    """(defined function symbols, DT_NEEDED) of an ELF file."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        symbols: set[str] = set()
+        needed: list[str] = []
+        for section in elf.iter_sections():
+            if section.header.sh_type in ("SHT_SYMTAB", "SHT_DYNSYM"):
+                for sym in section.iter_symbols():
+                    if sym["st_info"]["type"] in FUNC_TYPES and sym["st_shndx"] != "SHN_UNDEF" and sym.name:
+                        symbols.add(sym.name.split("@")[0])
+            elif isinstance(section, DynamicSection):
+                needed += [t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+    return frozenset(symbols), tuple(needed)
+
+
+def elf_info(path: str):
+    try:
+        return _elf_info(path, os.stat(path).st_mtime_ns)
+    except (OSError, ELFError) as exc:
+        raise DiscoveryError("", f"{path}: cannot read ELF: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _ld_cache() -> dict[str, str]:
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    cache: dict[str, str] = {}
+    for line in out.splitlines()[1:]:
+        name, _, rest = line.strip().partition(" ")
+        if "=>" in rest and "x86-64" in rest or "=>" in rest and "(libc6)" in rest:
+            cache.setdefault(name, rest.split("=>", 1)[1].strip())
+    return cache
+
+
+def find_library(soname: str) -> str | None:
+    path = _ld_cache().get(soname)
+    if path and os.path.exists(path):
+        return path
+    for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"):
+        if os.path.exists(os.path.join(d, soname)):
+            return os.path.join(d, soname)
+    return None
+
+
+def running_instances(real_path: str) -> list[int]:
+    """PIDs of processes whose executable is `real_path`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/exe") == real_path:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def mapped_library(pid: int, prefixes: tuple[str, ...]) -> str | None:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6:
+                    path = parts[5].strip()
+                    if os.path.basename(path).startswith(prefixes):
+                        return path
+    except OSError:
+        return None
+    return None
+
+
+def exec_aliases(path: str) -> tuple[str, ...]:
+    """Paths by which a program is typically exec'd: itself, its real path, and links to it."""
+    real = os.path.realpath(path)
+    aliases = {path, real}
+    dirs = set(BIN_DIRS) | {os.path.dirname(path), os.path.dirname(real)}
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            full = os.path.join(d, name)
+            if os.path.islink(full) and os.path.realpath(full) == real:
+                aliases.add(full)
+    # merged /usr: /bin/x and /usr/bin/x are one file reached by two names.
+    for a in list(aliases):
+        for d in BIN_DIRS:
+            candidate = os.path.join(d, os.path.basename(a))
+            if os.path.realpath(candidate) == real and os.path.realpath(d) == os.path.realpath(os.path.dirname(a)):
+                aliases.add(candidate)
+    return tuple(sorted(aliases))
+
+
+def resolve(target: models.Target) -> Resolution:
+    hooks = hooks_mod.hooks_for(target)
+    binary = target.binary or hooks_mod.DEFAULT_BINARY.get(target.kind)
+    if target.library:
+        attach, how, field = target.library, "library given", "library"
+    elif target.kind in hooks_mod.LIBRARY_SONAMES:
+        attach, how = _library_of(binary, hooks_mod.LIBRARY_SONAMES[target.kind], hooks)
+        field = "binary"
+    else:
+        attach, how, field = binary, "binary", "binary"
+    if not os.path.exists(attach):
+        raise DiscoveryError(field, f"{attach}: no such file")
+    symbols, _ = _elf_info_for(attach, field)
+    found, missing_optional = [], []
+    for h in hooks:
+        if h.symbol in symbols:
+            found.append(h)
+        elif h.optional:
+            missing_optional.append(h.symbol)
+        else:
+            raise DiscoveryError("symbol" if target.kind == "uprobe" else field,
+                                 f"{attach}: no function symbol {h.symbol!r}")
+    scoped = binary is not None and os.path.realpath(attach) != os.path.realpath(binary)
+    return Resolution(
+        attach_path=attach, hooks=tuple(found), missing_optional=tuple(missing_optional),
+        scope_paths=exec_aliases(binary) if scoped else (),
+        scope_real=os.path.realpath(binary) if binary else None, how=how,
+    )
+
+
+def _elf_info_for(path: str, field: str):
+    try:
+        return elf_info(path)
+    except DiscoveryError as exc:
+        raise DiscoveryError(field, exc.message) from None
+
+
+def _needed_library(needed, prefixes, limit: int = 64):
+    """Breadth-first through DT_NEEDED (curl → libcurl → libssl)."""
+    queue, seen, via = list(needed), set(), {}
+    while queue and len(seen) < limit:
+        soname = queue.pop(0)
+        if soname in seen:
+            continue
+        seen.add(soname)
+        path = find_library(soname)
+        if not path:
+            continue
+        if soname.startswith(prefixes):
+            chain = " → ".join([*via.get(soname, ()), soname])
+            return path, f"DT_NEEDED {chain}"
+        try:
+            _, deeper = elf_info(path)
+        except DiscoveryError:
+            continue
+        for d in deeper:
+            via.setdefault(d, (*via.get(soname, ()), soname))
+        queue += deeper
+    return None
+
+
+def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str]:
+    if not os.path.exists(binary):
+        raise DiscoveryError("binary", f"{binary}: no such file")
+    symbols, needed = _elf_info_for(binary, "binary")
+    if all(h.symbol in symbols for h in hooks if not h.optional):
+        return binary, "statically linked into the binary"
+    found = _needed_library(needed, prefixes)
+    if found:
+        return found
+    for pid in running_instances(os.path.realpath(binary)):
+        path = mapped_library(pid, prefixes)
+        if path and os.path.exists(path):
+            return path, f"mapped by running pid {pid}"
+    raise DiscoveryError(
+        "binary",
+        f"{binary}: no {'/'.join(p + '*' for p in prefixes)} among its DT_NEEDED and no running instance maps one;"
+        " set `library:` to the library it loads",
+    )
+
+
+def processes_mapping(path: str) -> list[int]:
+    """PIDs of processes that have `path` mapped."""
+    real = os.path.realpath(path)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as f:
+                if any(line.rstrip().endswith(real) for line in f):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def comm_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def uid_of(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1

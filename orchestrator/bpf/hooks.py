@@ -1,0 +1,108 @@
+"""Hooks: the one machinery every target kind is made of.
+
+A hook is a function to probe, when to record (entry or return), which arguments to
+read and how the record is labelled. `kind: uprobe` targets spell one hook out in
+YAML; the built-in kinds (`openssl`, `bash`) are tables of the same hooks below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.spec import models
+
+RET = models.RET
+
+# Record kinds: the numbers are part of the kernel ABI (common.h RECORD_*).
+RECORD_NONE = 0       # records nothing: a TLS handshake, watched to learn the session's socket
+RECORD_DATA = 1       # TLS/socket plaintext: `data` records with a direction
+RECORD_COMMAND = 2    # a shell command line: `bash.command`
+RECORD_CALL = 3       # a generic function call: `uprobe.call`
+
+DIR_NONE, DIR_READ, DIR_WRITE = 0, 1, 2
+
+# How the length of a `bytes` payload is found.
+LEN_ARG = "arg"        # another argument's value
+LEN_RET = "ret"        # the return value
+LEN_DEREF = "deref"    # a size_t the argument points to (SSL_read_ex's *readbytes)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The one variable-length value a hook copies out (a string or a byte buffer)."""
+    source: int | str           # arg index or RET
+    type: str                   # string | bytes
+    length_kind: str | None = None
+    length_from: int | None = None   # arg index for LEN_ARG / LEN_DEREF
+    length32: bool = False           # the length argument is a C int: only its low 32 bits count
+
+
+@dataclass(frozen=True)
+class Hook:
+    symbol: str
+    on: str                                  # entry | return
+    record: int
+    direction: int = DIR_NONE
+    scalars: tuple[tuple[int | str, str, str], ...] = ()  # (index, name, int|uint), at most 6
+    payload: Payload | None = None
+    name: str | None = None                  # payload's name in uprobe.call records
+    session_arg: int | None = None           # arg identifying a TLS session: its fd is learnt from syscalls
+    success: str | None = None               # "ret>0" | "ret==1": only record successful calls
+    optional: bool = False                   # a library may lack it (e.g. the _ex pair before OpenSSL 1.1.1)
+    ret32: bool = False                      # returns a C int: sign-extend the low 32 bits
+
+    @property
+    def needs_conn(self) -> bool:
+        return self.session_arg is not None
+
+
+def _tls(symbol: str, direction: int, ex: bool) -> Hook:
+    # SSL_read(ssl, buf, num) -> n ; SSL_read_ex(ssl, buf, num, size_t *readbytes) -> 1/0
+    length = Payload(1, "bytes", LEN_DEREF, 3) if ex else Payload(1, "bytes", LEN_RET)
+    return Hook(symbol, "return", RECORD_DATA, direction, payload=length, session_arg=0,
+                success="ret==1" if ex else "ret>0", optional=ex, ret32=True)
+
+
+BUILTIN: dict[str, tuple[Hook, ...]] = {
+    "openssl": (
+        _tls("SSL_write", DIR_WRITE, False),
+        _tls("SSL_read", DIR_READ, False),
+        _tls("SSL_write_ex", DIR_WRITE, True),
+        _tls("SSL_read_ex", DIR_READ, True),
+        # Data already buffered during the handshake is read without a syscall; the handshake's own
+        # syscalls tell which socket a new session uses.
+        Hook("SSL_do_handshake", "return", RECORD_NONE, session_arg=0),
+    ),
+    # readline() returns the line the user typed.
+    "bash": (Hook("readline", "return", RECORD_COMMAND, payload=Payload(RET, "string")),),
+}
+
+# Where a kind's probes go when the profile names only a program.
+LIBRARY_SONAMES = {"openssl": ("libssl.so",)}
+DEFAULT_BINARY = {"bash": "/bin/bash"}
+
+
+SCALAR_TYPES = ("int", "uint", "long", "ulong")
+
+
+def hooks_for(target: models.Target) -> tuple[Hook, ...]:
+    if target.kind in BUILTIN:
+        return BUILTIN[target.kind]
+    return (_uprobe_hook(target),)
+
+
+def _uprobe_hook(t: models.Target) -> Hook:
+    scalars = tuple((a.index, a.name, a.type) for a in t.args if a.type in SCALAR_TYPES)
+    payload, name = None, None
+    for a in t.args:
+        if a.type in ("string", "bytes"):
+            name = a.name
+            if a.type == "string":
+                payload = Payload(a.index, "string")
+            elif a.length_arg == RET:
+                payload = Payload(a.index, "bytes", LEN_RET)
+            else:
+                length_type = next((b.type for b in t.args if b.index == a.length_arg), "long")
+                payload = Payload(a.index, "bytes", LEN_ARG, a.length_arg, length32=length_type in ("int", "uint"))
+    ret_type = next((a.type for a in t.args if a.index == RET), None)
+    return Hook(t.symbol, t.on, RECORD_CALL, scalars=scalars, payload=payload, name=name,
+                ret32=ret_type in ("int", "uint"))

@@ -1,0 +1,161 @@
+"""Load a rendered target into the kernel and attach its probes, all-or-nothing.
+
+`LoadedTarget.load()` compiles with bcc, seeds the process scope, attaches every hook
+and rolls everything back if any step fails. `close()` detaches best-effort.
+This module is the single Python owner of `templates/kern/probes.c.j2` programs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass, field
+
+from orchestrator.bpf import discovery, layout, render
+from orchestrator.plan import model as plan_model
+
+
+class LoadError(Exception):
+    """Compiling or attaching a target failed; nothing of it stays attached."""
+
+
+@dataclass
+class AttachPoint:
+    path: str
+    symbol: str
+    kind: str           # uprobe | uretprobe
+    pid: int            # -1: every process mapping the file
+
+
+@dataclass
+class LoadedTarget:
+    probe_set: plan_model.ProbeSet
+    bpf: object = None
+    attached: list[AttachPoint] = field(default_factory=list)
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def load(self, on_event=None) -> "LoadedTarget":
+        """Compile, attach and open the ring buffer; on any failure detach what was attached and raise."""
+        import bcc  # Debian's python3-bpfcc; imported late so pure commands work without it
+
+        ps = self.probe_set
+        quiet = _quiet_stderr()
+        try:
+            with quiet:
+                self.bpf = bcc.BPF(text=ps.rendered.text.encode(), cflags=render.cflags())
+        except Exception as exc:  # bcc raises bare Exception on compile/load errors
+            self.bpf = None
+            errors = [ln for ln in getattr(quiet, "text", "").splitlines() if "error" in ln]
+            raise LoadError(f"compile failed: {'; '.join(errors[:3]) or _first_line(exc)}") from None
+        try:
+            if ps.scope_real:
+                self._seed_scope()
+            for i, hook in enumerate(ps.hooks):
+                pids = ps.target.filters.pids or (-1,)
+                for pid in pids:
+                    self._attach(hook, i, pid)
+            if on_event is not None:
+                self.bpf["events"].open_ring_buffer(on_event)
+        except Exception as exc:
+            self.close()
+            if isinstance(exc, LoadError):
+                raise
+            raise LoadError(f"attach failed: {_first_line(exc)}") from None
+        return self
+
+    def _attach(self, hook, index: int, pid: int):
+        path = self.probe_set.attach_path
+        steps = [("uprobe", f"hook_{index}_entry")]
+        if hook.on == "return":
+            steps.append(("uretprobe", f"hook_{index}_return"))
+        for kind, fn in steps:
+            attach = self.bpf.attach_uprobe if kind == "uprobe" else self.bpf.attach_uretprobe
+            try:
+                with _quiet_stderr():
+                    attach(name=path, sym=hook.symbol, fn_name=fn.encode(), pid=pid)
+            except Exception as exc:
+                raise LoadError(f"cannot attach {kind} {hook.symbol} in {path}"
+                                f"{'' if pid < 0 else f' (pid {pid})'}: {_first_line(exc)}") from None
+            self.attached.append(AttachPoint(path, hook.symbol, kind, pid))
+
+    def _seed_scope(self):
+        table = self.bpf["scope"]
+        for pid in discovery.running_instances(self.probe_set.scope_real):
+            table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def losses(self) -> dict[str, int]:
+        """Kernel-side loss counters, summed over CPUs, by stage."""
+        if self.bpf is None:
+            return {}
+        table = self.bpf["lost"]
+        out = {}
+        for slot, stage in layout.LOSS_STAGES.items():
+            out[stage] = sum(int(v) for v in table.getvalue(ctypes.c_int(slot)))
+        return out
+
+    def detach_probes(self) -> None:
+        """Stop new events: detach every uprobe, keep maps and the ring buffer readable."""
+        for point in reversed(self.attached):
+            detach = self.bpf.detach_uprobe if point.kind == "uprobe" else self.bpf.detach_uretprobe
+            try:
+                with _quiet_stderr():
+                    detach(name=point.path, sym=point.symbol, pid=point.pid)
+            except Exception:
+                pass
+        self.attached.clear()
+
+    def drain(self) -> None:
+        """Deliver what is still in the ring buffer to the callback."""
+        if self.bpf is not None and not self._closed:
+            self.bpf.ring_buffer_consume()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed or self.bpf is None:
+                self._closed = True
+                return
+            self._closed = True
+            try:
+                with _quiet_stderr():
+                    self.bpf.cleanup()
+            except Exception:
+                pass
+            self.attached.clear()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if len(text.splitlines()) == 1 else text.splitlines()[-1]
+
+
+class _quiet_stderr:
+    """bcc and LLVM print warnings straight to fd 2; keep them off the user's terminal.
+
+    Captured text is kept on `.text` for error messages.
+    """
+    _lock = threading.Lock()
+
+    def __enter__(self):
+        if os.environ.get("ECAPTURE_BCC_DEBUG"):
+            return self
+        self._lock.acquire()
+        import tempfile
+        self._tmp = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._tmp.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if os.environ.get("ECAPTURE_BCC_DEBUG"):
+            return False
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        self.text = self._tmp.read().decode(errors="replace")
+        self._tmp.close()
+        self._lock.release()
+        return False

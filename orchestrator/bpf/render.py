@@ -1,0 +1,132 @@
+"""Render a target's BPF C from `templates/kern/probes.c.j2`.
+
+The template context holds only validated ints, bools and byte values: no text from
+a profile reaches the C. `ecapture render` prints exactly what this returns.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from orchestrator.bpf import hooks as hooks_mod
+from orchestrator.spec import models
+
+KERN_DIR = Path(__file__).resolve().parents[2] / "templates" / "kern"
+TEMPLATE = "probes.c.j2"
+FNV_OFFSET, FNV_PRIME = 14695981039346656037, 1099511628211
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    digest: str          # sha256 of text + common.h: identical digests compile identically
+
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(KERN_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        extensions=["jinja2.ext.loopcontrols"],
+    )
+
+
+def path_hash(path: str) -> int:
+    """FNV-1a 64 of a path, as the kernel computes it at exec (probes.c.j2: path_hash)."""
+    h = FNV_OFFSET
+    for b in path.encode()[:255]:
+        h ^= b
+        h = (h * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def possible_cpus() -> int:
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def _ident(text: str) -> str:
+    # Names are schema-checked ([a-z0-9_-]); this keeps the comment line safe regardless.
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)[:63]
+
+
+def _comm_bytes(name: str) -> list[int]:
+    raw = name.encode("ascii")
+    if not 0 < len(raw) <= 15:
+        raise ValueError(f"comm {name!r} must be 1 to 15 ASCII characters")
+    return list(raw) + [0]   # the trailing NUL makes it an exact, not a prefix, match
+
+
+def _int_list(values, lo: int, hi: int) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"{v!r} is not an integer in [{lo}, {hi}]")
+        out.append(int(v))
+    return out
+
+
+def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
+    payload = None
+    if h.payload is not None:
+        src = h.payload.source
+        payload = {
+            "source": "ret" if src == models.RET else _int_list([src], 0, 5)[0],
+            "type": {"string": "string", "bytes": "bytes"}[h.payload.type],
+            "length_kind": {None: None, "arg": "arg", "ret": "ret", "deref": "deref"}[h.payload.length_kind],
+            "length_from": None if h.payload.length_from is None else _int_list([h.payload.length_from], 0, 5)[0],
+            "length32": bool(h.payload.length32),
+        }
+    return {
+        "index": index,
+        "comment": f"{'entry' if h.on == 'entry' else 'return'} probe, record kind {int(h.record)}",
+        "on": {"entry": "entry", "return": "return"}[h.on],
+        "record": _int_list([h.record], 0, 3)[0],
+        "direction": _int_list([h.direction], 0, 2)[0],
+        "scalar_indexes": sorted({_int_list([i], 0, 5)[0] for i, _, _ in h.scalars if i != models.RET}),
+        "payload": payload,
+        "session_arg": None if h.session_arg is None else _int_list([h.session_arg], 0, 5)[0],
+        "ret32": bool(h.ret32),
+        "success": {None: None, "ret>0": "ret>0", "ret==1": "ret==1"}[h.success],
+    }
+
+
+def context(profile_name: str, target: models.Target, hooks, scope_paths=()) -> dict:
+    f = target.filters
+    return {
+        "ident": {"profile": _ident(profile_name), "target": _ident(target.name)},
+        "max_bytes": _int_list([target.max_bytes], 16, 65536)[0],
+        "ring_pages": _int_list([target.ring_buffer_kib // 4], 1, 16384)[0],
+        "cpus": possible_cpus(),
+        "filters": {
+            "pids": _int_list(f.pids, 1, 4194304),
+            "uids": _int_list(f.uids, 0, 4294967294),
+            "comm": [_comm_bytes(c) for c in f.comm],
+            "ports": _int_list(f.ports, 1, 65535),
+        },
+        "scope": sorted({path_hash(p) for p in scope_paths}),
+        "conn": any(h.needs_conn for h in hooks),
+        "hooks": [_hook_context(i, h) for i, h in enumerate(hooks)],
+    }
+
+
+def render(profile_name: str, target: models.Target, hooks, scope_paths=()) -> Rendered:
+    text = _env().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths))
+    common = (KERN_DIR / "common.h").read_bytes()
+    return Rendered(text, hashlib.sha256(text.encode() + common).hexdigest())
+
+
+def cflags() -> list[str]:
+    return [f"-I{KERN_DIR}"]

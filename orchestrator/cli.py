@@ -1,0 +1,204 @@
+"""The `ecapture` command line: parse arguments, call the library, map errors to exit codes."""
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from orchestrator import preflight
+from orchestrator.bpf import discovery
+from orchestrator.plan import build
+from orchestrator.spec import errors, load
+
+EXIT_INVALID, EXIT_USAGE, EXIT_PRECONDITION = 1, 2, 3
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    help="Declarative eBPF capture: describe targets in YAML profiles, then [bold]ecapture apply[/bold] them.\n\n"
+         "Typical flow: [cyan]validate[/cyan] a profile, look at the [cyan]plan[/cyan], [cyan]apply[/cyan] it "
+         "(as root). [cyan]render[/cyan] shows the exact BPF C that would be compiled.",
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+PathsArg = typer.Argument(..., help="Profile files, or directories holding *.yaml profiles.", show_default=False)
+
+
+def _say(line: str) -> None:
+    err.print(f"[dim]ecapture:[/dim] {escape(line)}")
+
+
+def _fail(line: str) -> None:
+    err.print(f"[red]error:[/red] {escape(line)}")
+
+
+def _load_all(paths) -> tuple[list, bool]:
+    profiles, ok = [], True
+    files = load.discover(paths)
+    if not files:
+        _fail(f"no profiles found in {', '.join(map(str, paths))}")
+        return [], False
+    for path in files:
+        try:
+            profiles.append(load.load_file(path))
+        except errors.ProfileError as exc:
+            ok = False
+            for issue in exc.issues:
+                err.print(escape(str(issue)))
+    return profiles, ok
+
+
+@app.command()
+def validate(paths: List[Path] = PathsArg) -> None:
+    """Check profiles: schema, semantics, and that every binary, library and symbol exists.
+
+    Prints one [bold]file:line:col: field.path: message[/bold] line per problem and exits 1 if there is any.
+    """
+    profiles, ok = _load_all(paths)
+    for profile in profiles:
+        _, failed = build.plan_profile(profile)
+        for f in failed:
+            ok = False
+            idx = [t.name for t in profile.targets].index(f.target.name)
+            err.print(escape(f"{profile.path}:{f.target.line}:7: spec.targets[{idx}].{f.field}: {f.message}"))
+        if not failed:
+            print(f"{profile.path}: ok ({len(profile.targets)} target(s))")
+    raise typer.Exit(0 if ok else EXIT_INVALID)
+
+
+@app.command()
+def render(path: Path = typer.Argument(..., help="One profile file.", show_default=False),
+           target: Optional[str] = typer.Option(None, "--target", "-t", help="Only this target.")) -> None:
+    """Print the exact BPF C that [bold]apply[/bold] compiles for each target of a profile."""
+    profiles, ok = _load_all([path])
+    if not ok:
+        raise typer.Exit(EXIT_INVALID)
+    profile = profiles[0]
+    if target and target not in [t.name for t in profile.targets]:
+        _fail(f"{profile.path}: no target named {target!r} (have: {', '.join(t.name for t in profile.targets)})")
+        raise typer.Exit(EXIT_USAGE)
+    sets, failed = build.plan_profile(profile)
+    for f in failed:
+        if not target or f.target.name == target:
+            _fail(f"{f.file}:{f.target.line}:7: {f.field}: {f.message}")
+    chosen = [s for s in sets if not target or s.target.name == target]
+    for ps in chosen:
+        if len(chosen) > 1:
+            print(f"/* ===== target {ps.target.name} ===== */")
+        sys.stdout.write(ps.rendered.text)
+    raise typer.Exit(0 if chosen and not any(not target or f.target.name == target for f in failed)
+                     else EXIT_INVALID)
+
+
+@app.command()
+def plan(paths: List[Path] = PathsArg) -> None:
+    """Show what [bold]apply[/bold] would attach where, and which running processes match now."""
+    profiles, ok = _load_all(paths)
+    out = Console(highlight=False, soft_wrap=True)
+    for profile in profiles:
+        out.print(f"[bold]{escape(profile.name)}[/bold] [dim]({escape(profile.path)})[/dim]")
+        sets, failed = build.plan_profile(profile)
+        for ps in sets:
+            t = ps.target
+            out.print(f"  [cyan]{escape(t.name)}[/cyan] kind={t.kind} digest={ps.digest}")
+            out.print(f"    attach: {escape(ps.attach_path)} [dim]({escape(ps.how)})[/dim]")
+            for h in ps.hooks:
+                out.print(f"      {escape(h.symbol)} on {h.on}")
+            if ps.missing_optional:
+                out.print(f"    [dim]absent (optional): {', '.join(ps.missing_optional)}[/dim]")
+            f = t.filters
+            filt = ", ".join(f"{k}={list(v)}" for k, v in (("pids", f.pids), ("uids", f.uids), ("comm", f.comm),
+                                                           ("ports", f.ports)) if v) or "none"
+            out.print(f"    filters: {escape(filt)}")
+            if ps.scope_paths:
+                out.print(f"    scope: processes executing {escape(', '.join(ps.scope_paths))} (and their children)")
+            pids = _matching_now(ps)
+            out.print(f"    running now: {', '.join(map(str, pids[:20])) or 'none'}"
+                      f"{' …' if len(pids) > 20 else ''}")
+        for fl in failed:
+            ok = False
+            out.print(f"  [red]{escape(fl.target.name)}: cannot attach: {escape(fl.message)}[/red]")
+    raise typer.Exit(0 if ok else EXIT_INVALID)
+
+
+def _matching_now(ps) -> list[int]:
+    f = ps.target.filters
+    if ps.scope_real and ps.scope_paths:
+        pids = discovery.running_instances(ps.scope_real)
+    elif ps.scope_real and not ps.scope_paths and ps.attach_path == ps.scope_real:
+        pids = discovery.running_instances(ps.scope_real)
+    else:
+        pids = discovery.processes_mapping(ps.attach_path)
+    if f.pids:
+        pids = [p for p in pids if p in f.pids]
+    if f.comm:
+        pids = [p for p in pids if discovery.comm_of(p) in f.comm]
+    if f.uids:
+        pids = [p for p in pids if discovery.uid_of(p) in f.uids]
+    return sorted(pids)
+
+
+@app.command()
+def apply(paths: List[Path] = PathsArg,
+          duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: run until "
+                                                              "Ctrl-C / SIGTERM)."),
+          ready_file: Optional[Path] = typer.Option(None, help="Write this file once every target is attached.")
+          ) -> None:
+    """Capture: attach every target of the profiles and stream records to their sinks until stopped.
+
+    Needs root. Targets that cannot attach are reported and skipped; the rest keep running.
+    On exit every probe is detached and a summary (events, records, losses) is printed.
+    """
+    from orchestrator.reconcile import session as session_mod
+
+    problems = preflight.problems()
+    if problems:
+        for p in problems:
+            _fail(p)
+        raise typer.Exit(EXIT_PRECONDITION)
+    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(escape(line)))
+    if not load.discover(paths):
+        _fail(f"no profiles found in {', '.join(map(str, paths))}")
+        raise typer.Exit(EXIT_USAGE)
+    if sess.load_profiles() == 0:
+        raise typer.Exit(EXIT_INVALID)
+
+    def on_signal(signum, _frame):
+        sess.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        sess.run(duration=duration, ready_file=str(ready_file) if ready_file else None)
+    finally:
+        summary = sess.shutdown()
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    events = sum(summary["events"].values())
+    recs = ", ".join(f"{k}={v}" for k, v in sorted(summary["records"].items())) or "none"
+    losses = summary["losses"]
+    _say(f"stopped after {summary['seconds']} s: {events} event(s); records: {recs}")
+    if losses:
+        for (profile, target, stage), n in sorted(losses.items()):
+            err.print(f"[red]loss:[/red] {escape(profile)}/{escape(target)} {escape(stage)}: {n}")
+    else:
+        _say("losses: 0")
+    if summary["failed_targets"]:
+        _say(f"targets that did not run: {', '.join(summary['failed_targets'])}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Sans-IO protocol parsers: bytes of captured streams in, protocol events out."""

@@ -1,0 +1,1 @@
+"""Event pipeline: ring-buffer polling, decoding, connection tracking, ordered per-connection workers."""

@@ -1,0 +1,144 @@
+"""Per-connection ordered workers: each holds one connection's parser state.
+
+A worker sees its connection's events in ring-buffer order and turns them into
+records: parsed protocol messages where a parser applies, raw `data` otherwise.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from orchestrator.bpf import layout
+from orchestrator.parsers import http1
+from orchestrator.pipeline import events, sockets
+
+DIRECTIONS = {layout.DIR_READ: "read", layout.DIR_WRITE: "write"}
+
+
+def _headers(pairs) -> dict:
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def _body_fields(body: bytes, body_len: int, truncated: bool) -> dict:
+    text, enc = events.text_or_base64(body)
+    d = {"body": text, "body_len": body_len}
+    if enc:
+        d["body_encoding"] = enc
+    if truncated:
+        d["truncated"] = True
+    return d
+
+
+class ConnectionWorker:
+    """State of one connection (one TLS session or socket of one process)."""
+    __slots__ = ("key", "parsers_allowed", "fd", "conn", "conn_resolved", "streams", "pending", "last_seen",
+                 "excluded", "ports", "last_event", "ident")
+
+    def __init__(self, key, parsers_allowed, ports=()):
+        self.key = key
+        self.parsers_allowed = parsers_allowed     # None: auto-detect; () raw only
+        self.fd = None
+        self.conn = None
+        self.conn_resolved = False
+        self.streams: dict[int, object] = {}       # direction → Http1Parser | "raw"
+        self.pending: deque = deque()               # (ts, method, path) of requests awaiting a response
+        self.last_seen = 0
+        self.excluded = False                       # a userspace port filter rejected it
+        self.ports = ports
+        self.last_event = None
+        self.ident = None
+
+    def _reset(self):
+        self.streams.clear()
+        self.pending.clear()
+        self.conn = None
+        self.conn_resolved = False
+        self.excluded = False
+        self.ident = None
+
+    def _resolve_conn(self, ev: events.Event):
+        conn = ev.conn_tuple()
+        if conn is None or conn[0][1] == 0:
+            # Not seen by the kernel (predates capture, or accept() without an address).
+            found = sockets.lookup(ev.pid, ev.fd) if ev.fd >= 0 else None
+            conn = found or conn
+        self.conn = conn
+        self.conn_resolved = True
+        if self.ports and conn is not None and conn[0][1] not in self.ports and conn[1][1] not in self.ports:
+            self.excluded = True
+
+    def handle(self, ev: events.Event, out: list) -> None:
+        self.last_seen = ev.ts
+        self.last_event = ev
+        ident = (ev.fd, ev.lport, ev.rport, ev.laddr, ev.raddr) if ev.family else None
+        if self.fd is not None and ((ev.fd >= 0 and ev.fd != self.fd) or
+                                    (ident is not None and self.ident is not None and ident != self.ident)):
+            # The session object (or fd) now serves another connection: a reused pointer or fd.
+            self.finish(out)
+            self._reset()
+        if ev.fd >= 0:
+            self.fd = ev.fd
+        if ident is not None:
+            self.ident = ident
+        if not self.conn_resolved or (self.conn is None and ev.family):
+            self._resolve_conn(ev)
+        if self.excluded:
+            return
+        stream = self.streams.get(ev.direction)
+        if stream is None:
+            stream = self._choose(ev.payload)
+            self.streams[ev.direction] = stream
+        if stream == "raw":
+            out.append(self._data_record(ev))
+            return
+        missing = ev.len - len(ev.payload) if ev.truncated else 0
+        for msg in stream.feed(ev.payload, missing):
+            out.append(self._message_record(msg, ev))
+        if stream.failed:
+            self.streams[ev.direction] = "raw"
+
+    def _choose(self, first: bytes):
+        allowed = self.parsers_allowed
+        if (allowed is None or "http1" in allowed) and http1.looks_like_http1(first):
+            return http1.Http1Parser()
+        return "raw"
+
+    def _data_record(self, ev: events.Event) -> events.Record:
+        text, enc = events.text_or_base64(ev.payload)
+        fields = {"direction": DIRECTIONS.get(ev.direction, "?"), "len": ev.len, "data": text,
+                  "truncated": ev.truncated}
+        if enc:
+            fields["encoding"] = enc
+        return events.Record("data", ev, fields, self.conn)
+
+    def _message_record(self, msg, ev: events.Event) -> events.Record:
+        if isinstance(msg, http1.Request):
+            self.pending.append((ev.ts, msg.method, msg.path))
+            if msg.method == "HEAD":
+                other = self.streams.get(layout.DIR_READ if ev.direction == layout.DIR_WRITE else layout.DIR_WRITE)
+                if isinstance(other, http1.Http1Parser):
+                    other.expect_head_response()
+            fields = {"direction": DIRECTIONS.get(ev.direction, "?"), "method": msg.method, "path": msg.path,
+                      "version": msg.version, "headers": _headers(msg.headers)}
+            fields.update(_body_fields(msg.body, msg.body_len, msg.truncated))
+            return events.Record("http.request", ev, fields, self.conn)
+        if isinstance(msg, http1.Response):
+            fields = {"direction": DIRECTIONS.get(ev.direction, "?"), "status": msg.status, "reason": msg.reason,
+                      "version": msg.version, "headers": _headers(msg.headers)}
+            if self.pending and msg.status >= 200:
+                req_ts, method, path = self.pending.popleft()
+                fields.update(request={"method": method, "path": path},
+                              latency_ms=round((ev.ts - req_ts) / 1e6, 3))
+            fields.update(_body_fields(msg.body, msg.body_len, msg.truncated))
+            return events.Record("http.response", ev, fields, self.conn)
+        return events.Record("parse_error", ev, {"protocol": "http1", "reason": msg.reason, "offset": msg.offset},
+                             self.conn)
+
+    def finish(self, out: list) -> None:
+        """End of connection (or eviction): flush messages delimited by close."""
+        for stream in self.streams.values():
+            if isinstance(stream, http1.Http1Parser) and self.last_event is not None:
+                for msg in stream.finish():
+                    out.append(self._message_record(msg, self.last_event))

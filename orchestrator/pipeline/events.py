@@ -1,0 +1,120 @@
+"""Decoded kernel events and the records made from them.
+
+`decode()` turns one ring-buffer sample into an `Event` with a single precompiled
+`struct.unpack_from`. A `Record` holds what a sink needs and builds its dict only
+when a sink asks (`to_dict`), so records no sink serialises cost little.
+"""
+from __future__ import annotations
+
+import base64
+import ipaddress
+import time
+
+from orchestrator.bpf import layout
+
+_unpack = layout.HEADER.unpack_from
+_HEADER_SIZE = layout.HEADER_SIZE
+# CLOCK_MONOTONIC (bpf_ktime_get_ns) → ns since the epoch.
+MONO_TO_EPOCH_NS = time.time_ns() - time.monotonic_ns()
+
+
+class Event:
+    __slots__ = ("ts", "seq", "session", "ret", "args", "pid", "tid", "uid", "fd", "len", "truncated",
+                 "hook", "record", "direction", "family", "lport", "rport", "laddr", "raddr", "comm",
+                 "payload", "source")
+
+    def conn_tuple(self):
+        """((local ip, port), (remote ip, port)) or None when the kernel did not know it."""
+        if not self.family:
+            return None
+        return (_ip(self.family, self.laddr), self.lport), (_ip(self.family, self.raddr), self.rport)
+
+
+def decode(raw: bytes, source) -> Event:
+    """`source` is the probe set the sample came from (target, hooks)."""
+    (ts, seq, session, ret, a0, a1, a2, a3, a4, a5, pid, tid, uid, fd, ln, cap, hook, record, direction,
+     flags, family, lport, rport, _pad, laddr, raddr, comm) = _unpack(raw)
+    ev = Event()
+    ev.ts = ts + MONO_TO_EPOCH_NS
+    ev.seq = seq
+    ev.session = session
+    ev.ret = ret
+    ev.args = (a0, a1, a2, a3, a4, a5)
+    ev.pid = pid
+    ev.tid = tid
+    ev.uid = uid
+    ev.fd = fd
+    ev.len = ln
+    ev.truncated = bool(flags & layout.FLAG_TRUNCATED)
+    ev.hook = hook
+    ev.record = record
+    ev.direction = direction
+    ev.family = family
+    ev.lport = lport
+    ev.rport = rport
+    ev.laddr = laddr
+    ev.raddr = raddr
+    ev.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+    ev.payload = raw[_HEADER_SIZE:_HEADER_SIZE + cap]
+    ev.source = source
+    return ev
+
+
+_ip_cache: dict = {}
+
+
+def _ip(family: int, raw: bytes) -> str:
+    key = (family, raw)
+    text = _ip_cache.get(key)
+    if text is None:
+        if family == 2:
+            text = str(ipaddress.IPv4Address(raw[:4]))
+        elif family == 10:
+            addr = ipaddress.IPv6Address(raw)
+            text = str(addr.ipv4_mapped or addr)
+        else:
+            text = "?"
+        if len(_ip_cache) > 4096:
+            _ip_cache.clear()
+        _ip_cache[key] = text
+    return text
+
+
+def endpoint(pair) -> str:
+    ip, port = pair
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def text_or_base64(data: bytes) -> tuple[str, str | None]:
+    """(value, encoding): UTF-8 text as is, anything else base64."""
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+class Record:
+    """One output record: `type` plus fields; the common fields come from the event that completed it."""
+    __slots__ = ("type", "event", "fields", "conn")
+
+    def __init__(self, type_: str, event: Event | None, fields: dict, conn=None):
+        self.type = type_
+        self.event = event
+        self.fields = fields
+        self.conn = conn          # ((lip, lport), (rip, rport)) or None
+
+    def to_dict(self) -> dict:
+        ev = self.event
+        d = {"type": self.type}
+        if ev is not None:
+            src = ev.source
+            d.update(ts=ev.ts, seq=ev.seq, profile=src.profile, target=src.target.name,
+                     pid=ev.pid, tid=ev.tid, comm=ev.comm, uid=ev.uid)
+            if self.conn is not None:
+                d["conn"] = {"local": endpoint(self.conn[0]), "remote": endpoint(self.conn[1])}
+            if ev.fd >= 0 and ev.record == layout.RECORD_DATA:
+                d["fd"] = ev.fd
+        else:
+            d["ts"] = time.time_ns()
+        d.update(self.fields)
+        return d

@@ -1,0 +1,1 @@
+"""Pure planning: profiles → desired probe sets; diff(desired, running) → changes."""

@@ -1,0 +1,24 @@
+"""Profile → probe sets. Discovery (ELF, /proc) is the only I/O and is passed in, so tests can fake it."""
+from __future__ import annotations
+
+from orchestrator.bpf import discovery, render
+from orchestrator.plan import model
+from orchestrator.spec import models
+
+
+def plan_profile(profile: models.Profile, resolve=discovery.resolve):
+    """Returns (probe_sets, failed_targets): one target failing does not fail the others."""
+    sets, failed = [], []
+    for target in profile.targets:
+        try:
+            res = resolve(target)
+        except discovery.DiscoveryError as exc:
+            failed.append(model.FailedTarget(profile.name, target, exc.field, exc.message, profile.path))
+            continue
+        rendered = render.render(profile.name, target, res.hooks, res.scope_paths)
+        sets.append(model.ProbeSet(
+            profile=profile.name, target=target, attach_path=res.attach_path, hooks=res.hooks,
+            scope_paths=res.scope_paths, scope_real=res.scope_real, rendered=rendered,
+            how=res.how, missing_optional=res.missing_optional, parsers=profile.parsers,
+        ))
+    return sets, failed

@@ -1,0 +1,47 @@
+"""What one target needs in the kernel, and its identity for diffing."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from orchestrator.spec import models
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    profile: str
+    target: models.Target
+    attach_path: str
+    hooks: tuple                    # hooks.Hook, in program order (hook_<i>_*)
+    scope_paths: tuple[str, ...]
+    scope_real: str | None
+    rendered: object                # render.Rendered
+    how: str = ""
+    missing_optional: tuple[str, ...] = ()
+    parsers: tuple[str, ...] | None = None   # userspace only: not part of the digest
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.profile, self.target.name)
+
+    @property
+    def digest(self) -> str:
+        """Same digest ⇔ same program attached at the same places."""
+        points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
+        pids = ",".join(map(str, self.target.filters.pids))
+        text = f"{self.rendered.digest}|{self.attach_path}|{points}|{pids}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FailedTarget:
+    """A target that could not be planned (missing binary, symbol, ...)."""
+    profile: str
+    target: models.Target
+    field: str
+    message: str
+    file: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.profile, self.target.name)

@@ -1,0 +1,1 @@
+"""Reconciler: running probe sets, their states and last errors; the file watcher."""

@@ -1,0 +1,1 @@
+"""Sinks: the only modules that write output."""

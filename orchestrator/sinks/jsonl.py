@@ -1,0 +1,27 @@
+"""JSON Lines sink: one record per line (DESIGN.md event contract), one write+flush per batch, mode 0600."""
+from __future__ import annotations
+
+import json
+import os
+
+
+class JsonlSink:
+    def __init__(self, path: str):
+        self.path = path
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)   # an existing file keeps no wider mode than ours
+        self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1 << 16)
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def write(self, records) -> None:
+        dumps = self._dumps
+        self._file.write("".join(dumps(r.to_dict()) + "\n" for r in records))
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            self._file.close()

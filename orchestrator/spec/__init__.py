@@ -1,0 +1,1 @@
+"""Profiles: load YAML with line marks, validate against the schema, semantic checks, frozen models."""

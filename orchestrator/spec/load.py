@@ -1,0 +1,227 @@
+"""Load profile files: YAML with marks → schema validation → semantic checks → `models.Profile`.
+
+Every problem becomes an `errors.Issue` naming file, line, column and field path; all
+issues of a file are reported together in one `ProfileError`.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+
+from orchestrator.spec import errors, models, yamlmarks
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "profile.schema.json"
+PROFILE_SUFFIXES = (".yaml", ".yml")
+
+
+@functools.cache
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def discover(paths) -> list[str]:
+    """Profile files named by `paths` (files, or directories scanned for *.yaml/*.yml, sorted)."""
+    found: list[str] = []
+    for p in paths:
+        p = os.path.abspath(p)
+        if os.path.isdir(p):
+            for name in sorted(os.listdir(p)):
+                full = os.path.join(p, name)
+                if name.endswith(PROFILE_SUFFIXES) and not name.startswith(".") and os.path.isfile(full):
+                    found.append(full)
+        else:
+            found.append(p)
+    return found
+
+
+def load_file(path: str) -> models.Profile:
+    display = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise errors.ProfileError([errors.Issue(display, 1, 1, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise errors.ProfileError([errors.Issue(display, 1, 1, "", f"cannot read: {exc}")]) from None
+    return load_text(text, display)
+
+
+def load_text(text: str, filename: str) -> models.Profile:
+    try:
+        doc, marks = yamlmarks.load(text, filename)
+    except yamlmarks.YamlError as exc:
+        raise errors.ProfileError([errors.Issue(filename, exc.line, exc.col, "", exc.message)]) from None
+    issues = [_schema_issue(e, filename, marks) for e in _validator().iter_errors(doc)]
+    if issues:
+        raise errors.ProfileError(_sorted_unique(issues))
+    issues = _semantic_issues(doc, filename, marks)
+    if issues:
+        raise errors.ProfileError(_sorted_unique(issues))
+    return _build(doc, filename, marks, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _sorted_unique(issues):
+    return sorted(set(issues), key=lambda i: (i.line, i.col, i.field, i.message))
+
+
+# ---------------------------------------------------------------- schema errors
+
+def _schema_issue(err: jsonschema.ValidationError, filename: str, marks) -> errors.Issue:
+    path = tuple(err.absolute_path)
+    message, path, on_key = _describe(err, path)
+    line, col = yamlmarks.mark_for(marks, path, key=on_key)
+    return errors.Issue(filename, line, col, errors.field_path(path), message)
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(err, path):
+    v, inst, sch = err.validator, err.instance, err.schema
+    if v == "additionalProperties" and isinstance(inst, dict):
+        allowed = set(err.schema.get("properties", {}))
+        extra = sorted(str(k) for k in inst if k not in allowed)
+        key = extra[0] if extra else ""
+        hint = f"; allowed: {', '.join(sorted(allowed))}" if allowed else ""
+        return f"unknown field {key!r}{hint}", path + (key,), True
+    if v == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else "?"
+        return f"missing required field {missing!r}", path + (missing,), False
+    if v == "enum":
+        return f"must be one of: {', '.join(map(str, err.validator_value))} (got {_short(inst)})", path, False
+    if v == "const":
+        return f"must be {_short(err.validator_value)} (got {_short(inst)})", path, False
+    if v == "type":
+        return f"must be of type {err.validator_value} (got {type(inst).__name__} {_short(inst)})", path, False
+    if v == "pattern":
+        return f"{_short(inst)} is not allowed: {sch.get('description', 'must match ' + err.validator_value)}", path, False
+    if v in ("minimum", "maximum"):
+        return f"{_short(inst)} is out of range ({v} {err.validator_value})", path, False
+    if v in ("minItems", "maxItems"):
+        return f"must have {'at least' if v == 'minItems' else 'at most'} {err.validator_value} item(s)", path, False
+    if v == "uniqueItems":
+        return "items must be unique", path, False
+    if v == "maxLength":
+        return f"too long (at most {err.validator_value} characters)", path, False
+    if v == "oneOf":
+        return f"{_short(inst)} is not valid: {sch.get('description', 'no alternative matches')}", path, False
+    if v == "not" and isinstance(inst, dict):
+        bad = next((k for k in ("symbol", "on", "args") if k in inst), "")
+        return f"{bad!r} is only allowed with kind: uprobe", path + (bad,), True
+    if v == "anyOf" and isinstance(inst, dict):
+        return "needs `binary` or `library`", path, False
+    return err.message, path, False
+
+
+# ---------------------------------------------------------------- semantic checks
+
+def _semantic_issues(doc, filename, marks) -> list[errors.Issue]:
+    issues: list[errors.Issue] = []
+
+    def add(path, message, key=False):
+        line, col = yamlmarks.mark_for(marks, path, key=key)
+        issues.append(errors.Issue(filename, line, col, errors.field_path(path), message))
+
+    seen: dict[str, int] = {}
+    for i, t in enumerate(doc["spec"]["targets"]):
+        base = ("spec", "targets", i)
+        if t["name"] in seen:
+            add(base + ("name",), f"duplicate target name {t['name']!r} (first at targets[{seen[t['name']]}])")
+        seen.setdefault(t["name"], i)
+        for key in ("binary", "library"):
+            if key in t:
+                problem = _elf_problem(t[key])
+                if problem:
+                    add(base + (key,), problem)
+        if t["kind"] == "uprobe":
+            _check_uprobe_args(t, base, add)
+    paths: dict[str, int] = {}
+    for i, s in enumerate(doc["spec"].get("sinks", [])):
+        if s["type"] == "jsonl":
+            if s["path"] in paths:
+                add(("spec", "sinks", i, "path"), f"same file as sinks[{paths[s['path']]}]")
+            paths.setdefault(s["path"], i)
+            parent = os.path.dirname(s["path"])
+            if os.path.exists(s["path"]) and os.path.isdir(s["path"]):
+                add(("spec", "sinks", i, "path"), "is a directory")
+            elif parent and os.path.exists(parent) and not os.path.isdir(parent):
+                add(("spec", "sinks", i, "path"), f"{parent} is not a directory")
+    return issues
+
+
+def _elf_problem(path: str) -> str | None:
+    if not os.path.exists(path):
+        return f"{path}: no such file"
+    if not os.path.isfile(path):
+        return f"{path}: not a regular file"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        return f"{path}: cannot read ({exc.strerror})"
+    if magic != b"\x7fELF":
+        return f"{path}: not an ELF file"
+    return None
+
+
+def _check_uprobe_args(t, base, add):
+    on = t.get("on", "entry")
+    names: dict[str, int] = {}
+    variable = []
+    for j, a in enumerate(t.get("args", [])):
+        ap = base + ("args", j)
+        if a["name"] in names:
+            add(ap + ("name",), f"duplicate arg name {a['name']!r}")
+        names.setdefault(a["name"], j)
+        if a["name"] in ("ret",) and a["index"] != models.RET:
+            add(ap + ("name",), "'ret' is reserved for the return value")
+        if a["index"] == models.RET and on != "return":
+            add(ap + ("index",), "`ret` needs `on: return`")
+        if a["type"] in ("string", "bytes"):
+            variable.append(j)
+        if a["type"] == "bytes" and "length_arg" not in a:
+            add(ap, "bytes needs `length_arg`")
+        if "length_arg" in a:
+            if a["type"] != "bytes":
+                add(ap + ("length_arg",), "only `bytes` args take `length_arg`", key=True)
+            elif a["length_arg"] == models.RET and on != "return":
+                add(ap + ("length_arg",), "`ret` needs `on: return`")
+            elif a["length_arg"] == a["index"]:
+                add(ap + ("length_arg",), "cannot be the buffer argument itself")
+        if a["type"] in ("string", "bytes") and a["index"] == models.RET and a["type"] == "bytes" and a.get("length_arg") == models.RET:
+            add(ap + ("length_arg",), "the return value cannot be both buffer and length")
+    for j in variable[1:]:
+        add(base + ("args", j, "type"), "at most one string or bytes argument per target")
+
+
+# ---------------------------------------------------------------- model
+
+def _build(doc, filename, marks, digest) -> models.Profile:
+    spec = doc["spec"]
+    targets = []
+    for i, t in enumerate(spec["targets"]):
+        f = t.get("filters", {})
+        targets.append(models.Target(
+            name=t["name"], kind=t["kind"], binary=t.get("binary"), library=t.get("library"),
+            symbol=t.get("symbol"), on=t.get("on", "entry"),
+            args=tuple(models.Arg(a["index"], a["name"], a["type"], a.get("length_arg")) for a in t.get("args", [])),
+            filters=models.Filters(tuple(f.get("pids", ())), tuple(f.get("uids", ())),
+                                   tuple(f.get("comm", ())), tuple(f.get("ports", ()))),
+            max_bytes=t.get("max_bytes", 16384), ring_buffer_kib=t.get("ring_buffer_kib", 8192),
+            line=yamlmarks.mark_for(marks, ("spec", "targets", i))[0],
+        ))
+    sinks = tuple(models.Sink(s["type"], tuple(sorted((k, v) for k, v in s.items() if k != "type")))
+                  for s in spec.get("sinks", [{"type": "stdout"}]))
+    parsers = tuple(spec["parsers"]) if "parsers" in spec else None
+    return models.Profile(doc["metadata"]["name"], filename, tuple(targets), parsers, sinks, digest)

@@ -1,0 +1,56 @@
+"""Frozen, typed models of a validated profile. Nothing here touches the file system."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RET = "ret"  # an arg index meaning "the return value"
+
+
+@dataclass(frozen=True)
+class Filters:
+    pids: tuple[int, ...] = ()
+    uids: tuple[int, ...] = ()
+    comm: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Arg:
+    index: int | str          # 0..5 or RET
+    name: str
+    type: str                 # int | uint | string | bytes
+    length_arg: int | str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kind: str
+    binary: str | None = None
+    library: str | None = None
+    symbol: str | None = None
+    on: str = "entry"
+    args: tuple[Arg, ...] = ()
+    filters: Filters = field(default_factory=Filters)
+    max_bytes: int = 16384
+    ring_buffer_kib: int = 8192
+    line: int = 1             # where the target starts in its file, for messages
+
+
+@dataclass(frozen=True)
+class Sink:
+    type: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    def option(self, name: str, default=None):
+        return dict(self.options).get(name, default)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: str
+    targets: tuple[Target, ...]
+    parsers: tuple[str, ...] | None      # None: auto-detect
+    sinks: tuple[Sink, ...]
+    source_digest: str = ""

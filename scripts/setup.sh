@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine, as root: apt packages, the
+# kernel headers link bcc needs, tracefs, and the project venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make
+              nginx curl openssl wrk bash procps iproute2)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: must run as root (BPF and apt need it)" >&2; exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+KREL=$(uname -r)
+HDR_BUILD=/lib/modules/$KREL/build
+if [ ! -e "$HDR_BUILD/include" ]; then
+  # Prefer the exact headers when the distribution has them.
+  apt_updated=0
+  if ! apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; then apt-get update -qq; apt_updated=1; fi
+  if apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; then
+    missing+=("linux-headers-$KREL")
+  else
+    missing+=(linux-headers-cloud-amd64)
+  fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  [ "${apt_updated:-0}" = 1 ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # nginx's package starts a default server on :80; our demo and tests run their own.
+  systemctl disable --now nginx >/dev/null 2>&1 || true
+  pkill -f "nginx: master process /usr/sbin/nginx -g daemon on" 2>/dev/null || true
+fi
+
+if [ ! -e "$HDR_BUILD/include" ]; then
+  # No exact headers: link Debian's cloud headers. Safe because our programs use
+  # UAPI types only (pt_regs, tracepoint args), never kernel-internal structs.
+  cloud=$(ls -d /usr/src/linux-headers-*-cloud-amd64 2>/dev/null | sort -V | tail -n1)
+  common=${cloud%-cloud-amd64}-common
+  [ -n "$cloud" ] || { echo "setup: no kernel headers found under /usr/src" >&2; exit 1; }
+  mkdir -p "/lib/modules/$KREL"
+  ln -sfn "$cloud" "$HDR_BUILD"
+  [ -d "$common" ] && ln -sfn "$common" "/lib/modules/$KREL/source"
+  echo "setup: linked $HDR_BUILD -> $cloud"
+fi
+
+if [ ! -e /sys/kernel/tracing/uprobe_events ]; then
+  mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+echo "setup: ok"
