@@ -59,8 +59,10 @@ def _elf_info(path: str, mtime_ns: int):
 def elf_info(path: str):
     try:
         return _elf_info(path, os.stat(path).st_mtime_ns)
-    except (OSError, ELFError) as exc:
-        raise DiscoveryError("", f"{path}: cannot read ELF: {exc}") from None
+    except ELFError:
+        raise DiscoveryError("", f"{path}: not an ELF file") from None
+    except OSError as exc:
+        raise DiscoveryError("", f"{path}: cannot read ({exc.strerror})") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,6 +151,8 @@ def resolve(target: models.Target) -> Resolution:
         attach, how, field = binary, "binary", "binary"
     if not os.path.exists(attach):
         raise DiscoveryError(field, f"{attach}: no such file")
+    if not os.path.isfile(attach):
+        raise DiscoveryError(field, f"{attach}: not a regular file")
     symbols, _ = _elf_info_for(attach, field)
     found, missing_optional = [], []
     for h in hooks:
@@ -199,8 +203,8 @@ def _needed_library(needed, prefixes, limit: int = 64):
 
 
 def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str]:
-    if not os.path.exists(binary):
-        raise DiscoveryError("binary", f"{binary}: no such file")
+    if not os.path.isfile(binary):
+        raise DiscoveryError("binary", f"{binary}: {'not a regular file' if os.path.exists(binary) else 'no such file'}")
     symbols, needed = _elf_info_for(binary, "binary")
     if all(h.symbol in symbols for h in hooks if not h.optional):
         return binary, "statically linked into the binary"

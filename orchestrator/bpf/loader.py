@@ -49,14 +49,14 @@ class LoadedTarget:
             errors = [ln for ln in getattr(quiet, "text", "").splitlines() if "error" in ln]
             raise LoadError(f"compile failed: {'; '.join(errors[:3]) or _first_line(exc)}") from None
         try:
-            if ps.scope_real:
+            if ps.scope_paths:
                 self._seed_scope()
             for i, hook in enumerate(ps.hooks):
                 pids = ps.target.filters.pids or (-1,)
                 for pid in pids:
                     self._attach(hook, i, pid)
             if on_event is not None:
-                self.bpf["events"].open_ring_buffer(on_event)
+                self.bpf[b"events"].open_ring_buffer(on_event)
         except Exception as exc:
             self.close()
             if isinstance(exc, LoadError):
@@ -73,14 +73,14 @@ class LoadedTarget:
             attach = self.bpf.attach_uprobe if kind == "uprobe" else self.bpf.attach_uretprobe
             try:
                 with _quiet_stderr():
-                    attach(name=path, sym=hook.symbol, fn_name=fn.encode(), pid=pid)
+                    attach(name=path.encode(), sym=hook.symbol.encode(), fn_name=fn.encode(), pid=pid)
             except Exception as exc:
                 raise LoadError(f"cannot attach {kind} {hook.symbol} in {path}"
                                 f"{'' if pid < 0 else f' (pid {pid})'}: {_first_line(exc)}") from None
             self.attached.append(AttachPoint(path, hook.symbol, kind, pid))
 
     def _seed_scope(self):
-        table = self.bpf["scope"]
+        table = self.bpf[b"scope"]
         for pid in discovery.running_instances(self.probe_set.scope_real):
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
@@ -91,7 +91,7 @@ class LoadedTarget:
         """Kernel-side loss counters, summed over CPUs, by stage."""
         if self.bpf is None:
             return {}
-        table = self.bpf["lost"]
+        table = self.bpf[b"lost"]
         out = {}
         for slot, stage in layout.LOSS_STAGES.items():
             out[stage] = sum(int(v) for v in table.getvalue(ctypes.c_int(slot)))
@@ -103,7 +103,7 @@ class LoadedTarget:
             detach = self.bpf.detach_uprobe if point.kind == "uprobe" else self.bpf.detach_uretprobe
             try:
                 with _quiet_stderr():
-                    detach(name=point.path, sym=point.symbol, pid=point.pid)
+                    detach(name=point.path.encode(), sym=point.symbol.encode(), pid=point.pid)
             except Exception:
                 pass
         self.attached.clear()

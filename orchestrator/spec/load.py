@@ -139,11 +139,6 @@ def _semantic_issues(doc, filename, marks) -> list[errors.Issue]:
         if t["name"] in seen:
             add(base + ("name",), f"duplicate target name {t['name']!r} (first at targets[{seen[t['name']]}])")
         seen.setdefault(t["name"], i)
-        for key in ("binary", "library"):
-            if key in t:
-                problem = _elf_problem(t[key])
-                if problem:
-                    add(base + (key,), problem)
         if t["kind"] == "uprobe":
             _check_uprobe_args(t, base, add)
     paths: dict[str, int] = {}
@@ -158,21 +153,6 @@ def _semantic_issues(doc, filename, marks) -> list[errors.Issue]:
             elif parent and os.path.exists(parent) and not os.path.isdir(parent):
                 add(("spec", "sinks", i, "path"), f"{parent} is not a directory")
     return issues
-
-
-def _elf_problem(path: str) -> str | None:
-    if not os.path.exists(path):
-        return f"{path}: no such file"
-    if not os.path.isfile(path):
-        return f"{path}: not a regular file"
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        return f"{path}: cannot read ({exc.strerror})"
-    if magic != b"\x7fELF":
-        return f"{path}: not an ELF file"
-    return None
 
 
 def _check_uprobe_args(t, base, add):

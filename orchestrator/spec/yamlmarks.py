@@ -28,6 +28,8 @@ def _construct(node: yaml.Node, path: Path, marks: dict, loader: yaml.SafeLoader
         out = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value   # YAML 1.1 reads a key `on:` as True; profiles mean the word
             if not isinstance(key, (str, int, bool, float)) or key is None:
                 raise YamlError("mapping keys must be scalars", *_mark(key_node))
             if key in out:
