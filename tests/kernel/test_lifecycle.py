@@ -84,13 +84,18 @@ def test_sigterm_detaches_everything(tmp_path, nginx_server):
     ready = tmp_path / "ready"
     proc = subprocess.Popen([ECAPTURE, "apply", str(profile), "--ready-file", str(ready)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not ready.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert ready.exists()
-    assert perf_event_fds(proc.pid) > 0   # bcc attaches uprobes through the perf PMU, not tracefs
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready.exists()
+        assert perf_event_fds(proc.pid) > 0   # bcc attaches uprobes through the perf PMU, not tracefs
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err
     assert uprobe_events_of(proc.pid) == []
 
