@@ -70,7 +70,6 @@ class ConnectionWorker:
             self.excluded = True
 
     def handle(self, ev: events.Event, out: list) -> None:
-        self.last_seen = ev.ts
         self.last_event = ev
         ident = (ev.fd, ev.lport, ev.rport, ev.laddr, ev.raddr) if ev.family else None
         if self.fd is not None and ((ev.fd >= 0 and ev.fd != self.fd) or

@@ -95,6 +95,7 @@ class Dispatcher:
 
     def process(self, batch: list) -> None:
         by_profile: dict[str, list] = {}
+        now = self._clock()
         for item in batch:
             if isinstance(item, events.Record):
                 profile = item.fields.get("profile") if item.event is None else item.event.source.profile
@@ -103,7 +104,7 @@ class Dispatcher:
                 continue
             out = by_profile.setdefault(item.source.profile, [])
             n = len(out)
-            self._route(item, out)
+            self._route(item, out, now)
             self.stats.events[item.source.key] += 1
             for rec in out[n:]:
                 self.stats.records[rec.type] += 1
@@ -112,13 +113,14 @@ class Dispatcher:
                 for sink in self._sinks_for(profile):
                     sink.write(records)
 
-    def _route(self, ev: events.Event, out: list) -> None:
+    def _route(self, ev: events.Event, out: list, now: int) -> None:
         if ev.record == layout.RECORD_DATA:
             key = (ev.source.key, ev.pid, ev.session or ev.fd)
             worker = self._workers.get(key)
             if worker is None:
                 worker = connections.ConnectionWorker(key, ev.source.parsers, ev.source.target.filters.ports)
                 self._workers[key] = worker
+            worker.last_seen = now
             worker.handle(ev, out)
         elif ev.record == layout.RECORD_COMMAND:
             text, _ = events.text_or_base64(ev.payload)

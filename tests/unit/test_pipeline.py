@@ -1,0 +1,153 @@
+"""Decode → per-connection workers → records → sinks, on synthetic ring-buffer samples (no root)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+
+from orchestrator.bpf import hooks, layout, render
+from orchestrator.pipeline import dispatch, events
+from orchestrator.plan import model
+from orchestrator.sinks import jsonl, stdout
+from orchestrator.spec import models
+
+REQ = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def _probe_set(ports=(), parsers=None, kind="openssl", target_hooks=None):
+    t = models.Target("web", kind, binary="/usr/sbin/nginx", filters=models.Filters(ports=ports))
+    return model.ProbeSet("prof", t, "/lib/libssl.so.3", target_hooks or hooks.BUILTIN["openssl"], (), None,
+                          render.Rendered("", "d"), parsers=parsers)
+
+
+def _raw(payload: bytes, *, seq=0, hook=1, direction=layout.DIR_READ, record=layout.RECORD_DATA, fd=5,
+         session=0xabc, lport=443, rport=40000, family=2, length=None, truncated=False, pid=100, ret=0, args=(0,) * 6):
+    addr = b"\x7f\0\0\x01" + b"\0" * 12
+    header = layout.HEADER.pack(
+        1_000, seq, session, ret, *args, pid, pid, 33, fd, len(payload) if length is None else length, len(payload),
+        hook, record, direction, layout.FLAG_TRUNCATED if truncated else 0, family, lport, rport, 0, addr, addr,
+        b"nginx".ljust(16, b"\0"))
+    return header + payload
+
+
+class ListSink:
+    def __init__(self):
+        self.records = []
+
+    def write(self, records):
+        self.records += [r.to_dict() for r in records]
+
+
+def _run(samples, ps):
+    sink = ListSink()
+    d = dispatch.Dispatcher(lambda _p: [sink])
+    d.process([events.decode(s, ps) for s in samples])
+    d.flush_all()
+    return sink.records
+
+
+def test_decode_reads_every_header_field():
+    ev = events.decode(_raw(b"abc", seq=7, fd=9, lport=8443, rport=5555, truncated=True, length=10), _probe_set())
+    assert (ev.seq, ev.fd, ev.pid, ev.uid, ev.comm, ev.payload, ev.len, ev.truncated) == \
+           (7, 9, 100, 33, "nginx", b"abc", 10, True)
+    assert ev.conn_tuple() == (("127.0.0.1", 8443), ("127.0.0.1", 5555))
+
+
+def test_request_and_response_paired_on_one_connection():
+    ps = _probe_set()
+    recs = _run([_raw(REQ, seq=0), _raw(RESP, seq=1, hook=0, direction=layout.DIR_WRITE)], ps)
+    assert [r["type"] for r in recs] == ["http.request", "http.response"]
+    req, resp = recs
+    assert req["path"] == "/a" and req["conn"] == {"local": "127.0.0.1:443", "remote": "127.0.0.1:40000"}
+    assert resp["request"] == {"method": "GET", "path": "/a"} and resp["body"] == "hello"
+    for key in ("type", "ts", "seq", "profile", "target", "pid", "tid", "comm", "uid"):
+        assert key in req
+    assert req["profile"] == "prof" and req["target"] == "web"
+
+
+def test_reused_session_pointer_on_a_new_connection_starts_fresh():
+    ps = _probe_set()
+    recs = _run([_raw(REQ, rport=1111), _raw(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", rport=2222)], ps)
+    assert [(r["path"], r["conn"]["remote"]) for r in recs] == [("/a", "127.0.0.1:1111"), ("/b", "127.0.0.1:2222")]
+
+
+def test_non_http_bytes_become_data_records_base64_when_binary():
+    recs = _run([_raw(b"\xff\xfe binary"), _raw(b"plain text", hook=0, direction=layout.DIR_WRITE)], _probe_set())
+    assert recs[0]["type"] == "data" and recs[0]["encoding"] == "base64" and recs[0]["direction"] == "read"
+    assert recs[1]["data"] == "plain text" and "encoding" not in recs[1]
+
+
+def test_parsers_empty_list_means_raw_only():
+    recs = _run([_raw(REQ)], _probe_set(parsers=()))
+    assert [r["type"] for r in recs] == ["data"]
+
+
+def test_truncated_body_is_marked():
+    body = b"x" * 100
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body
+    cut = resp[:60]
+    recs = _run([_raw(cut, hook=0, direction=layout.DIR_WRITE, length=len(resp), truncated=True)], _probe_set())
+    assert recs[0]["type"] == "http.response" and recs[0]["truncated"] is True and recs[0]["body_len"] == 100
+
+
+def test_userspace_port_filter_for_connections_the_kernel_did_not_resolve():
+    # family 0 = the kernel did not know the connection; with fd -1 nothing can resolve it, so it passes.
+    assert _run([_raw(REQ, family=0, fd=-1)], _probe_set(ports=(443,)))
+    assert _run([_raw(REQ, lport=8080, rport=1)], _probe_set(ports=(443,))) == []
+
+
+def test_uprobe_call_args_are_typed():
+    t_hooks = (hooks.Hook("f", "return", hooks.RECORD_CALL, scalars=((0, "a", "int"), (1, "b", "uint"),
+                                                                      (2, "c", "long"), ("ret", "r", "int")),
+                          payload=hooks.Payload(3, "string"), name="s", ret32=True),)
+    ps = _probe_set(kind="uprobe", target_hooks=t_hooks)
+    neg = (1 << 64) - 5
+    recs = _run([_raw(b"hi", record=layout.RECORD_CALL, hook=0, ret=-1, args=(0xFFFFFFFF, 0xFFFFFFFF, neg, 0, 0, 0))],
+                ps)
+    assert recs[0]["args"] == {"a": -1, "b": 0xFFFFFFFF, "c": -5, "r": -1, "s": "hi"}
+    assert recs[0]["ret"] == -1
+
+
+def test_jsonl_sink_creates_0600_and_writes_one_object_per_line(tmp_path):
+    path = tmp_path / "sub" / "out.jsonl"
+    sink = jsonl.JsonlSink(str(path))
+    ps = _probe_set()
+    recs = []
+    d = dispatch.Dispatcher(lambda _p: [sink])
+    d.process([events.decode(_raw(REQ), ps), events.decode(_raw(RESP, hook=0, direction=layout.DIR_WRITE), ps)])
+    sink.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    lines = path.read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert [r["type"] for r in recs] == ["http.request", "http.response"]
+
+
+def test_stdout_sink_shows_method_path_status_and_addresses():
+    buf = io.StringIO()
+    sink = stdout.StdoutSink(color="never", file=buf)
+    d = dispatch.Dispatcher(lambda _p: [sink])
+    ps = _probe_set()
+    d.process([events.decode(_raw(REQ), ps), events.decode(_raw(RESP, hook=0, direction=layout.DIR_WRITE), ps)])
+    text = buf.getvalue()
+    assert "GET /a HTTP/1.1" in text and "HTTP/1.1 200 OK" in text
+    assert "nginx[100]" in text and "127.0.0.1:443 ← 127.0.0.1:40000" in text and "\x1b[" not in text
+
+
+def test_loss_records_carry_profile_and_are_counted():
+    sink = ListSink()
+    d = dispatch.Dispatcher(lambda _p: [sink])
+    d.process([events.Record("loss", None, {"profile": "prof", "target": "web", "stage": "kernel.ringbuf",
+                                            "count": 3})])
+    assert sink.records[0]["type"] == "loss" and sink.records[0]["count"] == 3 and "ts" in sink.records[0]
+
+
+def test_idle_connections_are_evicted_with_a_fake_clock():
+    now = [0]
+    sink = ListSink()
+    d = dispatch.Dispatcher(lambda _p: [sink], clock=lambda: now[0], idle_evict_ns=10)
+    d.process([events.decode(_raw(REQ), _probe_set())])
+    assert d.worker_count == 1
+    d.evict_idle(now=5_000)
+    assert d.worker_count == 0
