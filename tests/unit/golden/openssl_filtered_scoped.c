@@ -1,0 +1,474 @@
+/* ecapture generated program: profile p, target web
+ * 5 hook(s); max_bytes=4096; filters compiled in below. */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include "common.h"
+
+#define MAX_BYTES 4096
+#define HEADER_SIZE sizeof(struct event_header)
+
+struct event {
+    struct event_header h;
+    u8 payload[MAX_BYTES];
+};
+
+BPF_RINGBUF_OUTPUT(events, 16);
+BPF_ARRAY(scratch, struct event, 4);
+BPF_PERCPU_ARRAY(lost, u64, LOSS_SLOTS);
+BPF_TABLE("lru_hash", u32, u64, seqs, 16384);
+
+struct stash_key { u32 tid; u32 hook; };
+struct stash_val { u64 args[6]; };
+BPF_HASH(stash, struct stash_key, struct stash_val, 16384);
+/* Processes running the target program: seeded from /proc, kept by exec/fork/exit. */
+BPF_TABLE("lru_hash", u32, u8, scope, 65536);
+struct fd_key { u32 tgid; s32 fd; };
+struct session_key { u32 tgid; u32 _pad; u64 session; };
+struct remote_key { u16 family; u16 rport; u8 raddr[16]; };
+BPF_TABLE("lru_hash", struct fd_key, struct conn_t, conns, 65536);
+BPF_TABLE("lru_hash", struct remote_key, struct conn_t, accepted, 8192);
+BPF_TABLE("lru_hash", struct session_key, s32, session_fd, 65536);
+BPF_HASH(connecting, u32, s32, 8192);
+BPF_HASH(accepting, u32, u64, 8192);
+BPF_HASH(active_session, u32, u64, 16384);
+
+static __always_inline void count_loss(u32 slot) {
+    u64 *n = lost.lookup(&slot);
+    if (n) *n += 1;
+}
+
+/* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
+static __always_inline int process_wanted(u32 tgid) {
+    if (!(tgid == 100 || tgid == 4194304)) return 0;
+    u32 uid = bpf_get_current_uid_gid();
+    if (!(uid == 0 || uid == 33)) return 0;
+    if (!scope.lookup(&tgid)) return 0;
+    char comm[16] = {};
+    bpf_get_current_comm(&comm, sizeof(comm));
+    int comm_ok = 0;
+    if (comm[0] == 110 && comm[1] == 103 && comm[2] == 105 && comm[3] == 110 && comm[4] == 120 && comm[5] == 0) comm_ok = 1;
+    if (comm[0] == 119 && comm[1] == 111 && comm[2] == 114 && comm[3] == 107 && comm[4] == 101 && comm[5] == 114 && comm[6] == 45 && comm[7] == 49 && comm[8] == 0) comm_ok = 1;
+    if (!comm_ok) return 0;
+    return 1;
+}
+
+static __always_inline int port_wanted(struct conn_t *c) {
+    if (c->family == 0) return 1;   /* unknown here: userspace filters once it resolves the connection */
+    return c->lport == 443 || c->rport == 443 || c->lport == 8443 || c->rport == 8443;
+}
+
+static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction) {
+    u32 cpu = bpf_get_smp_processor_id();
+    struct event *ev = scratch.lookup(&cpu);
+    if (!ev) return 0;
+    ev->h.ts = bpf_ktime_get_ns();
+    ev->h.pid = id >> 32;
+    ev->h.tid = (u32)id;
+    ev->h.uid = (u32)bpf_get_current_uid_gid();
+    ev->h.hook = hook;
+    ev->h.record = record;
+    ev->h.direction = direction;
+    ev->h.flags = 0;
+    ev->h.fd = -1;
+    ev->h.session = 0;
+    ev->h.ret = 0;
+    ev->h.len = 0;
+    ev->h.cap = 0;
+    __builtin_memset(&ev->h.conn, 0, sizeof(ev->h.conn));
+    bpf_get_current_comm(&ev->h.comm, sizeof(ev->h.comm));
+    return ev;
+}
+
+static __always_inline void read_bytes(struct event *ev, const void *src, s64 len) {
+    if (len < 0) len = 0;
+    ev->h.len = len;
+    u32 cap = len;
+    if (len > MAX_BYTES) {
+        cap = MAX_BYTES;
+        ev->h.flags |= FLAG_TRUNCATED;
+    }
+    asm volatile("" : "+r"(cap));
+    if (cap > 0 && bpf_probe_read_user(ev->payload, cap, src) == 0)
+        ev->h.cap = cap;
+}
+
+static __always_inline void read_string(struct event *ev, const void *src) {
+    long n = bpf_probe_read_user_str(ev->payload, MAX_BYTES, src);
+    if (n <= 0) return;
+    ev->h.cap = n - 1;   /* without the NUL */
+    ev->h.len = n - 1;
+    if (n == MAX_BYTES) ev->h.flags |= FLAG_TRUNCATED;
+}
+
+static __always_inline void event_submit(struct event *ev) {
+    u32 tgid = ev->h.pid;
+    u64 zero = 0;
+    u64 *seq = seqs.lookup_or_try_init(&tgid, &zero);
+    ev->h.seq = seq ? __sync_fetch_and_add(seq, 1) : 0;
+    u64 size = HEADER_SIZE + (u64)ev->h.cap;
+    if (size > sizeof(struct event)) size = sizeof(struct event);
+    asm volatile("" : "+r"(size));   /* keep the clamped value in the register the helper gets */
+    if (events.ringbuf_output(ev, size, 0) != 0) count_loss(LOSS_RINGBUF);
+}
+
+/* hook 0: return probe, record kind 1 */
+int hook_0_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32)) return 0;
+    struct stash_key k = {.tid = (u32)id, .hook = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
+    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_0_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .hook = 0};
+    struct stash_val *sv = stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    stash.delete(&k);
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    active_session.delete(&tid);
+    if (ret <= 0) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c)) return 0;
+    struct event *ev = event_start(id, 0, 1, 2);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 1: return probe, record kind 1 */
+int hook_1_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32)) return 0;
+    struct stash_key k = {.tid = (u32)id, .hook = 1};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
+    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_1_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .hook = 1};
+    struct stash_val *sv = stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    stash.delete(&k);
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    active_session.delete(&tid);
+    if (ret <= 0) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c)) return 0;
+    struct event *ev = event_start(id, 1, 1, 1);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 2: return probe, record kind 1 */
+int hook_2_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32)) return 0;
+    struct stash_key k = {.tid = (u32)id, .hook = 2};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
+    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_2_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .hook = 2};
+    struct stash_val *sv = stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    stash.delete(&k);
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    active_session.delete(&tid);
+    if (ret != 1) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c)) return 0;
+    struct event *ev = event_start(id, 2, 1, 2);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    u64 n = 0;
+    bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
+    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 3: return probe, record kind 1 */
+int hook_3_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32)) return 0;
+    struct stash_key k = {.tid = (u32)id, .hook = 3};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
+    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_3_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .hook = 3};
+    struct stash_val *sv = stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    stash.delete(&k);
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    active_session.delete(&tid);
+    if (ret != 1) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c)) return 0;
+    struct event *ev = event_start(id, 3, 1, 1);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    u64 n = 0;
+    bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
+    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 4: return probe, record kind 0 */
+/* No record: only learns which socket the session uses from the syscalls made inside the call. */
+int hook_4_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32)) return 0;
+    u32 tid = id;
+    u64 session = PT_REGS_PARM1(ctx);
+    active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_4_return(struct pt_regs *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    active_session.delete(&tid);
+    return 0;
+}
+
+static __always_inline u64 path_hash(const char *s, int n) {
+    u64 h = 14695981039346656037ULL;   /* FNV-1a, mirrored by render.path_hash */
+    for (int i = 0; i < 256; i++) {
+        if (i >= n || s[i] == 0) break;
+        h ^= (u8)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    char path[256] = {};
+    unsigned short off = args->data_loc_filename & 0xFFFF;
+    int n = bpf_probe_read_kernel_str(path, sizeof(path), (char *)args + off);
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 h = path_hash(path, n);
+    if (h == 253942677342406731ULL || h == 16301867158135200376ULL) {
+        u8 one = 1;
+        scope.update(&tgid, &one);
+    } else {
+        scope.delete(&tgid);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (scope.lookup(&parent)) {
+        u32 child = args->child_pid;
+        u8 one = 1;
+        scope.update(&child, &one);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id == (id >> 32)) {
+        u32 tgid = id >> 32;
+        scope.delete(&tgid);
+    }
+    return 0;
+}
+
+/* Connections, resolved in the kernel when they are made, so short ones are named right. */
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32)) return 0;
+    u32 tid = id;
+    s32 fd = args->fd;
+    connecting.update(&tid, &fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u32 tid = bpf_get_current_pid_tgid();
+    connecting.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != IPPROTO_TCP) return 0;
+    struct conn_t c = {.family = args->family, .lport = args->sport, .rport = args->dport};
+    if (args->family == 2) {
+        __builtin_memcpy(c.laddr, args->saddr, 4);
+        __builtin_memcpy(c.raddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(c.laddr, args->saddr_v6, 16);
+        __builtin_memcpy(c.raddr, args->daddr_v6, 16);
+    }
+    if (args->newstate == 2 /* TCP_SYN_SENT: in the connecting thread */) {
+        u64 id = bpf_get_current_pid_tgid();
+        u32 tid = id;
+        s32 *fd = connecting.lookup(&tid);
+        if (!fd) return 0;
+        struct fd_key k = {.tgid = id >> 32, .fd = *fd};
+        conns.update(&k, &c);
+    } else if (args->newstate == 1 /* TCP_ESTABLISHED */ && args->oldstate == 3 /* TCP_SYN_RECV */) {
+        /* server side, in softirq: remember it by the peer until accept() returns it */
+        struct remote_key rk = {.family = c.family, .rport = c.rport};
+        __builtin_memcpy(rk.raddr, c.raddr, 16);
+        accepted.update(&rk, &c);
+    }
+    return 0;
+}
+
+static __always_inline int accept_enter(void *addr) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32)) return 0;
+    u32 tid = id;
+    u64 a = (u64)addr;
+    accepting.update(&tid, &a);
+    return 0;
+}
+
+static __always_inline int accept_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    u64 *addrp = accepting.lookup(&tid);
+    if (!addrp) return 0;
+    u64 addr = *addrp;
+    accepting.delete(&tid);
+    if (ret < 0 || addr == 0) return 0;
+    struct sockaddr_in6 sa = {};
+    bpf_probe_read_user(&sa, sizeof(sa), (const void *)addr);
+    struct remote_key rk = {.family = sa.sin6_family, .rport = __builtin_bswap16(sa.sin6_port)};
+    if (sa.sin6_family == 2)
+        __builtin_memcpy(rk.raddr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+    else
+        __builtin_memcpy(rk.raddr, &sa.sin6_addr, 16);
+    if (sa.sin6_family == 2) rk.rport = __builtin_bswap16(((struct sockaddr_in *)&sa)->sin_port);
+    struct conn_t *c = accepted.lookup(&rk);
+    struct fd_key k = {.tgid = id >> 32, .fd = ret};
+    if (c) {
+        conns.update(&k, c);
+        accepted.delete(&rk);
+    } else {
+        struct conn_t partial = {.family = rk.family, .rport = rk.rport};
+        __builtin_memcpy(partial.raddr, rk.raddr, 16);
+        conns.update(&k, &partial);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return accept_enter(args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return accept_enter(args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct fd_key k = {.tgid = id >> 32, .fd = args->fd};
+    conns.delete(&k);
+    return 0;
+}
+
+/* The socket a TLS session reads and writes: learnt from the syscall made inside SSL_*. */
+static __always_inline int session_io(s32 fd) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    u64 *session = active_session.lookup(&tid);
+    if (!session) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = *session};
+    session_fd.update(&sk, &fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return session_io(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return session_io(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return session_io(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return session_io(args->fd); }

@@ -1,0 +1,312 @@
+"""Rendering targets into BPF C: golden files, typed context, StrictUndefined, and the event layout.
+
+Regenerate the golden files after an intended template change with:
+
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_render.py
+
+and review the diff of tests/unit/golden/ like any other code change.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from orchestrator.bpf import hooks, layout, render
+from orchestrator.spec import models
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+RET = models.RET
+
+
+@pytest.fixture(autouse=True)
+def four_cpus(monkeypatch):
+    monkeypatch.setattr(render, "possible_cpus", lambda: 4)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 to create it"
+    expected = path.read_text()
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
+                                            f"golden/{name}", "rendered", n=2))
+        pytest.fail(f"rendered C differs from golden/{name} (UPDATE_GOLDEN=1 to accept):\n{diff[:6000]}")
+
+
+# ------------------------------------------------------------------ fixed inputs
+
+OPENSSL = models.Target("web", "openssl", binary="/usr/sbin/nginx")
+BASH = models.Target("shell", "bash")
+UPROBE_INT_STRING = models.Target(
+    "open", "uprobe", binary="/usr/lib/x86_64-linux-gnu/libc.so.6", symbol="openat",
+    args=(models.Arg(0, "dirfd", "int"), models.Arg(1, "path", "string"), models.Arg(2, "flags", "uint")))
+UPROBE_BYTES_RET = models.Target(
+    "reads", "uprobe", binary="/usr/lib/x86_64-linux-gnu/libc.so.6", symbol="read", on="return",
+    args=(models.Arg(0, "fd", "int"), models.Arg(1, "buf", "bytes", RET), models.Arg(RET, "n", "long")),
+    max_bytes=256)
+UPROBE_BYTES_ARG = models.Target(
+    "writes", "uprobe", binary="/usr/lib/x86_64-linux-gnu/libc.so.6", symbol="write",
+    args=(models.Arg(0, "fd", "int"), models.Arg(1, "buf", "bytes", 2), models.Arg(2, "count", "int")))
+ALL_FILTERS = models.Filters(pids=(100, 4194304), uids=(0, 33), comm=("nginx", "worker-1"), ports=(443, 8443))
+OPENSSL_FILTERED = models.Target("web", "openssl", binary="/usr/sbin/nginx", filters=ALL_FILTERS,
+                                 max_bytes=4096, ring_buffer_kib=64)
+SCOPE = ("/usr/sbin/nginx", "/sbin/nginx")
+
+CASES = {
+    "openssl.c": ("nginx-tls", OPENSSL, hooks.BUILTIN["openssl"], ()),
+    "bash.c": ("shell-history", BASH, hooks.BUILTIN["bash"], ()),
+    "uprobe_int_string.c": ("files", UPROBE_INT_STRING, hooks.hooks_for(UPROBE_INT_STRING), ()),
+    "uprobe_bytes_ret.c": ("io", UPROBE_BYTES_RET, hooks.hooks_for(UPROBE_BYTES_RET), ()),
+    "uprobe_bytes_arg.c": ("io", UPROBE_BYTES_ARG, hooks.hooks_for(UPROBE_BYTES_ARG), ()),
+    # profile name "p": the word nginx must not reach the C through any route but the hashes
+    "openssl_filtered_scoped.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name):
+    profile, target, hook_table, scope = CASES[name]
+    rendered = render.render(profile, target, hook_table, scope)
+    check_golden(name, rendered.text)
+
+
+def test_no_stale_golden_files():
+    assert sorted(p.name for p in GOLDEN.glob("*.c")) == sorted(CASES)
+
+
+def _render(name):
+    profile, target, hook_table, scope = CASES[name]
+    return render.render(profile, target, hook_table, scope).text
+
+
+def test_every_hook_gets_its_entry_and_return_functions():
+    text = _render("openssl.c")
+    for i, h in enumerate(hooks.BUILTIN["openssl"]):
+        assert f"int hook_{i}_entry(struct pt_regs *ctx)" in text
+        assert f"int hook_{i}_return(struct pt_regs *ctx)" in text    # every openssl hook records at return
+    assert "hook_5_" not in text
+    entry_only = _render("uprobe_int_string.c")
+    assert "int hook_0_entry(" in entry_only and "hook_0_return" not in entry_only
+
+
+def test_comm_is_compiled_as_numeric_byte_comparisons():
+    text = _render("openssl_filtered_scoped.c")
+    nginx = " && ".join(f"comm[{i}] == {b}" for i, b in enumerate(b"nginx\0"))
+    worker = " && ".join(f"comm[{i}] == {b}" for i, b in enumerate(b"worker-1\0"))
+    assert f"if ({nginx}) comm_ok = 1;" in text
+    assert f"if ({worker}) comm_ok = 1;" in text
+    assert "nginx" not in text and "worker" not in text
+
+
+def test_filters_and_scope_are_compiled_in():
+    text = _render("openssl_filtered_scoped.c")
+    assert "if (!(tgid == 100 || tgid == 4194304)) return 0;" in text
+    assert "if (!(uid == 0 || uid == 33)) return 0;" in text
+    assert "c->lport == 443 || c->rport == 443 || c->lport == 8443 || c->rport == 8443" in text
+    for p in SCOPE:
+        assert f"h == {render.path_hash(p)}ULL" in text
+    assert "#define MAX_BYTES 4096" in text
+    assert "BPF_RINGBUF_OUTPUT(events, 16);" in text        # 64 KiB = 16 pages
+    assert "BPF_ARRAY(scratch, struct event, 4);" in text    # possible_cpus() patched to 4
+    plain = _render("openssl.c")
+    assert "scope" not in plain and "tgid ==" not in plain and "comm_ok" not in plain
+
+
+def test_text_from_a_profile_never_reaches_the_c():
+    """Even values the schema would reject are rendered only as numbers or sanitized identifiers."""
+    t = models.Target("x */ #include <evil>", "bash", filters=models.Filters(comm=('a"b\\c;',)))
+    text = render.render("p\n#define X", t, hooks.BUILTIN["bash"]).text
+    assert 'a"b' not in text and "<evil>" not in text and "#define X" not in text
+    assert text.splitlines()[0] == "/* ecapture generated program: profile p__define_X, target x_____include__evil_"
+
+
+@pytest.mark.parametrize("filters", [
+    models.Filters(pids=("1234",)),
+    models.Filters(pids=(True,)),
+    models.Filters(pids=(1234.0,)),
+    models.Filters(pids=(0,)),
+    models.Filters(uids=(-1,)),
+    models.Filters(uids=(None,)),
+    models.Filters(ports=(70000,)),
+    models.Filters(ports=("443",)),
+    models.Filters(comm=("abcdefghijklmnop",)),
+    models.Filters(comm=("",)),
+    models.Filters(comm=("nginx\u00e9",)),
+], ids=lambda f: repr(f))
+def test_context_rejects_values_that_are_not_valid_ints(filters):
+    t = models.Target("web", "openssl", binary="/usr/sbin/nginx", filters=filters)
+    with pytest.raises(ValueError):
+        render.context("p", t, hooks.BUILTIN["openssl"])
+
+
+@pytest.mark.parametrize("field, value", [("max_bytes", 8), ("max_bytes", "16k"), ("max_bytes", 1024.0),
+                                          ("ring_buffer_kib", 0)])
+def test_context_rejects_bad_sizes(field, value):
+    t = models.Target("shell", "bash", **{field: value})
+    with pytest.raises(ValueError):
+        render.context("p", t, hooks.BUILTIN["bash"])
+
+
+def test_context_holds_only_plain_typed_values():
+    ctx = render.context("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE)
+
+    def walk(v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                assert isinstance(k, str)
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        else:
+            assert v is None or type(v) in (int, bool, str), v
+    walk(ctx)
+    assert ctx["filters"]["comm"][0] == list(b"nginx\0")
+
+
+def test_strict_undefined_is_on():
+    env = render._env()
+    assert env.undefined is jinja2.StrictUndefined
+    template = env.get_template(render.TEMPLATE)
+    ctx = render.context("p", OPENSSL, hooks.BUILTIN["openssl"])
+    template.render(**ctx)                        # complete context renders
+    missing_top = dict(ctx)
+    del missing_top["scope"]
+    with pytest.raises(jinja2.UndefinedError):
+        template.render(**missing_top)
+    missing_nested = render.context("p", OPENSSL, hooks.BUILTIN["openssl"])
+    del missing_nested["hooks"][0]["ret32"]
+    with pytest.raises(jinja2.UndefinedError):
+        template.render(**missing_nested)
+
+
+def test_digest_covers_the_text():
+    a = render.render("p", OPENSSL, hooks.BUILTIN["openssl"])
+    assert a.digest == render.render("p", OPENSSL, hooks.BUILTIN["openssl"]).digest
+    assert len(a.digest) == 64
+    assert a.digest != render.render("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"]).digest
+
+
+# ------------------------------------------------------------------ path_hash
+
+def fnv1a_64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) % (1 << 64)
+    return h
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", 0xCBF29CE484222325),        # published FNV-1a 64 test vectors
+    ("a", 0xAF63DC4C8601EC8C),
+    ("foobar", 0x85944171F73967E8),
+])
+def test_path_hash_known_vectors(text, expected):
+    assert render.path_hash(text) == expected == fnv1a_64(text.encode())
+
+
+@pytest.mark.parametrize("path", ["/usr/sbin/nginx", "/bin/bash", "/opt/ü/prog", "/" + "x" * 300])
+def test_path_hash_matches_reference(path):
+    # the kernel hashes at most 255 bytes (char path[256] with its NUL)
+    assert render.path_hash(path) == fnv1a_64(path.encode()[:255])
+
+
+# ------------------------------------------------------------------ event layout
+
+def _python_offsets() -> dict[str, int]:
+    """Offset of each name in layout.FIELDS, derived from the HEADER format string."""
+    fmt = layout.HEADER.format
+    assert fmt[0] == "<"
+    offsets, names, prefix = {}, iter(layout.FIELDS), "<"
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt[1:]):
+        n = int(count or 1)
+        if code == "x":
+            prefix += f"{n}x"
+            continue
+        if code == "s":
+            offsets[next(names)] = struct.calcsize(prefix)
+            prefix += f"{n}s"
+            continue
+        for _ in range(n):
+            offsets[next(names)] = struct.calcsize(prefix)
+            prefix += code
+    assert next(names, None) is None, "FIELDS has more names than HEADER has fields"
+    return offsets
+
+
+C_PROGRAM = r"""
+#include <stdio.h>
+#include <stddef.h>
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef int s32;
+typedef long long s64;
+#include "common.h"
+#define OFF(name, member) printf("%s %zu\n", name, offsetof(struct event_header, member));
+int main(void) {
+@MEMBERS@
+    printf("sizeof %zu\n", sizeof(struct event_header));
+    return 0;
+}
+"""
+
+C_MEMBERS = {name: name for name in layout.C_OFFSETS} | {
+    "conn.family": "conn.family", "conn.lport": "conn.lport", "conn.rport": "conn.rport",
+    "conn._pad": "conn._pad", "conn.laddr": "conn.laddr", "conn.raddr": "conn.raddr",
+}
+
+
+@pytest.fixture(scope="module")
+def c_offsets(tmp_path_factory):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    out = tmp_path_factory.mktemp("layout") / "layout"
+    body = "\n".join(f'    OFF("{n}", {m})' for n, m in C_MEMBERS.items())
+    src = C_PROGRAM.replace("@MEMBERS@", body)
+    cc = subprocess.run(["gcc", "-Wall", "-Werror", "-x", "c", f"-I{render.KERN_DIR}", "-", "-o", str(out)],
+                        input=src, text=True, capture_output=True)
+    assert cc.returncode == 0, cc.stderr
+    lines = subprocess.run([str(out)], capture_output=True, text=True, check=True).stdout.split("\n")
+    return {name: int(value) for name, value in (ln.split() for ln in lines if ln)}
+
+
+def test_header_size():
+    assert layout.HEADER.size == layout.HEADER_SIZE == 168
+
+
+def test_c_offsets_match_the_compiled_struct(c_offsets):
+    assert c_offsets["sizeof"] == layout.HEADER.size == 168
+    assert {k: c_offsets[k] for k in layout.C_OFFSETS} == layout.C_OFFSETS
+
+
+def test_python_struct_matches_the_compiled_struct(c_offsets):
+    py = _python_offsets()
+    expected = {"a0": c_offsets["args"], "family": c_offsets["conn.family"], "lport": c_offsets["conn.lport"],
+                "rport": c_offsets["conn.rport"], "_pad": c_offsets["conn._pad"],
+                "laddr": c_offsets["conn.laddr"], "raddr": c_offsets["conn.raddr"]}
+    expected |= {f"a{i}": c_offsets["args"] + 8 * i for i in range(6)}
+    expected |= {k: v for k, v in c_offsets.items() if k in py}
+    assert {k: py[k] for k in expected} == expected
+    assert set(py) == set(layout.FIELDS)
+
+
+def test_layout_constants_match_common_h():
+    text = (render.KERN_DIR / "common.h").read_text()
+    defines = dict(re.findall(r"#define (\w+)\s+(\d+)", text))
+    for name in ("RECORD_DATA", "RECORD_COMMAND", "RECORD_CALL", "DIR_NONE", "DIR_READ", "DIR_WRITE",
+                 "FLAG_TRUNCATED", "LOSS_RINGBUF", "LOSS_STASH"):
+        assert getattr(layout, name) == int(defines[name]), name
+    assert (hooks.RECORD_DATA, hooks.RECORD_COMMAND, hooks.RECORD_CALL) == (1, 2, 3)
+    assert (hooks.DIR_NONE, hooks.DIR_READ, hooks.DIR_WRITE) == (0, 1, 2)
