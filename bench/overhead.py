@@ -1,0 +1,662 @@
+"""Overhead of capturing nginx's TLS traffic: bare vs empty probes vs `ecapture apply` vs bcc's sslsniff.
+
+One nginx (1 worker) serves HTTPS on loopback; wrk (1 thread, keep-alive) loads it in
+four modes, alternated round-robin so that noise hits every mode alike:
+
+  bare      nothing attached
+  floor     ecapture's own attach points for the nginx openssl target (same uprobes,
+            uretprobes and tracepoints, same loader code path) with empty programs
+  ecapture  `ecapture apply` with the http1 parser and a JSONL sink
+  sslsniff  bcc's sslsniff-bpfcc (a patched temporary copy: see `_sslsniff_copy`)
+
+Prints the median requests/s per mode, the ratios, how many of wrk's completed requests
+appear in the JSONL, and a verdict per target. Exits 0 whatever the numbers are.
+
+    .venv/bin/python bench/overhead.py [--rounds 3] [--duration 10] [--connections 50]
+
+Needs root, nginx, wrk and bpfcc-tools (see bench/README.md, section "overhead").
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.bpf import loader, render  # noqa: E402
+from orchestrator.plan import build  # noqa: E402
+from orchestrator.spec import load  # noqa: E402
+from tests.support import nginx as nginx_support  # noqa: E402
+
+MODES = ("bare", "floor", "ecapture", "sslsniff")
+PROFILE = ROOT / "profiles" / "nginx-tls.yaml"
+ECAPTURE = ROOT / ".venv" / "bin" / "ecapture"
+SSLSNIFF = Path("/usr/sbin/sslsniff-bpfcc")
+UPROBE_EVENTS = Path("/sys/kernel/tracing/uprobe_events")
+
+BPF_STATS = False       # --bpf-stats: the kernel is timing BPF programs
+
+# Targets from the issue.
+FLOOR_RATIO = 0.75      # ecapture >= 0.75 x floor
+SSLSNIFF_RATIO = 2.0    # ecapture >= 2 x sslsniff
+
+# The tracepoints probes.c.j2 uses for an openssl target (connection tracking + process scope).
+TRACEPOINTS = (
+    ("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_recvfrom"), ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_enter_connect"), ("syscalls", "sys_exit_connect"),
+    ("syscalls", "sys_enter_accept"), ("syscalls", "sys_exit_accept"),
+    ("syscalls", "sys_enter_accept4"), ("syscalls", "sys_exit_accept4"),
+    ("syscalls", "sys_enter_close"),
+    ("sock", "inet_sock_set_state"),
+    ("sched", "sched_process_exec"), ("sched", "sched_process_fork"), ("sched", "sched_process_exit"),
+)
+
+
+# --------------------------------------------------------------------------- wrk
+
+@dataclasses.dataclass
+class WrkResult:
+    rps: float
+    requests: int           # "N requests in": completed requests
+    errors: str = ""        # wrk's socket-error / non-2xx lines, if any
+    cpu_s: float | None = None       # CPU seconds the capturing process used during the run
+    bpf_ns: int | None = None        # --bpf-stats: ns spent in its BPF programs during the run
+    bpf_runs: int | None = None      # --bpf-stats: how many times they ran
+
+
+def run_wrk(url: str, duration: int, connections: int) -> WrkResult:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url + "/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    text = out.stdout + out.stderr
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    if out.returncode != 0 or not rps or not total:
+        raise RuntimeError(f"wrk failed (exit {out.returncode}):\n{text}")
+    errors = "; ".join(ln.strip() for ln in text.splitlines()
+                       if "Socket errors" in ln or "Non-2xx" in ln)
+    return WrkResult(float(rps.group(1)), int(total.group(1)), errors)
+
+
+def measured_wrk(url: str, duration: int, connections: int, pid: int | None) -> WrkResult:
+    """run_wrk, plus the CPU time (and with --bpf-stats the BPF program time) of process `pid`."""
+    if pid is None:
+        return run_wrk(url, duration, connections)
+    cpu0, bpf0 = cpu_seconds(pid), BPF_STATS and bpf_prog_stats(pid)
+    result = run_wrk(url, duration, connections)
+    cpu1, bpf1 = cpu_seconds(pid), BPF_STATS and bpf_prog_stats(pid)
+    if cpu0 is not None and cpu1 is not None:
+        result.cpu_s = cpu1 - cpu0
+    if bpf0 and bpf1:
+        result.bpf_ns, result.bpf_runs = bpf1[0] - bpf0[0], bpf1[1] - bpf0[1]
+    return result
+
+
+# --------------------------------------------------------------------------- helpers
+
+def enable_bpf_stats():
+    """BPF_ENABLE_STATS: the kernel times every BPF program while the returned fd is open.
+
+    Preferred over the kernel.bpf_stats_enabled sysctl: closing the fd (or dying) turns it off.
+    """
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(128)          # union bpf_attr, zeroed: enable_stats.type = 0
+    fd = libc.syscall(321, 32, attr, ctypes.sizeof(attr))   # __NR_bpf (x86_64), BPF_ENABLE_STATS
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS failed")
+    return fd
+
+
+def other_bpf_users(exclude: set[int]) -> list[str]:
+    """Other processes holding BPF programs (e.g. tests running in parallel): their uprobes on
+    libssl trap our nginx too, so a round measured while they exist is noisy."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") == "anon_inode:bpf-prog":
+                    comm = Path(f"/proc/{entry}/comm").read_text().strip()
+                    found.append(f"{entry}({comm})")
+                    break
+        except OSError:
+            continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bpf_prog_stats(pid: int) -> tuple[int, int] | None:
+    """(run_time_ns, run_cnt) summed over the BPF programs process `pid` holds open.
+
+    The kernel counts them only while kernel.bpf_stats_enabled=1 (--bpf-stats).
+    """
+    total_ns = total_runs = 0
+    found = False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        ns = re.search(r"run_time_ns:\s+(\d+)", info)
+        cnt = re.search(r"run_cnt:\s+(\d+)", info)
+        if ns and cnt:
+            found = True
+            total_ns += int(ns.group(1))
+            total_runs += int(cnt.group(1))
+    return (total_ns, total_runs) if found else None
+
+
+def perf_event_fds(pid: int) -> int:
+    """How many perf-event fds a process holds: bcc makes one per attached uprobe/tracepoint."""
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[perf_event]":
+                    n += 1
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+def uprobe_entries(pid: int) -> list[str]:
+    """uprobe_events lines bcc created for process `pid` (bcc names them ..._bcc_<pid>)."""
+    try:
+        lines = UPROBE_EVENTS.read_text().splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if f"_bcc_{pid}" in ln]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60, then_term: bool = False) -> int:
+    """SIGINT and wait; then SIGTERM (if then_term, quietly) and finally SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if then_term:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                    return proc.returncode
+                except subprocess.TimeoutExpired:
+                    pass
+            print(f"  ! pid {proc.pid} did not stop within {timeout:.0f}s of SIGINT: killing it")
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def wait_until(predicate, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- (b) floor
+
+def empty_program(ps) -> str:
+    """The same hook functions and tracepoints as ps.rendered, each returning 0 at once."""
+    lines = [
+        "/* bench/overhead.py: ecapture's attach points with empty programs (the floor) */",
+        "#include <uapi/linux/ptrace.h>",
+        "BPF_RINGBUF_OUTPUT(events, 8);",
+        "BPF_PERCPU_ARRAY(lost, u64, 2);",
+    ]
+    if ps.scope_real:
+        # The loader seeds this table from /proc before attaching (it is never read here).
+        lines.append('BPF_TABLE("lru_hash", u32, u8, scope, 65536);')
+    for i in range(len(ps.hooks)):
+        lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return 0; }}")
+        lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return 0; }}")
+    for category, event in TRACEPOINTS:
+        lines.append(f"TRACEPOINT_PROBE({category}, {event}) {{ return 0; }}")
+    return "\n".join(lines) + "\n"
+
+
+def check_real_tracepoints(ps) -> None:
+    """Warn if the real program uses tracepoints this floor does not (the template changed)."""
+    used = set(re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", ps.rendered.text))
+    missing = used - set(TRACEPOINTS)
+    extra = set(TRACEPOINTS) - used
+    if missing or extra:
+        print(f"  ! floor tracepoints differ from the real program: missing {sorted(missing)}, "
+              f"extra {sorted(extra)}")
+
+
+class FloorMode:
+    def __init__(self):
+        sets, failed = build.plan_profile(load.load_file(str(PROFILE)))
+        if failed or len(sets) != 1:
+            raise RuntimeError(f"cannot plan {PROFILE}: {failed}")
+        ps = sets[0]
+        check_real_tracepoints(ps)
+        text = empty_program(ps)
+        self.probe_set = dataclasses.replace(ps, rendered=render.Rendered(text, "bench-floor"))
+        self.describe = (f"{len(ps.hooks)} hooks ({', '.join(h.symbol + ':' + h.on for h in ps.hooks)}) "
+                         f"on {ps.attach_path} + {len(TRACEPOINTS)} tracepoints, empty programs")
+        self.leftovers: list[str] = []
+
+    def run(self, url, duration, connections, ctx) -> WrkResult:
+        target = loader.LoadedTarget(self.probe_set).load(on_event=lambda *a: None)
+        try:
+            attached = len(target.attached)
+            bpf0 = BPF_STATS and bpf_prog_stats(os.getpid())
+            result = run_wrk(url, duration, connections)
+            bpf1 = BPF_STATS and bpf_prog_stats(os.getpid())
+            if bpf0 and bpf1:
+                result.bpf_ns, result.bpf_runs = bpf1[0] - bpf0[0], bpf1[1] - bpf0[1]
+        finally:
+            target.close()
+        left = uprobe_entries(os.getpid())
+        fds = perf_event_fds(os.getpid())
+        if left or fds:
+            self.leftovers.append(f"after close: {len(left)} uprobe_events entries, {fds} perf-event fds")
+            print(f"  ! floor left {len(left)} uprobe_events entries and {fds} perf-event fds behind")
+        ctx.setdefault("floor_attached", attached)
+        return result
+
+
+# --------------------------------------------------------------------------- (c) ecapture
+
+PROFILE_TEMPLATE = """\
+# bench/overhead.py: profiles/nginx-tls.yaml with a JSONL sink only
+apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata:
+  name: bench-overhead
+spec:
+  targets:
+    - name: web
+      kind: openssl
+      binary: /usr/sbin/nginx
+      max_bytes: 16384
+  parsers: [http1]
+  sinks:
+    - type: jsonl
+      path: {jsonl}
+"""
+
+TYPE_RE = re.compile(rb'^\{"type":"([^"]+)"')
+PID_RE = re.compile(rb'"pid":(\d+)')
+LOSS_RE = re.compile(rb'"stage":"([^"]*)".*?"count":(\d+)|"count":(\d+).*?"stage":"([^"]*)"')
+
+
+@dataclasses.dataclass
+class Capture:
+    completed: int          # wrk's completed requests
+    requests: int           # http.request records from the nginx worker
+    responses: int          # http.response records from the nginx worker
+    other_pids: int         # http.* records from other processes (ignored)
+    types: dict
+    losses: dict            # stage -> count, from loss records
+    loss_lines: list        # the summary's loss lines (stderr)
+    summary: str
+
+
+def count_jsonl(path: Path, worker_pid: int):
+    types: dict[str, int] = {}
+    losses: dict[str, int] = {}
+    req = resp = other = 0
+    with open(path, "rb") as f:
+        for line in f:
+            m = TYPE_RE.match(line)
+            if not m:
+                continue
+            t = m.group(1).decode()
+            types[t] = types.get(t, 0) + 1
+            if t in ("http.request", "http.response"):
+                pm = PID_RE.search(line)
+                if pm is None or int(pm.group(1)) != worker_pid:
+                    other += 1
+                elif t == "http.request":
+                    req += 1
+                else:
+                    resp += 1
+            elif t == "loss":
+                lm = LOSS_RE.search(line)
+                if lm:
+                    stage = (lm.group(1) or lm.group(4) or b"?").decode()
+                    losses[stage] = losses.get(stage, 0) + int(lm.group(2) or lm.group(3))
+    return req, resp, other, types, losses
+
+
+class EcaptureMode:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.captures: list[Capture] = []
+
+    def run(self, url, duration, connections, ctx) -> WrkResult:
+        n = len(self.captures)
+        jsonl = self.tmp / f"ecapture-{n}.jsonl"
+        profile = self.tmp / f"ecapture-{n}.yaml"
+        ready = self.tmp / f"ecapture-{n}.ready"
+        profile.write_text(PROFILE_TEMPLATE.format(jsonl=jsonl))
+        stderr_path = self.tmp / f"ecapture-{n}.stderr"
+        with open(stderr_path, "wb") as err, open(self.tmp / f"ecapture-{n}.stdout", "wb") as out:
+            proc = subprocess.Popen([str(ECAPTURE), "apply", str(profile), "--ready-file", str(ready)],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            try:
+                if not wait_until(lambda: ready.exists() or proc.poll() is not None, 120):
+                    raise RuntimeError("ecapture apply did not become ready within 120 s")
+                if proc.poll() is not None:
+                    raise RuntimeError(f"ecapture apply exited with {proc.returncode}:\n"
+                                       f"{stderr_path.read_text(errors='replace')}")
+                ctx["ecapture_pid"] = proc.pid
+                hook = ctx.get("during_ecapture")
+                if hook:
+                    hook(proc.pid)
+                result = measured_wrk(url, duration, connections, proc.pid)
+            finally:
+                rc = stop_process(proc)
+        text = stderr_path.read_text(errors="replace") + (self.tmp / f"ecapture-{n}.stdout").read_text(
+            errors="replace")
+        if "running" not in text:
+            print(f"  ! ecapture did not report a running target:\n{text}")
+        if rc not in (0, 130, -signal.SIGINT):
+            print(f"  ! ecapture apply exited with {rc}")
+        left = uprobe_entries(proc.pid)
+        if left:
+            print(f"  ! ecapture left {len(left)} uprobe_events entries behind")
+        req, resp, other, types, losses = count_jsonl(jsonl, ctx["worker_pid"])
+        summary = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        self.captures.append(Capture(
+            completed=result.requests, requests=req, responses=resp, other_pids=other, types=types,
+            losses=losses, loss_lines=[ln for ln in summary if "loss" in ln.lower()],
+            summary=next((ln for ln in summary if "stopped after" in ln), "")))
+        jsonl.unlink(missing_ok=True)
+        return result
+
+
+# --------------------------------------------------------------------------- (d) sslsniff
+
+MIN_LINE = "u32 buf_copy_size = min((size_t)MAX_BUF_SIZE, (size_t)len);"
+TERNARY_LINE = ("u32 buf_copy_size = ((size_t)len < (size_t)MAX_BUF_SIZE) ? "
+                "(size_t)len : (size_t)MAX_BUF_SIZE;")
+
+
+def _sslsniff_copy(tmp: Path) -> Path:
+    """A temporary copy of sslsniff-bpfcc whose one `min()` is a ternary.
+
+    The kernel headers' `min()` is a type-checking statement-expression macro that clang
+    rejects in bcc's rewritten C on this machine; the ternary computes the same value.
+    """
+    text = SSLSNIFF.read_text()
+    if MIN_LINE not in text:
+        raise RuntimeError(f"{SSLSNIFF}: expected line {MIN_LINE!r} not found; update bench/overhead.py")
+    copy = tmp / "sslsniff-patched.py"
+    copy.write_text(text.replace(MIN_LINE, TERNARY_LINE))
+    return copy
+
+
+class SslsniffMode:
+    # -p: only the nginx worker (bcc scopes the uprobes to it at attach time, and filters in the
+    #     kernel too); -g -n: OpenSSL only (nginx maps no GnuTLS/NSS). Default UTF-8 text output
+    #     (not --hexdump), default 8 KiB buffer, stdout to a file: the cheapest way it still captures.
+    FLAGS = ("-g", "-n")
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.script = _sslsniff_copy(tmp)
+        self.runs: list[dict] = []
+
+    def run(self, url, duration, connections, ctx) -> WrkResult:
+        n = len(self.runs)
+        out_path = self.tmp / f"sslsniff-{n}.out"
+        err_path = self.tmp / f"sslsniff-{n}.stderr"
+        cmd = ["/usr/bin/python3", str(self.script), "-p", str(ctx["worker_pid"]), *self.FLAGS]
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            try:
+                # 4 uprobes (SSL_read/SSL_write entry + return) = 4 perf-event fds once attached,
+                # then the perf buffer adds one per CPU.
+                ok = wait_until(lambda: perf_event_fds(proc.pid) >= 4 or proc.poll() is not None, 60)
+                if proc.poll() is not None or not ok:
+                    raise RuntimeError(f"sslsniff did not attach (exit {proc.poll()}):\n"
+                                       f"{err_path.read_text(errors='replace')}")
+                time.sleep(1.0)   # let it open its perf buffers and enter its poll loop
+                result = measured_wrk(url, duration, connections, proc.pid)
+            finally:
+                # sslsniff sits in perf_buffer_poll(-1): once traffic stops, SIGINT's
+                # KeyboardInterrupt is only raised inside an event callback, where ctypes
+                # swallows it. So SIGINT, then SIGTERM (its last buffered output is lost).
+                stop_process(proc, timeout=3, then_term=True)
+        lines = out_path.read_text(errors="replace").splitlines()
+        reads = sum(1 for ln in lines if ln.startswith("READ/RECV"))
+        writes = sum(1 for ln in lines if ln.startswith("WRITE/SEND"))
+        lost = sum(int(m) for m in re.findall(r"[Ll]ost (\d+) samples", err_path.read_text(errors="replace")))
+        self.runs.append({"completed": result.requests, "reads": reads, "writes": writes, "lost": lost})
+        out_path.unlink(missing_ok=True)
+        return result
+
+
+# --------------------------------------------------------------------------- main
+
+class BareMode:
+    def run(self, url, duration, connections, ctx) -> WrkResult:
+        return run_wrk(url, duration, connections)
+
+
+def preflight() -> list[str]:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("needs root")
+    for tool in ("wrk", nginx_support.NGINX_BIN, str(SSLSNIFF), str(ECAPTURE)):
+        if not shutil.which(tool) and not Path(tool).exists():
+            problems.append(f"missing {tool}")
+    if not UPROBE_EVENTS.exists():
+        problems.append("tracefs is not mounted at /sys/kernel/tracing")
+    return problems
+
+
+def costs(res: WrkResult) -> list[str]:
+    """Per-request costs of the capture: its process's CPU, and its BPF programs' run time."""
+    out = []
+    if res.cpu_s is not None and res.requests:
+        out.append(f"capture CPU {res.cpu_s / args_duration(res):.0%} of a core, "
+                   f"{res.cpu_s / res.requests * 1e6:.1f} us/req")
+    if res.bpf_ns is not None and res.requests:
+        out.append(f"BPF {res.bpf_ns / res.requests / 1e3:.2f} us/req in {res.bpf_runs / res.requests:.1f} runs/req")
+    return out
+
+
+def args_duration(res: WrkResult) -> float:
+    return res.requests / res.rps if res.rps else 1.0
+
+
+def fmt_ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per mode per round")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="time the BPF programs (kernel BPF_ENABLE_STATS; adds a little overhead to every mode)")
+    ap.add_argument("--pyspy", metavar="FILE", help="record py-spy on `ecapture apply` during round 1's wrk run "
+                    "(flame graph if SVG ends in .svg, else collapsed stacks)")
+    args = ap.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if any(m not in MODES for m in modes):
+        ap.error(f"--modes: choose from {', '.join(MODES)}")
+
+    problems = preflight()
+    if problems:
+        print("overhead: cannot run: " + "; ".join(problems))
+        return 0
+
+    global BPF_STATS
+    stats_fd = enable_bpf_stats() if args.bpf_stats else None
+    BPF_STATS = stats_fd is not None
+    tmp = Path(tempfile.mkdtemp(prefix="ecap-bench-"))
+    rps: dict[str, list[float]] = {m: [] for m in modes}
+    results: dict[str, list[WrkResult]] = {m: [] for m in modes}
+    noisy_rounds: list[str] = []
+    errors: list[str] = []
+    try:
+        impl = {"bare": BareMode()}
+        if "floor" in modes:
+            impl["floor"] = FloorMode()
+        if "ecapture" in modes:
+            impl["ecapture"] = EcaptureMode(tmp)
+        if "sslsniff" in modes:
+            impl["sslsniff"] = SslsniffMode(tmp)
+
+        with nginx_support.NginxServer(workers=1) as srv:
+            workers = srv.worker_pids()
+            ctx = {"worker_pid": workers[0]}
+            print(f"overhead: nginx 1 worker (pid {workers[0]}) at {srv.url}; wrk -t1 -c{args.connections} "
+                  f"-d{args.duration}s; {args.rounds} round(s) of {', '.join(modes)}; {os.cpu_count()} CPUs; "
+                  f"kernel {os.uname().release}")
+            if "floor" in impl:
+                print(f"  floor = {impl['floor'].describe}")
+            run_wrk(srv.url, 2, args.connections)   # warm-up, not counted
+            for r in range(1, args.rounds + 1):
+                for m in modes:
+                    if m == "ecapture" and args.pyspy and r == 1:
+                        ctx["during_ecapture"] = lambda pid: _pyspy(pid, args.pyspy, args.duration)
+                    else:
+                        ctx.pop("during_ecapture", None)
+                    ours = {os.getpid()} | {ctx.get("ecapture_pid", -1)}
+                    try:
+                        before = set(other_bpf_users(ours))
+                        res = impl[m].run(srv.url, args.duration, args.connections, ctx)
+                        after = set(other_bpf_users(ours | {ctx.get("ecapture_pid", -1)}))
+                        noisy = sorted(before | after)
+                    except Exception as exc:   # one broken mode must not hide the others
+                        msg = f"round {r} {m}: {exc}"
+                        errors.append(msg)
+                        print(f"  ! {msg}")
+                        continue
+                    rps[m].append(res.rps)
+                    results[m].append(res)
+                    extra = "".join(f"  {x}" for x in costs(res)) + (f"  ({res.errors})" if res.errors else "")
+                    if noisy:
+                        extra += f"  [other BPF users: {', '.join(noisy)}]"
+                        noisy_rounds.append(f"round {r} {m}")
+                    print(f"  round {r} {m:<9} {res.rps:>10.0f} req/s  {res.requests:>8} requests{extra}",
+                          flush=True)
+                    time.sleep(1)
+        report(args, modes, rps, results, impl, errors)
+        if noisy_rounds:
+            print(f"NOTE  other processes held BPF programs during {len(noisy_rounds)} run(s) "
+                  f"({', '.join(noisy_rounds)}): those figures are noisier")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if stats_fd is not None:
+            os.close(stats_fd)
+    return 0
+
+
+def _pyspy(pid: int, svg: str, duration: int) -> None:
+    """Start py-spy on `ecapture apply` for the coming wrk run (it stops by itself)."""
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    fmt = [] if svg.endswith(".svg") else ["--format", "raw"]   # raw: collapsed stacks, one per line
+    subprocess.Popen([spy, "record", "-o", svg, *fmt, "--pid", str(pid), "--duration", str(duration),
+                      "--threads", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def report(args, modes, rps, results, impl, errors) -> None:
+    med = {m: statistics.median(v) for m, v in rps.items() if v}
+    floor = med.get("floor")
+    print()
+    print(f"{'mode':<10} {'median req/s':>13}  {'x floor':>7}  rounds")
+    for m in modes:
+        if m not in med:
+            print(f"{m:<10} {'failed':>13}")
+            continue
+        ratio = fmt_ratio(med[m], floor) if floor else "n/a"
+        print(f"{m:<10} {med[m]:>13.0f}  {ratio:>7}  {', '.join(f'{x:.0f}' for x in rps[m])}")
+    for m in modes:
+        for label in ("capture", "BPF"):
+            vals = [c for r in results[m] for c in costs(r) if c.startswith(label)]
+            if vals:
+                print(f"  {m} {label.lower()} cost by round: {'; '.join(vals)}")
+    print()
+    pairs = (("ecapture", "floor", "c/b ecapture/floor"), ("ecapture", "sslsniff", "c/d ecapture/sslsniff"),
+             ("floor", "bare", "b/a floor/bare"), ("sslsniff", "floor", "d/b sslsniff/floor"))
+    for a, b, label in pairs:
+        if a in med and b in med:
+            print(f"{label:<24} {med[a] / med[b]:.2f}")
+
+    verdicts = []
+    if "ecapture" in impl and impl["ecapture"].captures:
+        print()
+        all_ok = True
+        for i, c in enumerate(impl["ecapture"].captures, 1):
+            short = c.completed - min(c.requests, c.responses)
+            ok = short <= 0
+            all_ok &= ok
+            losses = ", ".join(f"{k}={v}" for k, v in sorted(c.losses.items())) or "none"
+            print(f"capture round {i}: wrk completed {c.completed}; http.request {c.requests} "
+                  f"({c.requests / c.completed:.4f}), http.response {c.responses} "
+                  f"({c.responses / c.completed:.4f}); loss records: {losses}"
+                  + (f"; SHORT by {short}" if not ok else "")
+                  + (f"; {c.other_pids} http records from other processes ignored" if c.other_pids else ""))
+            other = {k: v for k, v in c.types.items() if k not in ("http.request", "http.response")}
+            if other:
+                print(f"  other record types: {', '.join(f'{k}={v}' for k, v in sorted(other.items()))}")
+            if c.summary:
+                print(f"  {c.summary}")
+            for ln in c.loss_lines:
+                print(f"  {ln}")
+        verdicts.append(("every completed request captured (request and response)", all_ok))
+    if "sslsniff" in impl and impl["sslsniff"].runs:
+        for i, s in enumerate(impl["sslsniff"].runs, 1):
+            print(f"sslsniff round {i}: wrk completed {s['completed']}; printed >= {s['reads']} READ, "
+                  f"{s['writes']} WRITE events; perf-buffer samples lost: {s['lost']}")
+    if "floor" in impl:
+        fl = impl["floor"].leftovers
+        print(f"floor cleanup: {'no leftover uprobes/perf events' if not fl else '; '.join(fl)}")
+    if "ecapture" in med and floor:
+        verdicts.insert(0, (f"ecapture >= {FLOOR_RATIO} x floor ({med['ecapture'] / floor:.2f})",
+                            med["ecapture"] >= FLOOR_RATIO * floor))
+    if "ecapture" in med and "sslsniff" in med:
+        verdicts.insert(1, (f"ecapture >= {SSLSNIFF_RATIO:g} x sslsniff ({med['ecapture'] / med['sslsniff']:.2f})",
+                            med["ecapture"] >= SSLSNIFF_RATIO * med["sslsniff"]))
+    print()
+    for label, ok in verdicts:
+        print(f"{'PASS' if ok else 'FAIL'}  {label}")
+    for e in errors:
+        print(f"ERROR {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
