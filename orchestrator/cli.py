@@ -63,8 +63,7 @@ def validate(paths: List[Path] = PathsArg) -> None:
         _, failed = build.plan_profile(profile)
         for f in failed:
             ok = False
-            idx = [t.name for t in profile.targets].index(f.target.name)
-            err.print(escape(f"{profile.path}:{f.target.line}:7: spec.targets[{idx}].{f.field}: {f.message}"))
+            err.print(escape(str(f.issue())))
         if not failed:
             print(f"{profile.path}: ok ({len(profile.targets)} target(s))")
     raise typer.Exit(0 if ok else EXIT_INVALID)
@@ -84,7 +83,7 @@ def render(path: Path = typer.Argument(..., help="One profile file.", show_defau
     sets, failed = build.plan_profile(profile)
     for f in failed:
         if not target or f.target.name == target:
-            _fail(f"{f.file}:{f.target.line}:7: {f.field}: {f.message}")
+            _fail(str(f.issue()))
     chosen = [s for s in sets if not target or s.target.name == target]
     for ps in chosen:
         if len(chosen) > 1:

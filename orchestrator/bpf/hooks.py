@@ -76,6 +76,9 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
     "bash": (Hook("readline", "return", RECORD_COMMAND, payload=Payload(RET, "string")),),
 }
 
+# Kinds whose records belong to a connection (and so can be filtered by port).
+CONNECTION_KINDS = ("openssl",)
+
 # Where a kind's probes go when the profile names only a program.
 LIBRARY_SONAMES = {"openssl": ("libssl.so",)}
 DEFAULT_BINARY = {"bash": "/bin/bash"}

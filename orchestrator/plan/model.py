@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from orchestrator.spec import models
+from orchestrator.spec import errors, models
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,7 @@ class FailedTarget:
     @property
     def key(self) -> tuple[str, str]:
         return (self.profile, self.target.name)
+
+    def issue(self) -> errors.Issue:
+        line, col = self.target.mark(self.field)
+        return errors.Issue(self.file, line, col, f"spec.targets[{self.target.index}].{self.field}", self.message)

@@ -57,10 +57,7 @@ class ApplySession:
             sets, failed = build.plan_profile(profile)
             for f in failed:
                 self.failed_targets.append(f)
-                line = next((t.line for t in profile.targets if t.name == f.target.name), 1)
-                idx = [t.name for t in profile.targets].index(f.target.name)
-                self.warn(f"{profile.path}:{line}:7: spec.targets[{idx}].{f.field}: {f.message} "
-                          f"(target {f.target.name!r} not started)")
+                self.warn(f"{f.issue()} (target {f.target.name!r} not started)")
             for ps in sets:
                 rt = self.runtime.start(ps)
                 if rt.state == "running":
@@ -70,7 +67,8 @@ class ApplySession:
                     self.log(f"{ps.profile}/{ps.target.name}: running — {len(rt.loaded.attached)} probe(s) on "
                              f"{ps.attach_path} ({', '.join(pts)}){scope}")
                 else:
-                    self.warn(f"{profile.path}:{ps.target.line}:7: {ps.profile}/{ps.target.name}: {rt.last_error}")
+                    self.warn(f"{profile.path}:{ps.target.line}:{ps.target.mark('name')[1]}: "
+                              f"spec.targets[{ps.target.index}]: {rt.last_error} (target {ps.target.name!r} not started)")
         return running
 
     def run(self, duration: float | None = None, ready_file: str | None = None) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jsonschema
 
+from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.spec import errors, models, yamlmarks
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "profile.schema.json"
@@ -26,7 +27,11 @@ def schema() -> dict:
 
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(schema())
+    # JSON Schema calls 1024.0 an integer; C constants must be real ints.
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _c, v: isinstance(v, int) and not isinstance(v, bool))
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
+    return cls(schema())
 
 
 def discover(paths) -> list[str]:
@@ -83,7 +88,7 @@ def _schema_issue(err: jsonschema.ValidationError, filename: str, marks) -> erro
 
 
 def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -141,6 +146,8 @@ def _semantic_issues(doc, filename, marks) -> list[errors.Issue]:
         seen.setdefault(t["name"], i)
         if t["kind"] == "uprobe":
             _check_uprobe_args(t, base, add)
+        if t.get("filters", {}).get("ports") and t["kind"] not in hooks_mod.CONNECTION_KINDS:
+            add(base + ("filters", "ports"), f"kind {t['kind']} has no connections to filter by port", key=True)
     paths: dict[str, int] = {}
     for i, s in enumerate(doc["spec"].get("sinks", [])):
         if s["type"] == "jsonl":
@@ -200,6 +207,8 @@ def _build(doc, filename, marks, digest) -> models.Profile:
                                    tuple(f.get("comm", ())), tuple(f.get("ports", ()))),
             max_bytes=t.get("max_bytes", 16384), ring_buffer_kib=t.get("ring_buffer_kib", 8192),
             line=yamlmarks.mark_for(marks, ("spec", "targets", i))[0],
+            index=i,
+            field_marks=tuple((k, *yamlmarks.mark_for(marks, ("spec", "targets", i, k))) for k in t),
         ))
     sinks = tuple(models.Sink(s["type"], tuple(sorted((k, v) for k, v in s.items() if k != "type")))
                   for s in spec.get("sinks", [{"type": "stdout"}]))

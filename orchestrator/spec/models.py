@@ -35,6 +35,14 @@ class Target:
     max_bytes: int = 16384
     ring_buffer_kib: int = 8192
     line: int = 1             # where the target starts in its file, for messages
+    index: int = field(default=0, compare=False)          # position in spec.targets
+    field_marks: tuple = field(default=(), compare=False)  # (field, line, col) of each key, for messages
+
+    def mark(self, field: str) -> tuple[int, int]:
+        for name, line, col in self.field_marks:
+            if name == field:
+                return line, col
+        return self.line, 1
 
 
 @dataclass(frozen=True)

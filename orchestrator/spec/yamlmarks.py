@@ -22,8 +22,15 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _construct(node: yaml.Node, path: Path, marks: dict, loader: yaml.SafeLoader):
+def _construct(node: yaml.Node, path: Path, marks: dict, loader: yaml.SafeLoader, active=frozenset()):
     marks[path] = _mark(node)
+    if id(node) in active:
+        raise YamlError("an alias refers to the node that contains it", *_mark(node))
+    if len(marks) > 200_000:
+        raise YamlError("document too large (alias expansion?)", *_mark(node))
+    if len(path) > 64:
+        raise YamlError("nested too deeply", *_mark(node))
+    active = active | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:
@@ -37,11 +44,17 @@ def _construct(node: yaml.Node, path: Path, marks: dict, loader: yaml.SafeLoader
             # jsonschema paths name keys as strings; keep the key's own mark for "unknown key" errors.
             marks[path + (key,)] = _mark(value_node)
             marks[("__key__",) + path + (key,)] = _mark(key_node)
-            out[key] = _construct(value_node, path + (key,), marks, loader)
+            out[key] = _construct(value_node, path + (key,), marks, loader, active)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, path + (i,), marks, loader) for i, item in enumerate(node.value)]
+        return [_construct(item, path + (i,), marks, loader, active) for i, item in enumerate(node.value)]
+    if node.tag not in _PLAIN_TAGS:
+        return node.value          # dates, binary, ...: keep the text the user wrote
     return loader.construct_object(node, deep=True)
+
+
+_PLAIN_TAGS = {"tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+               "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"}
 
 
 def load(text: str, filename: str = "<string>"):
@@ -59,6 +72,8 @@ def load(text: str, filename: str = "<string>"):
         raise YamlError(f"invalid YAML: {exc.problem or exc.context}", line, col) from None
     except yaml.YAMLError as exc:
         raise YamlError(f"invalid YAML: {exc}", 1, 1) from None
+    except RecursionError:
+        raise YamlError("invalid YAML: recursive or too deeply nested aliases", 1, 1) from None
     finally:
         loader.dispose()
 

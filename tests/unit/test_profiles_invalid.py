@@ -204,15 +204,11 @@ def test_missing_symbol_loads_but_fails_validate(missing_symbol):
     assert any(" spec.targets[1].symbol: " in ln and "no_such_function_xyz" in ln for ln in lines), proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="cli.validate prints the target's first line and a hard-coded column 7 "
-                                       "instead of the position of the `symbol:` value")
 def test_missing_symbol_points_at_the_symbol(missing_symbol):
     proc = _run("validate", "fn.yaml", cwd=missing_symbol)
     assert f"fn.yaml:{SYMBOL_LINE}:{SYMBOL_COL}: spec.targets[1].symbol: " in proc.stderr, proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="cli.render prints the bare DiscoveryError field ('symbol') instead of "
-                                       "the field path spec.targets[1].symbol")
 def test_render_names_the_field_path_of_a_missing_symbol(missing_symbol):
     proc = _run("render", "fn.yaml", "--target", "fn", cwd=missing_symbol)
     assert "Traceback" not in proc.stdout + proc.stderr

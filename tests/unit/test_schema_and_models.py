@@ -71,8 +71,6 @@ def test_walk_reaches_nested_declarations():
         assert p in paths
 
 
-@pytest.mark.xfail(strict=True, reason="filters.comm items have a `pattern` but no `description`, so the loader's "
-                                       "error message for a bad comm shows the raw regex")
 def test_every_pattern_has_a_description():
     """The loader quotes a pattern's description in its error message; a bare regex is no help to users."""
     schema = _schema()
