@@ -84,9 +84,6 @@ class LoadedTarget:
         for pid in discovery.running_instances(self.probe_set.scope_real):
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
-    def poll(self, timeout_ms: int) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
-
     def losses(self) -> dict[str, int]:
         """Kernel-side loss counters, summed over CPUs, by stage."""
         if self.bpf is None:

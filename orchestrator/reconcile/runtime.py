@@ -35,6 +35,9 @@ class RunningTarget:
         return self.probe_set.digest
 
 
+DRAIN_INTERVAL_S = 0.01
+
+
 class Runtime:
     def __init__(self, dispatcher, log=print):
         self.dispatcher = dispatcher
@@ -69,8 +72,9 @@ class Runtime:
 
     def _poll(self, rt: RunningTarget, pending: list) -> None:
         lt = rt.loaded
-        while not rt.stop_flag.is_set():
-            lt.poll(100)
+        # Records are written without wakeups (probes.c.j2): drain on a timer.
+        while not rt.stop_flag.wait(DRAIN_INTERVAL_S):
+            lt.drain()
             if pending:
                 self.dispatcher.submit(pending[:])
                 pending.clear()

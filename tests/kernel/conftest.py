@@ -74,6 +74,8 @@ def apply_profile(tmp_path):
         path = tmp_path / name
         path.write_text(profile_text.replace("{jsonl}", str(jsonl)))
         ready = tmp_path / "ready"
+        ready.unlink(missing_ok=True)   # a previous run in the same test left one
+        jsonl.unlink(missing_ok=True)
         err_path, out_path = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
         with open(err_path, "w") as err, open(out_path, "w") as out:
             proc = subprocess.Popen([ECAPTURE, "apply", str(path), "--ready-file", str(ready), *extra_args],
