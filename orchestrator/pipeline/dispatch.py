@@ -146,14 +146,6 @@ class Dispatcher:
         if out:
             self.process(out)
 
-    def forget_target(self, key) -> None:
-        """Drop the connection state of a target that was removed."""
-        out: list = []
-        for wkey in [k for k in self._workers if k[0] == key]:
-            self._workers.pop(wkey).finish(out)
-        if out:
-            self.process(out)
-
     @property
     def worker_count(self) -> int:
         return len(self._workers)
