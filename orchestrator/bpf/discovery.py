@@ -149,10 +149,7 @@ def resolve(target: models.Target) -> Resolution:
         field = "binary"
     else:
         attach, how, field = binary, "binary", "binary"
-    if not os.path.exists(attach):
-        raise DiscoveryError(field, f"{attach}: no such file")
-    if not os.path.isfile(attach):
-        raise DiscoveryError(field, f"{attach}: not a regular file")
+    _require_file(attach, field)
     symbols, _ = _elf_info_for(attach, field)
     found, missing_optional = [], []
     for h in hooks:
@@ -169,6 +166,11 @@ def resolve(target: models.Target) -> Resolution:
         scope_paths=exec_aliases(binary) if scoped else (),
         scope_real=os.path.realpath(binary) if binary else None, how=how,
     )
+
+
+def _require_file(path: str, field: str) -> None:
+    if not os.path.isfile(path):
+        raise DiscoveryError(field, f"{path}: {'not a regular file' if os.path.exists(path) else 'no such file'}")
 
 
 def _elf_info_for(path: str, field: str):
@@ -203,8 +205,7 @@ def _needed_library(needed, prefixes, limit: int = 64):
 
 
 def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str]:
-    if not os.path.isfile(binary):
-        raise DiscoveryError("binary", f"{binary}: {'not a regular file' if os.path.exists(binary) else 'no such file'}")
+    _require_file(binary, "binary")
     symbols, needed = _elf_info_for(binary, "binary")
     if all(h.symbol in symbols for h in hooks if not h.optional):
         return binary, "statically linked into the binary"

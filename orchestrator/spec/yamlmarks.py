@@ -72,8 +72,6 @@ def load(text: str, filename: str = "<string>"):
         raise YamlError(f"invalid YAML: {exc.problem or exc.context}", line, col) from None
     except yaml.YAMLError as exc:
         raise YamlError(f"invalid YAML: {exc}", 1, 1) from None
-    except RecursionError:
-        raise YamlError("invalid YAML: recursive or too deeply nested aliases", 1, 1) from None
     finally:
         loader.dispose()
 
