@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from orchestrator import preflight
 from orchestrator.bpf import discovery
+from orchestrator.bpf import render as render_mod
 from orchestrator.plan import build
 from orchestrator.spec import errors, load
 
@@ -88,7 +89,7 @@ def render(path: Path = typer.Argument(..., help="One profile file.", show_defau
     for ps in chosen:
         if len(chosen) > 1:
             print(f"/* ===== target {ps.target.name} ===== */")
-        sys.stdout.write(ps.rendered.text)
+        sys.stdout.write(render_mod.program(ps.rendered, slot=0, generation=1))
     raise typer.Exit(0 if chosen and not any(not target or f.target.name == target for f in failed)
                      else EXIT_INVALID)
 
@@ -145,12 +146,16 @@ def _matching_now(ps) -> list[int]:
 def apply(paths: List[Path] = PathsArg,
           duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: run until "
                                                               "Ctrl-C / SIGTERM)."),
-          ready_file: Optional[Path] = typer.Option(None, help="Write this file once every target is attached.")
+          ready_file: Optional[Path] = typer.Option(None, help="Write this file once every target is attached."),
+          watch: bool = typer.Option(True, help="Watch the profiles and apply edits live (add, change, delete)."),
           ) -> None:
     """Capture: attach every target of the profiles and stream records to their sinks until stopped.
 
-    Needs root. Targets that cannot attach are reported and skipped; the rest keep running.
-    On exit every probe is detached and a summary (events, records, losses) is printed.
+    Needs root. The profiles are watched: a new file starts its targets, a deleted one stops
+    them, an edit switches only the changed targets to a new generation without losing or
+    duplicating a record. A bad edit is reported and the last good generation keeps running.
+    Targets that cannot attach are reported and skipped; the rest keep running. On exit every
+    probe is detached and a summary (events, records, losses) is printed.
     """
     from orchestrator.reconcile import session as session_mod
 
@@ -159,12 +164,10 @@ def apply(paths: List[Path] = PathsArg,
         for p in problems:
             _fail(p)
         raise typer.Exit(EXIT_PRECONDITION)
-    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(escape(line)))
     if not load.discover(paths):
         _fail(f"no profiles found in {', '.join(map(str, paths))}")
         raise typer.Exit(EXIT_USAGE)
-    if sess.load_profiles() == 0:
-        raise typer.Exit(EXIT_INVALID)
+    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(escape(line)), watch=watch)
 
     def on_signal(signum, _frame):
         sess.stop_event.set()
@@ -172,9 +175,11 @@ def apply(paths: List[Path] = PathsArg,
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        sess.run(duration=duration, ready_file=str(ready_file) if ready_file else None)
+        started = sess.run(duration=duration, ready_file=str(ready_file) if ready_file else None)
     finally:
         summary = sess.shutdown()
+    if not started:
+        raise typer.Exit(EXIT_INVALID)
     _print_summary(summary)
 
 
@@ -190,6 +195,8 @@ def _print_summary(summary: dict) -> None:
         _say("losses: 0")
     if summary["failed_targets"]:
         _say(f"targets that did not run: {', '.join(summary['failed_targets'])}")
+    for line in summary["sink_errors"]:
+        _fail(f"sink: {line}")
 
 
 def main() -> None:

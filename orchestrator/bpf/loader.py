@@ -11,7 +11,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from orchestrator.bpf import discovery, layout, render
+from orchestrator.bpf import discovery, layout, render, state
 from orchestrator.plan import model as plan_model
 
 
@@ -30,6 +30,8 @@ class AttachPoint:
 @dataclass
 class LoadedTarget:
     probe_set: plan_model.ProbeSet
+    slot: int = 0            # gate slot of the target (stable across its generations)
+    generation: int = 1
     bpf: object = None
     attached: list[AttachPoint] = field(default_factory=list)
     _closed: bool = False
@@ -40,10 +42,15 @@ class LoadedTarget:
         import bcc  # Debian's python3-bpfcc; imported late so pure commands work without it
 
         ps = self.probe_set
+        try:
+            state.shared()    # the extern tables must exist before the program that uses them
+        except Exception as exc:
+            raise LoadError(f"cannot create the shared kernel state: {_first_line(exc)}") from None
         quiet = _quiet_stderr()
         try:
             with quiet:
-                self.bpf = bcc.BPF(text=ps.rendered.text.encode(), cflags=render.cflags())
+                text = render.program(ps.rendered, self.slot, self.generation)
+                self.bpf = bcc.BPF(text=text.encode(), cflags=render.cflags())
         except Exception as exc:  # bcc raises bare Exception on compile/load errors
             self.bpf = None
             errors = [ln for ln in getattr(quiet, "text", "").splitlines() if "error" in ln]

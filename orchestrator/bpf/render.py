@@ -124,8 +124,20 @@ def context(profile_name: str, target: models.Target, hooks, scope_paths=()) -> 
 
 def render(profile_name: str, target: models.Target, hooks, scope_paths=()) -> Rendered:
     text = _env().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths))
-    common = (KERN_DIR / "common.h").read_bytes()
-    return Rendered(text, hashlib.sha256(text.encode() + common).hexdigest())
+    headers = b"".join((KERN_DIR / h).read_bytes() for h in ("common.h", "shared.h"))
+    return Rendered(text, hashlib.sha256(text.encode() + headers).hexdigest())
+
+
+def prelude(slot: int, generation: int) -> str:
+    """The lines that make one generation of a rendered program: its gate slot and generation."""
+    slot = _int_list([slot], 0, 1023)[0]
+    generation = _int_list([generation], 1, 2**31)[0]
+    return f"#define ECAP_SLOT {slot}\n#define ECAP_GEN {generation}\n"
+
+
+def program(rendered: Rendered, slot: int, generation: int) -> str:
+    """Exactly what bcc compiles for this generation."""
+    return prelude(slot, generation) + rendered.text
 
 
 def cflags() -> list[str]:

@@ -39,6 +39,7 @@ class Dispatcher:
         self._last_sweep = 0
         self.stats = Stats()
         self.periodic = []                       # callables run about once a second on this thread
+        self.sink_errors: list[str] = []
 
     # ---- producer side (poller threads)
     def submit(self, batch: list) -> None:
@@ -50,6 +51,10 @@ class Dispatcher:
             self.process(records)
         else:
             self._queue.put(records)
+
+    def call_soon(self, fn) -> None:
+        """Run `fn` on the dispatcher thread after everything submitted so far."""
+        self._queue.put([fn])
 
     # ---- consumer side
     def start(self) -> None:
@@ -97,6 +102,9 @@ class Dispatcher:
         by_profile: dict[str, list] = {}
         now = self._clock()
         for item in batch:
+            if callable(item):
+                item()            # control work ordered with the records (e.g. closing replaced sinks)
+                continue
             if isinstance(item, events.Record):
                 profile = item.fields.get("profile") if item.event is None else item.event.source.profile
                 by_profile.setdefault(profile, []).append(item)
@@ -111,7 +119,11 @@ class Dispatcher:
         for profile, records in by_profile.items():
             if records:
                 for sink in self._sinks_for(profile):
-                    sink.write(records)
+                    try:
+                        sink.write(records)
+                    except Exception as exc:   # a full disk must not stop capture: count it
+                        self.stats.losses[(profile, "*", f"sink.{type(sink).__name__}")] += len(records)
+                        self.sink_errors.append(f"{profile}: {type(sink).__name__}: {exc}")
 
     def _route(self, ev: events.Event, out: list, now: int) -> None:
         if ev.record == layout.RECORD_DATA:

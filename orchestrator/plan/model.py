@@ -18,7 +18,7 @@ class ProbeSet:
     rendered: object                # render.Rendered
     how: str = ""
     missing_optional: tuple[str, ...] = ()
-    parsers: tuple[str, ...] | None = None   # userspace only: not part of the digest
+    parsers: tuple[str, ...] | None = None   # userspace only, but a change still makes a new generation
 
     @property
     def key(self) -> tuple[str, str]:
@@ -29,7 +29,7 @@ class ProbeSet:
         """Same digest ⇔ same program attached at the same places."""
         points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
         pids = ",".join(map(str, self.target.filters.pids))
-        text = f"{self.rendered.digest}|{self.attach_path}|{points}|{pids}"
+        text = f"{self.rendered.digest}|{self.attach_path}|{points}|{pids}|{self.parsers}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,8 +1,10 @@
-"""Running targets: load, poll, unload; each target's visible state and last error.
+"""Running targets: load, switch generations, unload; each target's visible state and last error.
 
-One `RunningTarget` per (profile, target): its loaded BPF, its poller thread and its
-state (`pending`, `running`, `failed`, `stopped`). Loss counters read from the kernel
-become `loss` records.
+One live `RunningTarget` per (profile, target) key, each owning a gate slot that stays the
+same across its generations. A generation switch (see `switch`) hands every probe hit to
+exactly one generation and releases the new generation's records only after the old one
+is drained, so nothing is lost, duplicated or reordered. Kernel loss counters become
+`loss` records.
 """
 from __future__ import annotations
 
@@ -11,18 +13,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from orchestrator.bpf import loader
+from orchestrator.bpf import loader, state
 from orchestrator.pipeline import events
+
+DRAIN_INTERVAL_S = 0.01
 
 
 @dataclass
 class RunningTarget:
     probe_set: object
-    state: str = "pending"
+    slot: int
+    generation: int
+    state: str = "pending"      # pending | running | failed | stopped
     last_error: str = ""
     loaded: loader.LoadedTarget | None = None
     thread: threading.Thread | None = None
     stop_flag: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
     losses_seen: dict = field(default_factory=dict)
     started_at: float = 0.0
 
@@ -35,19 +42,38 @@ class RunningTarget:
         return self.probe_set.digest
 
 
-DRAIN_INTERVAL_S = 0.01
-
-
 class Runtime:
-    def __init__(self, dispatcher, log=print):
+    def __init__(self, dispatcher):
         self.dispatcher = dispatcher
-        self.targets: dict = {}
-        self.log = log
+        self.targets: dict = {}          # key → live RunningTarget
+        self._slots: dict = {}           # key → gate slot, kept for the life of the process
+        self._generations: dict = {}     # key → last generation number used
+        self._loss_lock = threading.Lock()
         dispatcher.periodic.append(self.collect_losses)
 
-    def start(self, probe_set) -> RunningTarget:
-        """Load and attach a probe set; on failure the target is `failed` and nothing stays attached."""
-        rt = RunningTarget(probe_set)
+    # ---- generations
+    def _slot(self, key) -> int:
+        if key not in self._slots:
+            used = set(self._slots.values())
+            free = next((s for s in range(1, state.SLOTS) if s not in used), None)
+            if free is None:
+                raise loader.LoadError(f"more than {state.SLOTS - 1} targets")
+            self._slots[key] = free
+        return self._slots[key]
+
+    def load(self, probe_set, hold: bool) -> RunningTarget:
+        """Compile and attach a new generation with its gate still closed. With `hold`, its
+        records wait for `release()`. A failed load leaves nothing attached (state `failed`)."""
+        key = probe_set.key
+        try:
+            slot = self._slot(key)
+        except loader.LoadError as exc:
+            return RunningTarget(probe_set, 0, 0, state="failed", last_error=str(exc))
+        generation = self._generations.get(key, 0) + 1
+        self._generations[key] = generation
+        rt = RunningTarget(probe_set, slot, generation)
+        if not hold:
+            rt.released.set()
         pending: list = []
         source = probe_set
         string_at = ctypes.string_at
@@ -56,18 +82,16 @@ class Runtime:
         def on_sample(_ctx, data, size):
             pending.append(decode(string_at(data, size), source))
 
-        lt = loader.LoadedTarget(probe_set)
+        lt = loader.LoadedTarget(probe_set, slot=slot, generation=generation)
         try:
             lt.load(on_event=on_sample)
         except loader.LoadError as exc:
             rt.state, rt.last_error = "failed", str(exc)
-            self.targets[rt.key] = rt
             return rt
         rt.loaded, rt.state, rt.started_at = lt, "running", time.time()
         rt.thread = threading.Thread(target=self._poll, args=(rt, pending), daemon=True,
-                                     name=f"poll-{probe_set.profile}/{probe_set.target.name}")
+                                     name=f"poll-{probe_set.profile}/{probe_set.target.name}#{generation}")
         rt.thread.start()
-        self.targets[rt.key] = rt
         return rt
 
     def _poll(self, rt: RunningTarget, pending: list) -> None:
@@ -75,23 +99,65 @@ class Runtime:
         # Records are written without wakeups (probes.c.j2): drain on a timer.
         while not rt.stop_flag.wait(DRAIN_INTERVAL_S):
             lt.drain()
-            if pending:
+            if pending and rt.released.is_set():
                 self.dispatcher.submit(pending[:])
                 pending.clear()
-        # Stopping: no new events once the probes are gone; deliver what the ring holds.
+        # Stopping: no new records once the probes are gone; deliver what the ring holds.
         lt.detach_probes()
         lt.drain()
+        rt.released.wait()
         if pending:
             self.dispatcher.submit(pending[:])
             pending.clear()
+
+    def start(self, probe_set) -> RunningTarget:
+        """A new target: load, open its gate, make it live."""
+        rt = self.load(probe_set, hold=False)
+        if rt.state == "running":
+            state.shared().open_gate(rt.slot, rt.generation)
+        self.targets[rt.key] = rt
+        return rt
+
+    def switch(self, pairs) -> None:
+        """Make each (old, new) pair's new generation live; both are loaded, new ones held.
+
+        Gates flip first (new calls go to the new generations), then old generations are
+        retired (their in-flight calls may complete under the new ones), detached and
+        drained, and only then are the new generations' records released.
+        """
+        shared = state.shared()
+        for old, new in pairs:
+            shared.open_gate(new.slot, new.generation)
+        for old, new in pairs:
+            if old is not None and old.state == "running":
+                shared.retire(old.slot, old.generation)
+                self._retire(old)
+        for old, new in pairs:
+            new.released.set()
+            self.targets[new.key] = new
+
+    def discard(self, rt: RunningTarget) -> None:
+        """Roll back a loaded generation whose gate never opened."""
+        rt.released.set()
+        if rt.state == "running":
+            self._retire(rt)
 
     def stop(self, key) -> None:
         rt = self.targets.pop(key, None)
         if rt is None:
             return
+        if rt.state == "running":
+            shared = state.shared()
+            shared.open_gate(rt.slot, 0)
+            shared.retire(rt.slot, rt.generation)
+            self._retire(rt)
+        rt.state = "stopped"
+
+    def _retire(self, rt: RunningTarget) -> None:
+        rt.released.set()
         if rt.thread is not None:
             rt.stop_flag.set()
-            rt.thread.join(10)
+            rt.thread.join(30)
         if rt.loaded is not None:
             self._collect(rt)
             rt.loaded.close()
@@ -101,12 +167,17 @@ class Runtime:
         for key in list(self.targets):
             self.stop(key)
 
+    # ---- losses
     def collect_losses(self) -> None:
         for rt in list(self.targets.values()):
             if rt.state == "running":
                 self._collect(rt)
 
     def _collect(self, rt: RunningTarget) -> None:
+        with self._loss_lock:
+            self._collect_locked(rt)
+
+    def _collect_locked(self, rt: RunningTarget) -> None:
         try:
             counters = rt.loaded.losses()
         except Exception:

@@ -166,18 +166,19 @@ def test_digest_changes_when_the_attach_point_changes():
     assert _digest(WEB, resolve=elsewhere) != _digest(WEB)
 
 
-def test_digest_ignores_parsers_and_line():
+def test_digest_ignores_line_but_not_parsers():
     base = _digest(WEB)
-    assert _digest(WEB, parsers=("http1",)) == base
-    assert _digest(WEB, parsers=()) == base
     assert _digest(dataclasses.replace(WEB, line=99)) == base
+    # A parser edit takes effect through a new generation, like any other edit.
+    assert _digest(WEB, parsers=("http1",)) != base
+    assert _digest(WEB, parsers=()) != _digest(WEB, parsers=("http1",))
 
 
-def test_a_parser_only_edit_is_unchanged_in_the_diff():
+def test_a_parser_only_edit_replaces_the_targets():
     running, _ = build.plan_profile(_profile(WEB, SHELL), resolve=fake_resolve)
     desired, _ = build.plan_profile(_profile(WEB, SHELL, parsers=("http1",)), resolve=fake_resolve)
     changes = diff.diff(desired, running)
-    assert changes.empty and len(changes.unchanged) == 2
+    assert len(changes.replace) == 2 and not changes.add and not changes.remove
 
 
 def test_a_filter_edit_replaces_only_that_target():

@@ -3,7 +3,10 @@
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/in6.h>
-#include "common.h"
+#include "shared.h"
+
+/* ECAP_SLOT (this target's gate slot) and ECAP_GEN (this program's generation) are
+ * defined by the lines render.prelude() puts before this text. */
 
 #define MAX_BYTES 16384
 #define HEADER_SIZE sizeof(struct event_header)
@@ -16,20 +19,20 @@ struct event {
 BPF_RINGBUF_OUTPUT(events, 2048);
 BPF_ARRAY(scratch, struct event, 4);
 BPF_PERCPU_ARRAY(lost, u64, LOSS_SLOTS);
-BPF_TABLE("lru_hash", u32, u64, seqs, 16384);
 
-struct stash_key { u32 tid; u32 hook; };
-struct stash_val { u64 args[6]; };
-BPF_HASH(stash, struct stash_key, struct stash_val, 16384);
-struct fd_key { u32 tgid; s32 fd; };
-struct session_key { u32 tgid; u32 _pad; u64 session; };
-struct remote_key { u16 family; u16 rport; u8 raddr[16]; };
-BPF_TABLE("lru_hash", struct fd_key, struct conn_t, conns, 65536);
-BPF_TABLE("lru_hash", struct remote_key, struct conn_t, accepted, 8192);
-BPF_TABLE("lru_hash", struct session_key, s32, session_fd, 65536);
-BPF_HASH(connecting, u32, s32, 8192);
-BPF_HASH(accepting, u32, u64, 8192);
-BPF_HASH(active_session, u32, u64, 16384);
+/* Only the generation the gate names starts new calls: each probe hit is handled once. */
+static __always_inline int gate_open(void) {
+    u32 slot = ECAP_SLOT;
+    u32 *gen = ecap_gate.lookup(&slot);
+    return gen && *gen == ECAP_GEN;
+}
+
+/* A call entered under a generation that is being retired may be completed by its successor. */
+static __always_inline int entered_by_retired(u32 gen) {
+    u32 slot = ECAP_SLOT;
+    u32 *retired = ecap_retired.lookup(&slot);
+    return retired && gen <= *retired;
+}
 
 static __always_inline void count_loss(u32 slot) {
     u64 *n = lost.lookup(&slot);
@@ -91,7 +94,7 @@ static __always_inline void read_string(struct event *ev, const void *src) {
 static __always_inline void event_submit(struct event *ev) {
     u32 tgid = ev->h.pid;
     u64 zero = 0;
-    u64 *seq = seqs.lookup_or_try_init(&tgid, &zero);
+    u64 *seq = ecap_seqs.lookup_or_try_init(&tgid, &zero);
     ev->h.seq = seq ? __sync_fetch_and_add(seq, 1) : 0;
     u64 size = HEADER_SIZE + (u64)ev->h.cap;
     if (size > sizeof(struct event)) size = sizeof(struct event);
@@ -103,37 +106,41 @@ static __always_inline void event_submit(struct event *ev) {
 
 /* hook 0: return probe, record kind 1 */
 int hook_0_entry(struct pt_regs *ctx) {
+    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
-    struct stash_key k = {.tid = (u32)id, .hook = 0};
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
-    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
+                          .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    active_session.update(&tid, &session);
+    ecap_active_session.update(&tid, &session);
     return 0;
 }
 
 int hook_0_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .hook = 0};
-    struct stash_val *sv = stash.lookup(&k);
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
+    struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    stash.delete(&k);
+    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
-    active_session.delete(&tid);
+    ecap_active_session.delete(&tid);
     if (ret <= 0) return 0;
     struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
-    s32 *fdp = session_fd.lookup(&sk);
+    s32 *fdp = ecap_session_fd.lookup(&sk);
     struct conn_t c = {};
     s32 fd = -1;
     if (fdp) {
         fd = *fdp;
         struct fd_key fk = {.tgid = id >> 32, .fd = fd};
-        struct conn_t *cp = conns.lookup(&fk);
+        struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
     if (!port_wanted(&c)) return 0;
@@ -150,37 +157,41 @@ int hook_0_return(struct pt_regs *ctx) {
 
 /* hook 1: return probe, record kind 1 */
 int hook_1_entry(struct pt_regs *ctx) {
+    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
-    struct stash_key k = {.tid = (u32)id, .hook = 1};
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
-    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
+                          .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    active_session.update(&tid, &session);
+    ecap_active_session.update(&tid, &session);
     return 0;
 }
 
 int hook_1_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .hook = 1};
-    struct stash_val *sv = stash.lookup(&k);
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
+    struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    stash.delete(&k);
+    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
-    active_session.delete(&tid);
+    ecap_active_session.delete(&tid);
     if (ret <= 0) return 0;
     struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
-    s32 *fdp = session_fd.lookup(&sk);
+    s32 *fdp = ecap_session_fd.lookup(&sk);
     struct conn_t c = {};
     s32 fd = -1;
     if (fdp) {
         fd = *fdp;
         struct fd_key fk = {.tgid = id >> 32, .fd = fd};
-        struct conn_t *cp = conns.lookup(&fk);
+        struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
     if (!port_wanted(&c)) return 0;
@@ -197,37 +208,41 @@ int hook_1_return(struct pt_regs *ctx) {
 
 /* hook 2: return probe, record kind 1 */
 int hook_2_entry(struct pt_regs *ctx) {
+    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
-    struct stash_key k = {.tid = (u32)id, .hook = 2};
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
-    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
+                          .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    active_session.update(&tid, &session);
+    ecap_active_session.update(&tid, &session);
     return 0;
 }
 
 int hook_2_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .hook = 2};
-    struct stash_val *sv = stash.lookup(&k);
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
+    struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    stash.delete(&k);
+    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
-    active_session.delete(&tid);
+    ecap_active_session.delete(&tid);
     if (ret != 1) return 0;
     struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
-    s32 *fdp = session_fd.lookup(&sk);
+    s32 *fdp = ecap_session_fd.lookup(&sk);
     struct conn_t c = {};
     s32 fd = -1;
     if (fdp) {
         fd = *fdp;
         struct fd_key fk = {.tgid = id >> 32, .fd = fd};
-        struct conn_t *cp = conns.lookup(&fk);
+        struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
     if (!port_wanted(&c)) return 0;
@@ -246,37 +261,41 @@ int hook_2_return(struct pt_regs *ctx) {
 
 /* hook 3: return probe, record kind 1 */
 int hook_3_entry(struct pt_regs *ctx) {
+    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
-    struct stash_key k = {.tid = (u32)id, .hook = 3};
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
-    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
+                          .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    active_session.update(&tid, &session);
+    ecap_active_session.update(&tid, &session);
     return 0;
 }
 
 int hook_3_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .hook = 3};
-    struct stash_val *sv = stash.lookup(&k);
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
+    struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    stash.delete(&k);
+    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
-    active_session.delete(&tid);
+    ecap_active_session.delete(&tid);
     if (ret != 1) return 0;
     struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
-    s32 *fdp = session_fd.lookup(&sk);
+    s32 *fdp = ecap_session_fd.lookup(&sk);
     struct conn_t c = {};
     s32 fd = -1;
     if (fdp) {
         fd = *fdp;
         struct fd_key fk = {.tgid = id >> 32, .fd = fd};
-        struct conn_t *cp = conns.lookup(&fk);
+        struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
     if (!port_wanted(&c)) return 0;
@@ -296,17 +315,18 @@ int hook_3_return(struct pt_regs *ctx) {
 /* hook 4: return probe, record kind 0 */
 /* No record: only learns which socket the session uses from the syscalls made inside the call. */
 int hook_4_entry(struct pt_regs *ctx) {
+    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     u32 tid = id;
     u64 session = PT_REGS_PARM1(ctx);
-    active_session.update(&tid, &session);
+    ecap_active_session.update(&tid, &session);
     return 0;
 }
 
 int hook_4_return(struct pt_regs *ctx) {
     u32 tid = bpf_get_current_pid_tgid();
-    active_session.delete(&tid);
+    ecap_active_session.delete(&tid);
     return 0;
 }
 
@@ -316,13 +336,13 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     if (!process_wanted(id >> 32)) return 0;
     u32 tid = id;
     s32 fd = args->fd;
-    connecting.update(&tid, &fd);
+    ecap_connecting.update(&tid, &fd);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     u32 tid = bpf_get_current_pid_tgid();
-    connecting.delete(&tid);
+    ecap_connecting.delete(&tid);
     return 0;
 }
 
@@ -339,15 +359,15 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->newstate == 2 /* TCP_SYN_SENT: in the connecting thread */) {
         u64 id = bpf_get_current_pid_tgid();
         u32 tid = id;
-        s32 *fd = connecting.lookup(&tid);
+        s32 *fd = ecap_connecting.lookup(&tid);
         if (!fd) return 0;
         struct fd_key k = {.tgid = id >> 32, .fd = *fd};
-        conns.update(&k, &c);
+        ecap_conns.update(&k, &c);
     } else if (args->newstate == 1 /* TCP_ESTABLISHED */ && args->oldstate == 3 /* TCP_SYN_RECV */) {
         /* server side, in softirq: remember it by the peer until accept() returns it */
         struct remote_key rk = {.family = c.family, .rport = c.rport};
         __builtin_memcpy(rk.raddr, c.raddr, 16);
-        accepted.update(&rk, &c);
+        ecap_accepted.update(&rk, &c);
     }
     return 0;
 }
@@ -357,17 +377,17 @@ static __always_inline int accept_enter(void *addr) {
     if (!process_wanted(id >> 32)) return 0;
     u32 tid = id;
     u64 a = (u64)addr;
-    accepting.update(&tid, &a);
+    ecap_accepting.update(&tid, &a);
     return 0;
 }
 
 static __always_inline int accept_exit(long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = id;
-    u64 *addrp = accepting.lookup(&tid);
+    u64 *addrp = ecap_accepting.lookup(&tid);
     if (!addrp) return 0;
     u64 addr = *addrp;
-    accepting.delete(&tid);
+    ecap_accepting.delete(&tid);
     if (ret < 0 || addr == 0) return 0;
     struct sockaddr_in6 sa = {};
     bpf_probe_read_user(&sa, sizeof(sa), (const void *)addr);
@@ -377,15 +397,15 @@ static __always_inline int accept_exit(long ret) {
     else
         __builtin_memcpy(rk.raddr, &sa.sin6_addr, 16);
     if (sa.sin6_family == 2) rk.rport = __builtin_bswap16(((struct sockaddr_in *)&sa)->sin_port);
-    struct conn_t *c = accepted.lookup(&rk);
+    struct conn_t *c = ecap_accepted.lookup(&rk);
     struct fd_key k = {.tgid = id >> 32, .fd = ret};
     if (c) {
-        conns.update(&k, c);
-        accepted.delete(&rk);
+        ecap_conns.update(&k, c);
+        ecap_accepted.delete(&rk);
     } else {
         struct conn_t partial = {.family = rk.family, .rport = rk.rport};
         __builtin_memcpy(partial.raddr, rk.raddr, 16);
-        conns.update(&k, &partial);
+        ecap_conns.update(&k, &partial);
     }
     return 0;
 }
@@ -398,7 +418,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     u64 id = bpf_get_current_pid_tgid();
     struct fd_key k = {.tgid = id >> 32, .fd = args->fd};
-    conns.delete(&k);
+    ecap_conns.delete(&k);
     return 0;
 }
 
@@ -406,10 +426,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
 static __always_inline int session_io(s32 fd) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = id;
-    u64 *session = active_session.lookup(&tid);
+    u64 *session = ecap_active_session.lookup(&tid);
     if (!session) return 0;
     struct session_key sk = {.tgid = id >> 32, .session = *session};
-    session_fd.update(&sk, &fd);
+    ecap_session_fd.update(&sk, &fd);
     return 0;
 }
 

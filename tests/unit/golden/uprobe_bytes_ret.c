@@ -3,7 +3,10 @@
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/in6.h>
-#include "common.h"
+#include "shared.h"
+
+/* ECAP_SLOT (this target's gate slot) and ECAP_GEN (this program's generation) are
+ * defined by the lines render.prelude() puts before this text. */
 
 #define MAX_BYTES 256
 #define HEADER_SIZE sizeof(struct event_header)
@@ -16,11 +19,20 @@ struct event {
 BPF_RINGBUF_OUTPUT(events, 2048);
 BPF_ARRAY(scratch, struct event, 4);
 BPF_PERCPU_ARRAY(lost, u64, LOSS_SLOTS);
-BPF_TABLE("lru_hash", u32, u64, seqs, 16384);
 
-struct stash_key { u32 tid; u32 hook; };
-struct stash_val { u64 args[6]; };
-BPF_HASH(stash, struct stash_key, struct stash_val, 16384);
+/* Only the generation the gate names starts new calls: each probe hit is handled once. */
+static __always_inline int gate_open(void) {
+    u32 slot = ECAP_SLOT;
+    u32 *gen = ecap_gate.lookup(&slot);
+    return gen && *gen == ECAP_GEN;
+}
+
+/* A call entered under a generation that is being retired may be completed by its successor. */
+static __always_inline int entered_by_retired(u32 gen) {
+    u32 slot = ECAP_SLOT;
+    u32 *retired = ecap_retired.lookup(&slot);
+    return retired && gen <= *retired;
+}
 
 static __always_inline void count_loss(u32 slot) {
     u64 *n = lost.lookup(&slot);
@@ -78,7 +90,7 @@ static __always_inline void read_string(struct event *ev, const void *src) {
 static __always_inline void event_submit(struct event *ev) {
     u32 tgid = ev->h.pid;
     u64 zero = 0;
-    u64 *seq = seqs.lookup_or_try_init(&tgid, &zero);
+    u64 *seq = ecap_seqs.lookup_or_try_init(&tgid, &zero);
     ev->h.seq = seq ? __sync_fetch_and_add(seq, 1) : 0;
     u64 size = HEADER_SIZE + (u64)ev->h.cap;
     if (size > sizeof(struct event)) size = sizeof(struct event);
@@ -90,22 +102,26 @@ static __always_inline void event_submit(struct event *ev) {
 
 /* hook 0: return probe, record kind 3 */
 int hook_0_entry(struct pt_regs *ctx) {
+    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
-    struct stash_key k = {.tid = (u32)id, .hook = 0};
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
-    if (stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
+                          .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     return 0;
 }
 
 int hook_0_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .hook = 0};
-    struct stash_val *sv = stash.lookup(&k);
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
+    struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    stash.delete(&k);
+    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s64)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     struct event *ev = event_start(id, 0, 3, 0);
     if (!ev) return 0;

@@ -1,0 +1,37 @@
+/* State shared by every generation of every target in one `ecapture apply`.
+ * templates/kern/state.c.j2 (owner: orchestrator/bpf/state.py) creates these tables once;
+ * each probes.c.j2 generation declares them extern. So an SSL_read entered under one
+ * generation is completed under the next, connections keep their addresses, and the
+ * per-process sequence carries on across reloads. */
+#ifndef ECAPTURE_SHARED_H
+#define ECAPTURE_SHARED_H
+#include "common.h"
+
+#ifdef ECAP_STATE_OWNER
+#define ECAP_TABLE(kind, k, v, name, n) BPF_TABLE_PUBLIC(kind, k, v, name, n)
+#else
+#define ECAP_TABLE(kind, k, v, name, n) BPF_TABLE("extern", k, v, name, n)
+#endif
+
+#define ECAP_SLOTS 1024
+
+struct stash_key { u32 tid; u16 slot; u16 hook; };
+struct stash_val { u64 args[6]; u32 gen; u32 _pad; };
+struct fd_key { u32 tgid; s32 fd; };
+struct session_key { u32 tgid; u32 _pad; u64 session; };
+struct remote_key { u16 family; u16 rport; u8 raddr[16]; };
+
+/* slot → generation allowed to start new calls for that target (0: none) */
+ECAP_TABLE("array", u32, u32, ecap_gate, ECAP_SLOTS);
+/* slot → newest retired generation: calls it entered may be completed by any generation */
+ECAP_TABLE("array", u32, u32, ecap_retired, ECAP_SLOTS);
+ECAP_TABLE("lru_hash", u32, u64, ecap_seqs, 16384);
+ECAP_TABLE("hash", struct stash_key, struct stash_val, ecap_stash, 16384);
+ECAP_TABLE("hash", u32, u64, ecap_active_session, 16384);
+ECAP_TABLE("lru_hash", struct fd_key, struct conn_t, ecap_conns, 65536);
+ECAP_TABLE("lru_hash", struct remote_key, struct conn_t, ecap_accepted, 8192);
+ECAP_TABLE("lru_hash", struct session_key, s32, ecap_session_fd, 65536);
+ECAP_TABLE("hash", u32, s32, ecap_connecting, 8192);
+ECAP_TABLE("hash", u32, u64, ecap_accepting, 8192);
+
+#endif
