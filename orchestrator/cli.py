@@ -1,8 +1,10 @@
 """The `ecapture` command line: parse arguments, call the library, map errors to exit codes."""
 from __future__ import annotations
 
+import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,6 +16,7 @@ from orchestrator import preflight
 from orchestrator.bpf import discovery
 from orchestrator.bpf import render as render_mod
 from orchestrator.plan import build
+from orchestrator.reconcile import control
 from orchestrator.spec import errors, load
 
 EXIT_INVALID, EXIT_USAGE, EXIT_PRECONDITION = 1, 2, 3
@@ -96,7 +99,8 @@ def render(path: Path = typer.Argument(..., help="One profile file.", show_defau
 
 @app.command()
 def plan(paths: List[Path] = PathsArg) -> None:
-    """Show what [bold]apply[/bold] would attach where, and which running processes match now."""
+    """Show what [bold]apply[/bold] would attach where, which running processes match now, and (when an
+    apply is running) what it would add, remove, replace or leave alone."""
     profiles, ok = _load_all(paths)
     out = Console(highlight=False, soft_wrap=True)
     for profile in profiles:
@@ -122,7 +126,32 @@ def plan(paths: List[Path] = PathsArg) -> None:
         for fl in failed:
             ok = False
             out.print(f"  [red]{escape(fl.target.name)}: cannot attach: {escape(fl.message)}[/red]")
+    _print_diff_against_running(out, profiles)
     raise typer.Exit(0 if ok else EXIT_INVALID)
+
+
+def _print_diff_against_running(out, profiles) -> None:
+    running = control.request("digests")
+    if running is None:
+        out.print("[dim]no running `ecapture apply` answers: nothing to compare with[/dim]")
+        return
+    desired = {}
+    names = set()
+    for profile in profiles:
+        names.add(profile.name)
+        sets, _ = build.plan_profile(profile)
+        desired.update({f"{ps.profile}/{ps.target.name}": ps.digest for ps in sets})
+    out.print("[bold]against the running apply:[/bold]")
+    for key in sorted(set(desired) | {k for k in running if k.split("/", 1)[0] in names}):
+        if key not in running:
+            verdict = "[green]add[/green]"
+        elif key not in desired:
+            verdict = "[red]remove[/red]"
+        elif running[key] != desired[key]:
+            verdict = "[yellow]replace[/yellow]"
+        else:
+            verdict = "[dim]unchanged[/dim]"
+        out.print(f"  {verdict} {escape(key)}")
 
 
 def _matching_now(ps) -> list[int]:
@@ -181,6 +210,37 @@ def apply(paths: List[Path] = PathsArg,
     if not started:
         raise typer.Exit(EXIT_INVALID)
     _print_summary(summary)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print the raw status as JSON.")) -> None:
+    """Show what the running [bold]ecapture apply[/bold] captures: each profile and target, its state,
+    generation, attach points, events, losses, last error and last reload."""
+    answer = control.request("status")
+    if answer is None:
+        _fail(f"no running `ecapture apply` answers on {control.socket_path()}")
+        raise typer.Exit(EXIT_PRECONDITION)
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    for p in answer["profiles"]:
+        colour = {"ok": "green", "degraded": "yellow"}.get(p["state"], "red")
+        reload = time.strftime("%H:%M:%S", time.localtime(p["last_reload"])) if p["last_reload"] else "-"
+        out.print(f"[bold]{escape(str(p['profile']))}[/bold] [{colour}]{p['state']}[/{colour}] "
+                  f"[dim]{escape(p['file'])}; last reload {reload} ({p['reload_ms']} ms)[/dim]")
+        if p["last_error"]:
+            out.print(f"  [red]last error:[/red] {escape(p['last_error'])}")
+        for t in p["targets"]:
+            if t["state"] == "failed" and "generation" not in t:
+                out.print(f"  [red]{escape(t['name'])} failed[/red]: {escape(t['last_error'])}")
+                continue
+            out.print(f"  [cyan]{escape(t['name'])}[/cyan] {t['state']} gen {t['generation']} "
+                      f"events={t['events']} losses={t['losses']}")
+            out.print(f"    {escape(t['library'])}: {escape(', '.join(t['symbols']))}; pids: "
+                      f"{escape(str(t['pid_scope']))}")
+            if t["last_error"]:
+                out.print(f"    [yellow]kept last good generation:[/yellow] {escape(t['last_error'])}")
 
 
 def _print_summary(summary: dict) -> None:

@@ -118,6 +118,17 @@ def mapped_library(pid: int, prefixes: tuple[str, ...]) -> str | None:
 
 def exec_aliases(path: str) -> tuple[str, ...]:
     """Paths by which a program is typically exec'd: itself, its real path, and links to it."""
+    stamps = []
+    for d in BIN_DIRS + (os.path.dirname(path),):
+        try:
+            stamps.append(os.stat(d).st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return _exec_aliases(path, tuple(stamps))   # reloads re-plan often; bin dirs rarely change
+
+
+@functools.lru_cache(maxsize=64)
+def _exec_aliases(path: str, _dir_stamps: tuple) -> tuple[str, ...]:
     real = os.path.realpath(path)
     aliases = {path, real}
     dirs = set(BIN_DIRS) | {os.path.dirname(path), os.path.dirname(real)}

@@ -6,6 +6,7 @@ This module is the single Python owner of `templates/kern/probes.c.j2` programs.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import os
 import threading
@@ -102,14 +103,23 @@ class LoadedTarget:
         return out
 
     def detach_probes(self) -> None:
-        """Stop new events: detach every uprobe, keep maps and the ring buffer readable."""
-        for point in reversed(self.attached):
-            detach = self.bpf.detach_uprobe if point.kind == "uprobe" else self.bpf.detach_uretprobe
+        """Stop new events: detach every uprobe, keep maps and the ring buffer readable.
+
+        Each detach waits for the kernel's uprobe grace period (tens of ms); done in parallel
+        the waits overlap, which keeps a generation switch short.
+        """
+        def detach(point: AttachPoint):
+            fn = self.bpf.detach_uprobe if point.kind == "uprobe" else self.bpf.detach_uretprobe
             try:
-                with _quiet_stderr():
-                    detach(name=point.path.encode(), sym=point.symbol.encode(), pid=point.pid)
+                fn(name=point.path.encode(), sym=point.symbol.encode(), pid=point.pid)
             except Exception:
                 pass
+
+        points = list(reversed(self.attached))
+        if points:
+            # No stderr redirect here: this runs in the background and would swallow other threads' lines.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(points)) as pool:
+                list(pool.map(detach, points))
         self.attached.clear()
 
     def drain(self) -> None:
@@ -124,8 +134,7 @@ class LoadedTarget:
                 return
             self._closed = True
             try:
-                with _quiet_stderr():
-                    self.bpf.cleanup()
+                self.bpf.cleanup()
             except Exception:
                 pass
             self.attached.clear()
@@ -139,7 +148,9 @@ def _first_line(exc: BaseException) -> str:
 class _quiet_stderr:
     """bcc and LLVM print warnings straight to fd 2; keep them off the user's terminal.
 
-    Captured text is kept on `.text` for error messages.
+    Captured text is kept on `.text` for error messages. It redirects the whole process's
+    fd 2, so use it only on the thread that also prints warnings (the reconciler's), never
+    from background threads.
     """
     _lock = threading.Lock()
 

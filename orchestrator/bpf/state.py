@@ -45,3 +45,12 @@ def shared() -> SharedState:
         if _state is None:
             _state = SharedState()
         return _state
+
+
+def close() -> None:
+    """Detach the connection-tracking tracepoints and free the shared tables (at exit)."""
+    global _state
+    with _lock:
+        if _state is not None:
+            _state.bpf.cleanup()
+            _state = None

@@ -17,6 +17,9 @@ from orchestrator.bpf import loader, state
 from orchestrator.pipeline import events
 
 DRAIN_INTERVAL_S = 0.01
+# After the gate flips and the old generation is retired, a program already past its checks
+# may still be writing; BPF programs run for microseconds, this is ample.
+RETIRE_GRACE_S = 0.02
 
 
 @dataclass
@@ -30,6 +33,7 @@ class RunningTarget:
     thread: threading.Thread | None = None
     stop_flag: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
+    drained: threading.Event = field(default_factory=threading.Event)   # its last record is submitted
     losses_seen: dict = field(default_factory=dict)
     started_at: float = 0.0
 
@@ -49,6 +53,7 @@ class Runtime:
         self._slots: dict = {}           # key → gate slot, kept for the life of the process
         self._generations: dict = {}     # key → last generation number used
         self._loss_lock = threading.Lock()
+        self._retiring: list[RunningTarget] = []    # old generations still detaching
         dispatcher.periodic.append(self.collect_losses)
 
     # ---- generations
@@ -102,13 +107,22 @@ class Runtime:
             if pending and rt.released.is_set():
                 self.dispatcher.submit(pending[:])
                 pending.clear()
-        # Stopping: no new records once the probes are gone; deliver what the ring holds.
-        lt.detach_probes()
+        # Stopping: the generation is retired (it writes nothing more) or its probes are going.
         lt.drain()
         rt.released.wait()
         if pending:
             self.dispatcher.submit(pending[:])
             pending.clear()
+        rt.drained.set()
+        # Detaching waits out the kernel's uprobe grace periods: off the switch's critical path.
+        lt.detach_probes()
+        lt.drain()
+        if pending:
+            self.dispatcher.submit(pending[:])
+            pending.clear()
+        self._collect(rt)
+        lt.close()
+        rt.state = "stopped"
 
     def start(self, probe_set) -> RunningTarget:
         """A new target: load, open its gate, make it live."""
@@ -121,24 +135,26 @@ class Runtime:
     def switch(self, pairs) -> None:
         """Make each (old, new) pair's new generation live; both are loaded, new ones held.
 
-        Gates flip first (new calls go to the new generations), then old generations are
-        retired (their in-flight calls may complete under the new ones), detached and
-        drained, and only then are the new generations' records released.
+        Gates flip first (new calls go to the new generations), then the old generations are
+        retired (their in-flight calls complete under the new ones), drained, and only then
+        are the new generations' records released: per-connection order holds.
         """
         shared = state.shared()
         for old, new in pairs:
             shared.open_gate(new.slot, new.generation)
-        for old, new in pairs:
-            if old is not None and old.state == "running":
-                shared.retire(old.slot, old.generation)
-                self._retire(old)
+        retiring = [old for old, _ in pairs if old is not None and old.state == "running"]
+        for old in retiring:
+            shared.retire(old.slot, old.generation)
+        if retiring:
+            time.sleep(RETIRE_GRACE_S)
+        for old in retiring:
+            self._retire(old)
         for old, new in pairs:
             new.released.set()
             self.targets[new.key] = new
 
     def discard(self, rt: RunningTarget) -> None:
-        """Roll back a loaded generation whose gate never opened."""
-        rt.released.set()
+        """Roll back a loaded generation whose gate never opened (it completed no call)."""
         if rt.state == "running":
             self._retire(rt)
 
@@ -150,22 +166,27 @@ class Runtime:
             shared = state.shared()
             shared.open_gate(rt.slot, 0)
             shared.retire(rt.slot, rt.generation)
+            time.sleep(RETIRE_GRACE_S)
             self._retire(rt)
-        rt.state = "stopped"
 
     def _retire(self, rt: RunningTarget) -> None:
+        """Deliver its last records; its probes are detached in the background."""
         rt.released.set()
-        if rt.thread is not None:
-            rt.stop_flag.set()
-            rt.thread.join(30)
-        if rt.loaded is not None:
-            self._collect(rt)
-            rt.loaded.close()
-        rt.state = "stopped"
+        rt.stop_flag.set()
+        rt.drained.wait(30)
+        self._retiring.append(rt)
+
+    def wait_detached(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for rt in self._retiring:
+            if rt.thread is not None:
+                rt.thread.join(max(0.0, deadline - time.monotonic()))
+        self._retiring = [rt for rt in self._retiring if rt.thread is not None and rt.thread.is_alive()]
 
     def stop_all(self) -> None:
         for key in list(self.targets):
             self.stop(key)
+        self.wait_detached()
 
     # ---- losses
     def collect_losses(self) -> None:

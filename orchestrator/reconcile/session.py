@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+from orchestrator.bpf import state
 from orchestrator.pipeline import dispatch
 from orchestrator.reconcile import control, reconciler, runtime, watcher
 
@@ -52,6 +53,7 @@ class ApplySession:
             self.watcher.stop()
         self.control.close()
         self.reconciler.close()
+        state.close()
         self.dispatcher.stop()
         for sinks in self.reconciler.sinks.values():
             for s in sinks:

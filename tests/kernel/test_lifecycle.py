@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from orchestrator.bpf import loader
+from orchestrator.bpf import loader, state
 from orchestrator.plan import build
 from orchestrator.spec import load
 from tests.kernel.conftest import ECAPTURE, perf_event_fds, uprobe_events_of
@@ -104,13 +104,18 @@ def test_loader_close_releases_probes_in_process(nginx_server):
     prof = load.load_file(os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "nginx-tls.yaml"))
     (ps,), failed = build.plan_profile(prof)
     assert failed == []
+    empty = perf_event_fds()
+    state.shared()            # the shared tables and connection tracepoints, created once
     before = perf_event_fds()
+    assert before > empty
     lt = loader.LoadedTarget(ps).load(on_event=lambda *a: None)
     assert perf_event_fds() > before
     assert len(lt.attached) == 2 * len(ps.hooks)   # an entry and a return probe per hook
     lt.close()
     assert perf_event_fds() == before
     assert uprobe_events_of(os.getpid()) == []
+    state.close()
+    assert perf_event_fds() == empty
 
 
 def test_attach_failure_rolls_back(nginx_server):
@@ -120,6 +125,7 @@ def test_attach_failure_rolls_back(nginx_server):
     from orchestrator.bpf import hooks
     bad = dataclasses.replace(ps, hooks=ps.hooks + (hooks.Hook("SSL_no_such_symbol", "entry", hooks.RECORD_CALL),))
     # The C has no hook_<n>_entry for the extra hook: attaching it fails after the others attached.
+    state.shared()
     before = perf_event_fds()
     lt = loader.LoadedTarget(bad)
     try:

@@ -1,8 +1,6 @@
 /* ecapture generated program: profile shell-history, target shell
  * 1 hook(s); max_bytes=16384; filters compiled in below. */
 #include <uapi/linux/ptrace.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/in6.h>
 #include "shared.h"
 
 /* ECAP_SLOT (this target's gate slot) and ECAP_GEN (this program's generation) are
@@ -27,11 +25,15 @@ static __always_inline int gate_open(void) {
     return gen && *gen == ECAP_GEN;
 }
 
-/* A call entered under a generation that is being retired may be completed by its successor. */
-static __always_inline int entered_by_retired(u32 gen) {
+/* Which generation completes a call: the one that entered it, unless that one is retired,
+ * then its successor. A retired generation completes nothing, so once userspace retires it
+ * its ring buffer receives nothing more and can be drained at once. */
+static __always_inline int may_complete(u32 entered_gen) {
     u32 slot = ECAP_SLOT;
     u32 *retired = ecap_retired.lookup(&slot);
-    return retired && gen <= *retired;
+    u32 r = retired ? *retired : 0;
+    if (ECAP_GEN <= r) return 0;
+    return entered_gen == ECAP_GEN || entered_gen <= r;
 }
 
 static __always_inline void count_loss(u32 slot) {
@@ -119,7 +121,7 @@ int hook_0_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    if (!may_complete(v.gen)) return 0;
     /* Deleting claims the call: while two generations are attached, only one completes it. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s64)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */

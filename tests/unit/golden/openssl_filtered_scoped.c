@@ -1,8 +1,6 @@
 /* ecapture generated program: profile p, target web
  * 5 hook(s); max_bytes=4096; filters compiled in below. */
 #include <uapi/linux/ptrace.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/in6.h>
 #include "shared.h"
 
 /* ECAP_SLOT (this target's gate slot) and ECAP_GEN (this program's generation) are
@@ -29,11 +27,15 @@ static __always_inline int gate_open(void) {
     return gen && *gen == ECAP_GEN;
 }
 
-/* A call entered under a generation that is being retired may be completed by its successor. */
-static __always_inline int entered_by_retired(u32 gen) {
+/* Which generation completes a call: the one that entered it, unless that one is retired,
+ * then its successor. A retired generation completes nothing, so once userspace retires it
+ * its ring buffer receives nothing more and can be drained at once. */
+static __always_inline int may_complete(u32 entered_gen) {
     u32 slot = ECAP_SLOT;
     u32 *retired = ecap_retired.lookup(&slot);
-    return retired && gen <= *retired;
+    u32 r = retired ? *retired : 0;
+    if (ECAP_GEN <= r) return 0;
+    return entered_gen == ECAP_GEN || entered_gen <= r;
 }
 
 static __always_inline void count_loss(u32 slot) {
@@ -139,7 +141,7 @@ int hook_0_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    if (!may_complete(v.gen)) return 0;
     /* Deleting claims the call: while two generations are attached, only one completes it. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
@@ -190,7 +192,7 @@ int hook_1_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    if (!may_complete(v.gen)) return 0;
     /* Deleting claims the call: while two generations are attached, only one completes it. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
@@ -241,7 +243,7 @@ int hook_2_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    if (!may_complete(v.gen)) return 0;
     /* Deleting claims the call: while two generations are attached, only one completes it. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
@@ -294,7 +296,7 @@ int hook_3_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (v.gen != ECAP_GEN && !entered_by_retired(v.gen)) return 0;   /* its own generation completes it */
+    if (!may_complete(v.gen)) return 0;
     /* Deleting claims the call: while two generations are attached, only one completes it. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
@@ -386,111 +388,3 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     }
     return 0;
 }
-
-/* Connections, resolved in the kernel when they are made, so short ones are named right. */
-TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
-    u32 tid = id;
-    s32 fd = args->fd;
-    ecap_connecting.update(&tid, &fd);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
-    u32 tid = bpf_get_current_pid_tgid();
-    ecap_connecting.delete(&tid);
-    return 0;
-}
-
-TRACEPOINT_PROBE(sock, inet_sock_set_state) {
-    if (args->protocol != IPPROTO_TCP) return 0;
-    struct conn_t c = {.family = args->family, .lport = args->sport, .rport = args->dport};
-    if (args->family == 2) {
-        __builtin_memcpy(c.laddr, args->saddr, 4);
-        __builtin_memcpy(c.raddr, args->daddr, 4);
-    } else {
-        __builtin_memcpy(c.laddr, args->saddr_v6, 16);
-        __builtin_memcpy(c.raddr, args->daddr_v6, 16);
-    }
-    if (args->newstate == 2 /* TCP_SYN_SENT: in the connecting thread */) {
-        u64 id = bpf_get_current_pid_tgid();
-        u32 tid = id;
-        s32 *fd = ecap_connecting.lookup(&tid);
-        if (!fd) return 0;
-        struct fd_key k = {.tgid = id >> 32, .fd = *fd};
-        ecap_conns.update(&k, &c);
-    } else if (args->newstate == 1 /* TCP_ESTABLISHED */ && args->oldstate == 3 /* TCP_SYN_RECV */) {
-        /* server side, in softirq: remember it by the peer until accept() returns it */
-        struct remote_key rk = {.family = c.family, .rport = c.rport};
-        __builtin_memcpy(rk.raddr, c.raddr, 16);
-        ecap_accepted.update(&rk, &c);
-    }
-    return 0;
-}
-
-static __always_inline int accept_enter(void *addr) {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
-    u32 tid = id;
-    u64 a = (u64)addr;
-    ecap_accepting.update(&tid, &a);
-    return 0;
-}
-
-static __always_inline int accept_exit(long ret) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = id;
-    u64 *addrp = ecap_accepting.lookup(&tid);
-    if (!addrp) return 0;
-    u64 addr = *addrp;
-    ecap_accepting.delete(&tid);
-    if (ret < 0 || addr == 0) return 0;
-    struct sockaddr_in6 sa = {};
-    bpf_probe_read_user(&sa, sizeof(sa), (const void *)addr);
-    struct remote_key rk = {.family = sa.sin6_family, .rport = __builtin_bswap16(sa.sin6_port)};
-    if (sa.sin6_family == 2)
-        __builtin_memcpy(rk.raddr, &((struct sockaddr_in *)&sa)->sin_addr, 4);
-    else
-        __builtin_memcpy(rk.raddr, &sa.sin6_addr, 16);
-    if (sa.sin6_family == 2) rk.rport = __builtin_bswap16(((struct sockaddr_in *)&sa)->sin_port);
-    struct conn_t *c = ecap_accepted.lookup(&rk);
-    struct fd_key k = {.tgid = id >> 32, .fd = ret};
-    if (c) {
-        ecap_conns.update(&k, c);
-        ecap_accepted.delete(&rk);
-    } else {
-        struct conn_t partial = {.family = rk.family, .rport = rk.rport};
-        __builtin_memcpy(partial.raddr, rk.raddr, 16);
-        ecap_conns.update(&k, &partial);
-    }
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return accept_enter(args->upeer_sockaddr); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return accept_enter(args->upeer_sockaddr); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_close) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct fd_key k = {.tgid = id >> 32, .fd = args->fd};
-    ecap_conns.delete(&k);
-    return 0;
-}
-
-/* The socket a TLS session reads and writes: learnt from the syscall made inside SSL_*. */
-static __always_inline int session_io(s32 fd) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = id;
-    u64 *session = ecap_active_session.lookup(&tid);
-    if (!session) return 0;
-    struct session_key sk = {.tgid = id >> 32, .session = *session};
-    ecap_session_fd.update(&sk, &fd);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { return session_io(args->fd); }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return session_io(args->fd); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return session_io(args->fd); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return session_io(args->fd); }

@@ -1,0 +1,239 @@
+"""Hot reload with real probes: edits, new and deleted files, ConfigMap swaps and bad edits,
+under a generator making a known number of TLS writes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import ROOT
+
+GENERATOR = str(ROOT / "tests" / "support" / "tls_generator.py")
+PYTHON = "/usr/bin/python3.11"
+LIBSSL = "/lib/x86_64-linux-gnu/libssl.so.3"
+
+
+def profile(name: str, comm: list[str], extra: str = "", jsonl: str = "{jsonl}") -> str:
+    return f"""apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata: {{name: {name}}}
+spec:
+  targets:
+    - name: gen
+      kind: openssl
+      binary: {PYTHON}
+      library: {LIBSSL}
+      filters: {{comm: [{', '.join(comm)}]{extra}}}
+  parsers: []
+  sinks:
+    - {{type: jsonl, path: "{jsonl}"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cert")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-keyout", str(d / "k.pem"), "-out", str(d / "c.pem")],
+                   check=True, capture_output=True)
+    return str(d / "c.pem"), str(d / "k.pem")
+
+
+class Generator:
+    def __init__(self, cert, comm: str, count: int, interval: float, go: Path | None = None):
+        cmd = [PYTHON, GENERATOR, "--comm", comm, "--count", str(count), "--interval", str(interval),
+               "--cert", cert[0], "--key", cert[1]]
+        if go is not None:
+            cmd += ["--go", str(go)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready "), line
+        self.pid = int(line.split()[1])
+        self.comm = comm
+
+    def wait(self, timeout=120) -> int:
+        out = self.proc.stdout.read()
+        assert self.proc.wait(timeout) == 0
+        return int(out.split()[-1])
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def writes(cap, comm: str) -> list[str]:
+    return [r["data"] for r in cap.records("data") if r["direction"] == "write" and r["comm"] == comm]
+
+
+def wait_records(cap, pred, timeout=15.0) -> bool:
+    return cap.wait_for(pred, timeout=timeout)
+
+
+def test_filter_rewrites_under_load_lose_and_duplicate_nothing(apply_profile, cert, tmp_path):
+    count, edits = 6000, 10
+    go = tmp_path / "go"
+    gen = Generator(cert, "gen-a", count, 0.002, go)
+    try:
+        with apply_profile(profile("load", ["gen-a"])) as cap:
+            path = tmp_path / "profile.yaml"
+            go.touch()
+            for i in range(edits):
+                time.sleep(0.2)
+                extra = ", uids: [0]" if i % 2 else ""
+                path.write_text(profile("load", ["gen-a", f"other-{i}"], extra, jsonl=str(cap.jsonl)))
+                # one reload per edit, each while the generator writes
+                assert _wait_for(lambda: cap.stderr.count("reloaded load") == i + 1, 20), cap.stderr
+            assert gen.proc.poll() is None, "the generator finished before the edits: make it longer"
+            assert gen.wait() == count
+            assert wait_records(cap, lambda rs: len([r for r in rs if r.get("comm") == "gen-a"
+                                                     and r.get("direction") == "write"]) >= count)
+            time.sleep(0.5)
+        got = writes(cap, "gen-a")
+        assert got == [f"wgen-a:{i:08d}\n" for i in range(count)]      # all, once each, in order
+        err = cap.stderr
+        assert err.count("replaced gen (gen ") == edits, err
+        assert cap.records("loss") == []
+    finally:
+        gen.kill()
+
+
+def test_switching_comm_filter_takes_effect_and_is_timed(apply_profile, cert, tmp_path):
+    a = Generator(cert, "gen-a", 0, 0.002)
+    b = Generator(cert, "gen-b", 0, 0.002)
+    try:
+        with apply_profile(profile("switch", ["gen-a"])) as cap:
+            assert wait_records(cap, lambda rs: any(r.get("comm") == "gen-a" for r in rs))
+            assert not writes(cap, "gen-b")
+            written = time.time_ns()
+            (tmp_path / "profile.yaml").write_text(profile("switch", ["gen-b"], jsonl=str(cap.jsonl)))
+            assert wait_records(cap, lambda rs: any(r.get("comm") == "gen-b" for r in rs))
+            first_b = min(r["ts"] for r in cap.records("data") if r["comm"] == "gen-b")
+            time.sleep(0.5)
+        switch_ms = (first_b - written) / 1e6
+        print(f"\nfilter switch took effect {switch_ms:.0f} ms after the file was written")
+        assert 0 < switch_ms < 5000
+        a_after = [r for r in cap.records("data") if r["comm"] == "gen-a" and r["ts"] > first_b + 200_000_000]
+        assert a_after == []          # the old filter is gone
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_profiles_added_and_deleted_in_a_watched_directory(cert, tmp_path, apply_dir):
+    a = Generator(cert, "gen-a", 0, 0.002)
+    b = Generator(cert, "gen-b", 0, 0.002)
+    try:
+        d = tmp_path / "profiles"
+        d.mkdir()
+        (d / "a.yaml").write_text(profile("pa", ["gen-a"], jsonl=str(tmp_path / "a.jsonl")))
+        with apply_dir(d) as cap:
+            a_out, b_out = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+            assert _wait_file_has(a_out, "wgen-a:")
+            (d / "b.yaml").write_text(profile("pb", ["gen-b"], jsonl=str(b_out)))
+            assert _wait_file_has(b_out, "wgen-b:")
+            (d / "a.yaml").unlink()
+            assert _wait_for(lambda: "removed pa" in cap.stderr)
+            size = a_out.stat().st_size
+            time.sleep(1.0)
+            assert a_out.stat().st_size == size      # nothing more for the deleted profile
+            assert _wait_file_grows(b_out)           # the other one goes on
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_configmap_style_symlink_swap(cert, tmp_path, apply_dir):
+    a = Generator(cert, "gen-a", 0, 0.002)
+    b = Generator(cert, "gen-b", 0, 0.002)
+    try:
+        d = tmp_path / "cm"
+        out = tmp_path / "out.jsonl"
+        (d / "..2026_01").mkdir(parents=True)
+        (d / "..2026_01" / "p.yaml").write_text(profile("cm", ["gen-a"], jsonl=str(out)))
+        os.symlink("..2026_01", d / "..data")
+        os.symlink("..data/p.yaml", d / "p.yaml")
+        with apply_dir(d) as cap:
+            assert _wait_file_has(out, "wgen-a:")
+            (d / "..2026_02").mkdir()
+            (d / "..2026_02" / "p.yaml").write_text(profile("cm", ["gen-b"], jsonl=str(out)))
+            os.symlink("..2026_02", d / "..data_tmp")
+            os.rename(d / "..data_tmp", d / "..data")     # the atomic swap kubelet does
+            assert _wait_file_has(out, "wgen-b:")
+            assert "reloaded cm" in cap.stderr
+    finally:
+        a.kill()
+        b.kill()
+
+
+@pytest.mark.parametrize("bad", ["invalid", "attach"])
+def test_bad_edit_keeps_the_last_generation_capturing(apply_profile, cert, tmp_path, bad):
+    gen = Generator(cert, "gen-a", 0, 0.002)
+    try:
+        with apply_profile(profile("keep", ["gen-a"])) as cap:
+            assert wait_records(cap, lambda rs: any(r.get("comm") == "gen-a" for r in rs))
+            path = tmp_path / "profile.yaml"
+            if bad == "invalid":
+                path.write_text(profile("keep", ["gen-a"], jsonl=str(cap.jsonl)).replace("kind: openssl",
+                                                                                          "kind: opensssl"))
+                expect = "profile.yaml:7:13: spec.targets[0].kind: must be one of"
+            else:   # no such process: attaching a pid-scoped uprobe fails
+                path.write_text(profile("keep", ["gen-a"], ", pids: [4000000]", jsonl=str(cap.jsonl)))
+                expect = "change rolled back; the last good generation keeps running"
+            assert _wait_for(lambda: expect in cap.stderr), cap.stderr
+            n = len(writes(cap, "gen-a"))
+            assert wait_records(cap, lambda rs: len([r for r in rs if r.get("comm") == "gen-a"]) > n + 20)
+        assert "Traceback" not in cap.stderr
+    finally:
+        gen.kill()
+
+
+def _wait_for(pred, timeout=15.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _wait_file_has(path: Path, text: str) -> bool:
+    return _wait_for(lambda: path.exists() and text in path.read_text())
+
+
+def _wait_file_grows(path: Path) -> bool:
+    size = path.stat().st_size
+    return _wait_for(lambda: path.stat().st_size > size)
+
+
+@pytest.fixture
+def apply_dir(tmp_path):
+    """`ecapture apply DIR` until the block ends; yields an object with `.stderr`."""
+    from contextlib import contextmanager
+
+    from tests.kernel.conftest import ECAPTURE, Capture
+
+    @contextmanager
+    def run(directory: Path):
+        ready = tmp_path / "ready-dir"
+        err_path, out_path = tmp_path / "dir-stderr.txt", tmp_path / "dir-stdout.txt"
+        with open(err_path, "w") as err, open(out_path, "w") as out:
+            proc = subprocess.Popen([ECAPTURE, "apply", str(directory), "--ready-file", str(ready)],
+                                    stdout=out, stderr=err)
+        cap = Capture(proc, tmp_path / "none.jsonl", err_path, out_path)
+        try:
+            assert _wait_for(lambda: ready.exists() or proc.poll() is not None, 60) and ready.exists(), cap.stderr
+            yield cap
+        finally:
+            proc.send_signal(2)
+            cap.returncode = proc.wait(30)
+
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v", "-s"]))
