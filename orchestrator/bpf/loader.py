@@ -1,18 +1,17 @@
-"""Load a rendered target into the kernel and attach its probes, all-or-nothing.
+"""Load one generation of a target: compile its programs, seed its process scope, open its ring buffer.
 
-`LoadedTarget.load()` compiles with bcc, seeds the process scope, attaches every hook
-and rolls everything back if any step fails. `close()` detaches best-effort.
-This module is the single Python owner of `templates/kern/probes.c.j2` programs.
+The programs are not attached here: the target's trampolines (bpf/trampoline.py) tail-call
+whichever generation is installed. This module is the single Python owner of
+`templates/kern/probes.c.j2` programs.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import os
 import threading
 from dataclasses import dataclass, field
 
-from orchestrator.bpf import discovery, layout, render, state
+from orchestrator.bpf import discovery, layout, render, state, trampoline
 from orchestrator.plan import model as plan_model
 
 
@@ -31,15 +30,15 @@ class AttachPoint:
 @dataclass
 class LoadedTarget:
     probe_set: plan_model.ProbeSet
-    slot: int = 0            # gate slot of the target (stable across its generations)
+    slot: int = 0            # the target's number: keeps its calls apart in the shared stash
     generation: int = 1
     bpf: object = None
-    attached: list[AttachPoint] = field(default_factory=list)
+    program_fds: dict = field(default_factory=dict)   # trampoline table index → program fd
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def load(self, on_event=None) -> "LoadedTarget":
-        """Compile, attach and open the ring buffer; on any failure detach what was attached and raise."""
+        """Compile and load every program, seed the scope, open the ring buffer; all or nothing."""
         import bcc  # Debian's python3-bpfcc; imported late so pure commands work without it
 
         ps = self.probe_set
@@ -52,40 +51,22 @@ class LoadedTarget:
             with quiet:
                 text = render.program(ps.rendered, self.slot, self.generation)
                 self.bpf = bcc.BPF(text=text.encode(), cflags=render.cflags())
+                for i, hook in enumerate(ps.hooks):
+                    for idx, name in trampoline.program_names(i, hook):
+                        self.program_fds[idx] = self.bpf.load_func(name.encode(), bcc.BPF.KPROBE).fd
         except Exception as exc:  # bcc raises bare Exception on compile/load errors
-            self.bpf = None
+            self.close()
             errors = [ln for ln in getattr(quiet, "text", "").splitlines() if "error" in ln]
             raise LoadError(f"compile failed: {'; '.join(errors[:3]) or _first_line(exc)}") from None
         try:
             if ps.scope_paths:
                 self._seed_scope()
-            for i, hook in enumerate(ps.hooks):
-                pids = ps.target.filters.pids or (-1,)
-                for pid in pids:
-                    self._attach(hook, i, pid)
             if on_event is not None:
                 self.bpf[b"events"].open_ring_buffer(on_event)
         except Exception as exc:
             self.close()
-            if isinstance(exc, LoadError):
-                raise
-            raise LoadError(f"attach failed: {_first_line(exc)}") from None
+            raise LoadError(f"load failed: {_first_line(exc)}") from None
         return self
-
-    def _attach(self, hook, index: int, pid: int):
-        path = self.probe_set.attach_path
-        steps = [("uprobe", f"hook_{index}_entry")]
-        if hook.on == "return":
-            steps.append(("uretprobe", f"hook_{index}_return"))
-        for kind, fn in steps:
-            attach = self.bpf.attach_uprobe if kind == "uprobe" else self.bpf.attach_uretprobe
-            try:
-                with _quiet_stderr():
-                    attach(name=path.encode(), sym=hook.symbol.encode(), fn_name=fn.encode(), pid=pid)
-            except Exception as exc:
-                raise LoadError(f"cannot attach {kind} {hook.symbol} in {path}"
-                                f"{'' if pid < 0 else f' (pid {pid})'}: {_first_line(exc)}") from None
-            self.attached.append(AttachPoint(path, hook.symbol, kind, pid))
 
     def _seed_scope(self):
         table = self.bpf[b"scope"]
@@ -102,26 +83,6 @@ class LoadedTarget:
             out[stage] = sum(int(v) for v in table.getvalue(ctypes.c_int(slot)))
         return out
 
-    def detach_probes(self) -> None:
-        """Stop new events: detach every uprobe, keep maps and the ring buffer readable.
-
-        Each detach waits for the kernel's uprobe grace period (tens of ms); done in parallel
-        the waits overlap, which keeps a generation switch short.
-        """
-        def detach(point: AttachPoint):
-            fn = self.bpf.detach_uprobe if point.kind == "uprobe" else self.bpf.detach_uretprobe
-            try:
-                fn(name=point.path.encode(), sym=point.symbol.encode(), pid=point.pid)
-            except Exception:
-                pass
-
-        points = list(reversed(self.attached))
-        if points:
-            # No stderr redirect here: this runs in the background and would swallow other threads' lines.
-            with concurrent.futures.ThreadPoolExecutor(max_workers=len(points)) as pool:
-                list(pool.map(detach, points))
-        self.attached.clear()
-
     def drain(self) -> None:
         """Deliver what is still in the ring buffer to the callback."""
         if self.bpf is not None and not self._closed:
@@ -137,7 +98,6 @@ class LoadedTarget:
                 self.bpf.cleanup()
             except Exception:
                 pass
-            self.attached.clear()
 
 
 def _first_line(exc: BaseException) -> str:

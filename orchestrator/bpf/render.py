@@ -129,8 +129,8 @@ def render(profile_name: str, target: models.Target, hooks, scope_paths=()) -> R
 
 
 def prelude(slot: int, generation: int) -> str:
-    """The lines that make one generation of a rendered program: its gate slot and generation."""
-    slot = _int_list([slot], 0, 1023)[0]
+    """The lines that make one generation of a rendered program: its target slot and generation."""
+    slot = _int_list([slot], 0, 65535)[0]
     generation = _int_list([generation], 1, 2**31)[0]
     return f"#define ECAP_SLOT {slot}\n#define ECAP_GEN {generation}\n"
 

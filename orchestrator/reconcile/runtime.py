@@ -1,9 +1,10 @@
 """Running targets: load, switch generations, unload; each target's visible state and last error.
 
-One live `RunningTarget` per (profile, target) key, each owning a gate slot that stays the
-same across its generations. A generation switch (see `switch`) hands every probe hit to
-exactly one generation and releases the new generation's records only after the old one
-is drained, so nothing is lost, duplicated or reordered. Kernel loss counters become
+A target is a set of trampolines (its uprobes, attached once) and the generation of programs
+they tail-call. Switching generation is one program-table update per program: every probe
+hit runs exactly one generation, and calls entered under one generation are completed by
+the next through the shared stash. The new generation's records are released only after the
+old one is drained, so nothing is lost, duplicated or reordered. Kernel loss counters become
 `loss` records.
 """
 from __future__ import annotations
@@ -13,13 +14,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from orchestrator.bpf import loader, state
+from orchestrator.bpf import loader, trampoline
 from orchestrator.pipeline import events
 
 DRAIN_INTERVAL_S = 0.01
-# After the gate flips and the old generation is retired, a program already past its checks
-# may still be writing; BPF programs run for microseconds, this is ample.
-RETIRE_GRACE_S = 0.02
+# After a program table update a hit already inside the old program may still be writing;
+# BPF programs run for microseconds, this is ample.
+SWITCH_GRACE_S = 0.02
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RunningTarget:
     state: str = "pending"      # pending | running | failed | stopped
     last_error: str = ""
     loaded: loader.LoadedTarget | None = None
+    trampoline: trampoline.Trampoline | None = None
     thread: threading.Thread | None = None
     stop_flag: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
@@ -50,35 +52,37 @@ class Runtime:
     def __init__(self, dispatcher):
         self.dispatcher = dispatcher
         self.targets: dict = {}          # key → live RunningTarget
-        self._slots: dict = {}           # key → gate slot, kept for the life of the process
+        self._slots: dict = {}           # key → slot number, kept for the life of the process
         self._generations: dict = {}     # key → last generation number used
         self._loss_lock = threading.Lock()
-        self._retiring: list[RunningTarget] = []    # old generations still detaching
+        self._background: list[threading.Thread] = []   # generations closing, trampolines detaching
         dispatcher.periodic.append(self.collect_losses)
 
-    # ---- generations
     def _slot(self, key) -> int:
         if key not in self._slots:
-            used = set(self._slots.values())
-            free = next((s for s in range(1, state.SLOTS) if s not in used), None)
-            if free is None:
-                raise loader.LoadError(f"more than {state.SLOTS - 1} targets")
-            self._slots[key] = free
+            self._slots[key] = len(self._slots) + 1
         return self._slots[key]
 
+    # ---- loading
     def load(self, probe_set, hold: bool) -> RunningTarget:
-        """Compile and attach a new generation with its gate still closed. With `hold`, its
-        records wait for `release()`. A failed load leaves nothing attached (state `failed`)."""
+        """Load a new generation (and, if its attach points are new, attach trampolines with an empty
+        table). Nothing runs it until `switch`/`start` installs it. A failed load leaves nothing."""
         key = probe_set.key
-        try:
-            slot = self._slot(key)
-        except loader.LoadError as exc:
-            return RunningTarget(probe_set, 0, 0, state="failed", last_error=str(exc))
         generation = self._generations.get(key, 0) + 1
         self._generations[key] = generation
-        rt = RunningTarget(probe_set, slot, generation)
+        rt = RunningTarget(probe_set, self._slot(key), generation)
         if not hold:
             rt.released.set()
+        live = self.targets.get(key)
+        if live is not None and live.trampoline is not None and \
+                live.trampoline.identity == trampoline.identity(probe_set):
+            rt.trampoline = live.trampoline
+        else:
+            try:
+                rt.trampoline = trampoline.Trampoline(probe_set).attach()
+            except loader.LoadError as exc:
+                rt.state, rt.last_error = "failed", str(exc)
+                return rt
         pending: list = []
         source = probe_set
         string_at = ctypes.string_at
@@ -87,11 +91,13 @@ class Runtime:
         def on_sample(_ctx, data, size):
             pending.append(decode(string_at(data, size), source))
 
-        lt = loader.LoadedTarget(probe_set, slot=slot, generation=generation)
+        lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=generation)
         try:
             lt.load(on_event=on_sample)
         except loader.LoadError as exc:
             rt.state, rt.last_error = "failed", str(exc)
+            if rt.trampoline is not (live.trampoline if live else None):
+                rt.trampoline.close()
             return rt
         rt.loaded, rt.state, rt.started_at = lt, "running", time.time()
         rt.thread = threading.Thread(target=self._poll, args=(rt, pending), daemon=True,
@@ -107,86 +113,90 @@ class Runtime:
             if pending and rt.released.is_set():
                 self.dispatcher.submit(pending[:])
                 pending.clear()
-        # Stopping: the generation is retired (it writes nothing more) or its probes are going.
+        # Stopping: no trampoline runs this generation any more.
         lt.drain()
         rt.released.wait()
         if pending:
             self.dispatcher.submit(pending[:])
             pending.clear()
-        rt.drained.set()
-        # Detaching waits out the kernel's uprobe grace periods: off the switch's critical path.
-        lt.detach_probes()
-        lt.drain()
-        if pending:
-            self.dispatcher.submit(pending[:])
-            pending.clear()
         self._collect(rt)
+        rt.drained.set()
         lt.close()
         rt.state = "stopped"
 
+    # ---- switching
     def start(self, probe_set) -> RunningTarget:
-        """A new target: load, open its gate, make it live."""
+        """A new target: load it and make it live at once."""
         rt = self.load(probe_set, hold=False)
         if rt.state == "running":
-            state.shared().open_gate(rt.slot, rt.generation)
-        self.targets[rt.key] = rt
+            self.switch([(None, rt)])
         return rt
 
     def switch(self, pairs) -> None:
-        """Make each (old, new) pair's new generation live; both are loaded, new ones held.
+        """Make each (old, new) pair's new generation live (both loaded; new ones held).
 
-        Gates flip first (new calls go to the new generations), then the old generations are
-        retired (their in-flight calls complete under the new ones), drained, and only then
-        are the new generations' records released: per-connection order holds.
+        Each trampoline table is pointed at the new programs; old generations are then drained,
+        and only then are the new generations' records released: per-connection order holds.
         """
-        shared = state.shared()
+        old_trampolines = []
         for old, new in pairs:
-            shared.open_gate(new.slot, new.generation)
+            if old is not None and old.trampoline is not new.trampoline:
+                old.trampoline.clear()        # attach points changed: the old uprobes go idle
+                old_trampolines.append(old.trampoline)
+            new.trampoline.install(new.loaded)
         retiring = [old for old, _ in pairs if old is not None and old.state == "running"]
-        for old in retiring:
-            shared.retire(old.slot, old.generation)
         if retiring:
-            time.sleep(RETIRE_GRACE_S)
+            time.sleep(SWITCH_GRACE_S)
         for old in retiring:
             self._retire(old)
         for old, new in pairs:
             new.released.set()
             self.targets[new.key] = new
+        for tramp in old_trampolines:
+            self._in_background(tramp.close)
 
     def discard(self, rt: RunningTarget) -> None:
-        """Roll back a loaded generation whose gate never opened (it completed no call)."""
+        """Roll back a loaded generation that was never installed."""
+        live = self.targets.get(rt.key)
         if rt.state == "running":
             self._retire(rt)
+        if rt.trampoline is not None and (live is None or rt.trampoline is not live.trampoline):
+            self._in_background(rt.trampoline.close)
 
     def stop(self, key) -> None:
         rt = self.targets.pop(key, None)
         if rt is None:
             return
+        if rt.trampoline is not None:
+            rt.trampoline.clear()
+            time.sleep(SWITCH_GRACE_S)
+            self._in_background(rt.trampoline.close)
         if rt.state == "running":
-            shared = state.shared()
-            shared.open_gate(rt.slot, 0)
-            shared.retire(rt.slot, rt.generation)
-            time.sleep(RETIRE_GRACE_S)
             self._retire(rt)
 
     def _retire(self, rt: RunningTarget) -> None:
-        """Deliver its last records; its probes are detached in the background."""
+        """Deliver its last records; it is unloaded in the background."""
         rt.released.set()
         rt.stop_flag.set()
         rt.drained.wait(30)
-        self._retiring.append(rt)
+        if rt.thread is not None:
+            self._keep_background(rt.thread)
 
-    def wait_detached(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        for rt in self._retiring:
-            if rt.thread is not None:
-                rt.thread.join(max(0.0, deadline - time.monotonic()))
-        self._retiring = [rt for rt in self._retiring if rt.thread is not None and rt.thread.is_alive()]
+    def _in_background(self, fn) -> None:
+        # Detaching uprobes waits out kernel grace periods (~0.1 s each): off the switch's path.
+        t = threading.Thread(target=fn, name="ecapture-close", daemon=True)
+        t.start()
+        self._keep_background(t)
+
+    def _keep_background(self, t: threading.Thread) -> None:
+        self._background = [b for b in self._background if b.is_alive()] + [t]
 
     def stop_all(self) -> None:
         for key in list(self.targets):
             self.stop(key)
-        self.wait_detached()
+        for t in self._background:
+            t.join(60)
+        self._background.clear()
 
     # ---- losses
     def collect_losses(self) -> None:
@@ -196,21 +206,18 @@ class Runtime:
 
     def _collect(self, rt: RunningTarget) -> None:
         with self._loss_lock:
-            self._collect_locked(rt)
-
-    def _collect_locked(self, rt: RunningTarget) -> None:
-        try:
-            counters = rt.loaded.losses()
-        except Exception:
-            return
-        records = []
-        for stage, total in counters.items():
-            delta = total - rt.losses_seen.get(stage, 0)
-            if delta > 0:
-                rt.losses_seen[stage] = total
-                ps = rt.probe_set
-                self.dispatcher.stats.losses[(ps.profile, ps.target.name, stage)] += delta
-                records.append(events.Record("loss", None, {"profile": ps.profile, "target": ps.target.name,
-                                                            "stage": stage, "count": delta}))
+            try:
+                counters = rt.loaded.losses()
+            except Exception:
+                return
+            records = []
+            for stage, total in counters.items():
+                delta = total - rt.losses_seen.get(stage, 0)
+                if delta > 0:
+                    rt.losses_seen[stage] = total
+                    ps = rt.probe_set
+                    self.dispatcher.stats.losses[(ps.profile, ps.target.name, stage)] += delta
+                    records.append(events.Record("loss", None, {"profile": ps.profile, "target": ps.target.name,
+                                                                "stage": stage, "count": delta}))
         if records:
             self.dispatcher.submit_records(records)

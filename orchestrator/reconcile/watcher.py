@@ -9,7 +9,7 @@ import time
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-DEBOUNCE_S = 0.05
+DEBOUNCE_S = 0.025
 
 
 def _relevant(path: str) -> bool:

@@ -13,18 +13,12 @@
 #define ECAP_TABLE(kind, k, v, name, n) BPF_TABLE("extern", k, v, name, n)
 #endif
 
-#define ECAP_SLOTS 1024
-
 struct stash_key { u32 tid; u16 slot; u16 hook; };
 struct stash_val { u64 args[6]; u32 gen; u32 _pad; };
 struct fd_key { u32 tgid; s32 fd; };
 struct session_key { u32 tgid; u32 _pad; u64 session; };
 struct remote_key { u16 family; u16 rport; u8 raddr[16]; };
 
-/* slot → generation allowed to start new calls for that target (0: none) */
-ECAP_TABLE("array", u32, u32, ecap_gate, ECAP_SLOTS);
-/* slot → newest retired generation: calls it entered may be completed by any generation */
-ECAP_TABLE("array", u32, u32, ecap_retired, ECAP_SLOTS);
 ECAP_TABLE("lru_hash", u32, u64, ecap_seqs, 16384);
 ECAP_TABLE("hash", struct stash_key, struct stash_val, ecap_stash, 16384);
 ECAP_TABLE("hash", u32, u64, ecap_active_session, 16384);

@@ -1,12 +1,14 @@
 """Failure isolation, loss accounting and clean detach, with real probes."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import time
 
-from orchestrator.bpf import loader, state
+import pytest
+from orchestrator.bpf import loader, state, trampoline
 from orchestrator.plan import build
 from orchestrator.spec import load
 from tests.kernel.conftest import ECAPTURE, perf_event_fds, uprobe_events_of
@@ -100,7 +102,7 @@ def test_sigterm_detaches_everything(tmp_path, nginx_server):
     assert uprobe_events_of(proc.pid) == []
 
 
-def test_loader_close_releases_probes_in_process(nginx_server):
+def test_trampolines_and_generations_release_everything(nginx_server):
     prof = load.load_file(os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "nginx-tls.yaml"))
     (ps,), failed = build.plan_profile(prof)
     assert failed == []
@@ -108,10 +110,18 @@ def test_loader_close_releases_probes_in_process(nginx_server):
     state.shared()            # the shared tables and connection tracepoints, created once
     before = perf_event_fds()
     assert before > empty
-    lt = loader.LoadedTarget(ps).load(on_event=lambda *a: None)
-    assert perf_event_fds() > before
-    assert len(lt.attached) == 2 * len(ps.hooks)   # an entry and a return probe per hook
-    lt.close()
+    tramp = trampoline.Trampoline(ps).attach()
+    assert len(tramp.attached) == 2 * len(ps.hooks)   # an entry and a return uprobe per hook
+    attached = perf_event_fds()
+    assert attached > before
+    gen = loader.LoadedTarget(ps, slot=1, generation=1).load(on_event=lambda *a: None)
+    tramp.install(gen)
+    gen2 = loader.LoadedTarget(ps, slot=1, generation=2).load(on_event=lambda *a: None)
+    tramp.install(gen2)       # a switch attaches nothing
+    assert perf_event_fds() == attached + 3 * 2  # each generation's own scope tracepoints (exec, fork, exit)
+    gen.close()
+    gen2.close()
+    tramp.close()
     assert perf_event_fds() == before
     assert uprobe_events_of(os.getpid()) == []
     state.close()
@@ -121,18 +131,12 @@ def test_loader_close_releases_probes_in_process(nginx_server):
 def test_attach_failure_rolls_back(nginx_server):
     prof = load.load_file(os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "nginx-tls.yaml"))
     (ps,), _ = build.plan_profile(prof)
-    import dataclasses
     from orchestrator.bpf import hooks
     bad = dataclasses.replace(ps, hooks=ps.hooks + (hooks.Hook("SSL_no_such_symbol", "entry", hooks.RECORD_CALL),))
-    # The C has no hook_<n>_entry for the extra hook: attaching it fails after the others attached.
+    # The library has no such symbol: attaching it fails after the others attached.
     state.shared()
     before = perf_event_fds()
-    lt = loader.LoadedTarget(bad)
-    try:
-        lt.load(on_event=lambda *a: None)
-    except loader.LoadError as exc:
-        assert "SSL_no_such_symbol" in str(exc)
-    else:
-        raise AssertionError("load should have failed")
+    with pytest.raises(loader.LoadError, match="SSL_no_such_symbol"):
+        trampoline.Trampoline(bad).attach()
     assert perf_event_fds() == before
     assert uprobe_events_of(os.getpid()) == []

@@ -4,7 +4,8 @@ memory-BIO pair, no sockets): the steady load for hot-reload tests and bench/rel
     python3 tls_generator.py --comm gen-a --count 5000 --interval 0.001 --cert C --key K [--go FILE]
 
 Each write is `w<comm>:<i:08d>\\n`. It prints `ready <pid>` once set up, waits for --go (if
-given) to exist, writes, prints `done <count>` and exits. --count 0 writes until killed.
+given) to exist, writes, prints `done <count>` and exits. --count 0 writes until killed or
+until the --stop file exists.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def main() -> int:
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
     ap.add_argument("--go")
+    ap.add_argument("--stop", help="finish (and print the count) once this file exists")
     args = ap.parse_args()
     set_comm(args.comm)
     client, server, c_out, s_in = pair(args.cert, args.key)
@@ -65,6 +67,8 @@ def main() -> int:
         s_in.write(c_out.read())
         assert server.read(len(msg)) == msg
         i += 1
+        if args.stop and i % 50 == 0 and os.path.exists(args.stop):
+            break
         if args.interval:
             time.sleep(args.interval)
     print(f"done {i}", flush=True)

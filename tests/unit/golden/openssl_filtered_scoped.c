@@ -3,8 +3,9 @@
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_SLOT (this target's gate slot) and ECAP_GEN (this program's generation) are
- * defined by the lines render.prelude() puts before this text. */
+/* ECAP_SLOT (this target's number) and ECAP_GEN (this program's generation) are defined by
+ * the lines render.prelude() puts before this text. The programs are not attached: the
+ * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
 
 #define MAX_BYTES 4096
 #define HEADER_SIZE sizeof(struct event_header)
@@ -19,24 +20,6 @@ BPF_ARRAY(scratch, struct event, 4);
 BPF_PERCPU_ARRAY(lost, u64, LOSS_SLOTS);
 /* Processes running the target program: seeded from /proc, kept by exec/fork/exit. */
 BPF_TABLE("lru_hash", u32, u8, scope, 65536);
-
-/* Only the generation the gate names starts new calls: each probe hit is handled once. */
-static __always_inline int gate_open(void) {
-    u32 slot = ECAP_SLOT;
-    u32 *gen = ecap_gate.lookup(&slot);
-    return gen && *gen == ECAP_GEN;
-}
-
-/* Which generation completes a call: the one that entered it, unless that one is retired,
- * then its successor. A retired generation completes nothing, so once userspace retires it
- * its ring buffer receives nothing more and can be drained at once. */
-static __always_inline int may_complete(u32 entered_gen) {
-    u32 slot = ECAP_SLOT;
-    u32 *retired = ecap_retired.lookup(&slot);
-    u32 r = retired ? *retired : 0;
-    if (ECAP_GEN <= r) return 0;
-    return entered_gen == ECAP_GEN || entered_gen <= r;
-}
 
 static __always_inline void count_loss(u32 slot) {
     u64 *n = lost.lookup(&slot);
@@ -121,7 +104,6 @@ static __always_inline void event_submit(struct event *ev) {
 
 /* hook 0: return probe, record kind 1 */
 int hook_0_entry(struct pt_regs *ctx) {
-    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
@@ -141,8 +123,7 @@ int hook_0_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (!may_complete(v.gen)) return 0;
-    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
@@ -172,7 +153,6 @@ int hook_0_return(struct pt_regs *ctx) {
 
 /* hook 1: return probe, record kind 1 */
 int hook_1_entry(struct pt_regs *ctx) {
-    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
@@ -192,8 +172,7 @@ int hook_1_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (!may_complete(v.gen)) return 0;
-    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
@@ -223,7 +202,6 @@ int hook_1_return(struct pt_regs *ctx) {
 
 /* hook 2: return probe, record kind 1 */
 int hook_2_entry(struct pt_regs *ctx) {
-    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
@@ -243,8 +221,7 @@ int hook_2_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (!may_complete(v.gen)) return 0;
-    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
@@ -276,7 +253,6 @@ int hook_2_return(struct pt_regs *ctx) {
 
 /* hook 3: return probe, record kind 1 */
 int hook_3_entry(struct pt_regs *ctx) {
-    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
@@ -296,8 +272,7 @@ int hook_3_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    if (!may_complete(v.gen)) return 0;
-    /* Deleting claims the call: while two generations are attached, only one completes it. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
@@ -330,7 +305,6 @@ int hook_3_return(struct pt_regs *ctx) {
 /* hook 4: return probe, record kind 0 */
 /* No record: only learns which socket the session uses from the syscalls made inside the call. */
 int hook_4_entry(struct pt_regs *ctx) {
-    if (!gate_open()) return 0;
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     u32 tid = id;
