@@ -4,8 +4,8 @@ One nginx (1 worker) serves HTTPS on loopback; wrk (1 thread, keep-alive) loads 
 four modes, alternated round-robin so that noise hits every mode alike:
 
   bare      nothing attached
-  floor     ecapture's own attach points for the nginx openssl target (same uprobes,
-            uretprobes and tracepoints, same loader code path) with empty programs
+  floor     ecapture's own attach points for the nginx openssl target (the uprobes and
+            uretprobes its trampolines use, and the same tracepoints) with empty programs
   ecapture  `ecapture apply` with the http1 parser and a JSONL sink
   sslsniff  bcc's sslsniff-bpfcc (a patched temporary copy: see `_sslsniff_copy`)
 
@@ -237,9 +237,6 @@ def empty_program(ps) -> str:
         "BPF_RINGBUF_OUTPUT(events, 8);",
         "BPF_PERCPU_ARRAY(lost, u64, 2);",
     ]
-    if ps.scope_real:
-        # The loader seeds this table from /proc before attaching (it is never read here).
-        lines.append('BPF_TABLE("lru_hash", u32, u8, scope, 65536);')
     for i in range(len(ps.hooks)):
         lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return 0; }}")
         lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return 0; }}")
@@ -250,7 +247,9 @@ def empty_program(ps) -> str:
 
 def check_real_tracepoints(ps) -> None:
     """Warn if the real program uses tracepoints this floor does not (the template changed)."""
-    used = set(re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", ps.rendered.text))
+    # The real tracepoints: the target's own (process scope) and the shared state's (connections).
+    state_text = (render.KERN_DIR / "state.c.j2").read_text()
+    used = set(re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", ps.rendered.text + state_text))
     missing = used - set(TRACEPOINTS)
     extra = set(TRACEPOINTS) - used
     if missing or extra:
@@ -272,16 +271,29 @@ class FloorMode:
         self.leftovers: list[str] = []
 
     def run(self, url, duration, connections, ctx) -> WrkResult:
-        target = loader.LoadedTarget(self.probe_set).load(on_event=lambda *a: None)
+        # The floor: ecapture's uprobes (what its trampolines attach) and tracepoints, with
+        # programs that return at once; no tail call, no shared state.
+        import bcc
+        ps = self.probe_set
+        b = bcc.BPF(text=ps.rendered.text.encode())
+        attached = 0
         try:
-            attached = len(target.attached)
+            for i, hook in enumerate(ps.hooks):
+                for pid in ps.target.filters.pids or (-1,):
+                    b.attach_uprobe(name=ps.attach_path.encode(), sym=hook.symbol.encode(),
+                                    fn_name=f"hook_{i}_entry".encode(), pid=pid)
+                    attached += 1
+                    if hook.on == "return":
+                        b.attach_uretprobe(name=ps.attach_path.encode(), sym=hook.symbol.encode(),
+                                           fn_name=f"hook_{i}_return".encode(), pid=pid)
+                        attached += 1
             bpf0 = BPF_STATS and bpf_prog_stats(os.getpid())
             result = run_wrk(url, duration, connections)
             bpf1 = BPF_STATS and bpf_prog_stats(os.getpid())
             if bpf0 and bpf1:
                 result.bpf_ns, result.bpf_runs = bpf1[0] - bpf0[0], bpf1[1] - bpf0[1]
         finally:
-            target.close()
+            b.cleanup()
         left = uprobe_entries(os.getpid())
         fds = perf_event_fds(os.getpid())
         if left or fds:
