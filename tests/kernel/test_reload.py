@@ -237,3 +237,40 @@ def apply_dir(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
+
+
+def test_status_and_plan_talk_to_the_running_apply(apply_profile, cert, tmp_path):
+    import json
+    import stat
+
+    from tests.kernel.conftest import ECAPTURE
+    gen = Generator(cert, "gen-a", 0, 0.002)
+    try:
+        with apply_profile(profile("stat", ["gen-a"])) as cap:
+            assert wait_records(cap, lambda rs: any(r.get("comm") == "gen-a" for r in rs))
+            sock = "/run/ecapture/apply.sock"
+            assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+            assert stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode) == 0o700
+            out = subprocess.run([ECAPTURE, "status", "--json"], capture_output=True, text=True, timeout=10)
+            assert out.returncode == 0, out.stderr
+            st = json.loads(out.stdout)
+            (p,) = [p for p in st["profiles"] if p["profile"] == "stat"]
+            (t,) = p["targets"]
+            assert p["state"] == "ok" and t["state"] == "running" and t["generation"] == 1
+            assert t["library"] == LIBSSL and "SSL_write_ex:return" in t["symbols"] and t["events"] > 0
+            human = subprocess.run([ECAPTURE, "status"], capture_output=True, text=True, timeout=10)
+            assert "stat" in human.stdout and "gen 1" in human.stdout
+            # plan against the running apply: same file → unchanged; an edited copy → replace
+            path = tmp_path / "profile.yaml"
+            plan = subprocess.run([ECAPTURE, "plan", str(path)], capture_output=True, text=True, timeout=30)
+            assert "unchanged stat/gen" in plan.stdout, plan.stdout
+            edited = tmp_path / "edited" / "profile.yaml"
+            edited.parent.mkdir()
+            edited.write_text(profile("stat", ["gen-b"], jsonl=str(cap.jsonl)))
+            plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
+            assert "replace stat/gen" in plan.stdout, plan.stdout
+        assert not os.path.exists(sock)
+        down = subprocess.run([ECAPTURE, "status"], capture_output=True, text=True, timeout=10)
+        assert down.returncode == 3 and "no running" in down.stderr
+    finally:
+        gen.kill()
