@@ -17,6 +17,7 @@ from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.spec import models
 
 FUNC_TYPES = ("STT_FUNC", "STT_GNU_IFUNC")
+SYSCALLS = "syscalls"      # the attach "file" of syscall-tracepoint kinds
 BIN_DIRS = ("/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
 
 
@@ -153,6 +154,12 @@ def _exec_aliases(path: str, _dir_stamps: tuple) -> tuple[str, ...]:
 def resolve(target: models.Target) -> Resolution:
     hooks = hooks_mod.hooks_for(target)
     binary = target.binary or hooks_mod.DEFAULT_BINARY.get(target.kind)
+    if target.kind in hooks_mod.SYSCALL_KINDS:
+        if binary:
+            _require_file(binary, "binary")
+        return Resolution(attach_path=SYSCALLS, hooks=hooks, missing_optional=(),
+                          scope_paths=exec_aliases(binary) if binary else (),
+                          scope_real=os.path.realpath(binary) if binary else None, how="syscall tracepoints")
     if target.library:
         attach, how, field = target.library, "library given", "library"
     elif target.kind in hooks_mod.LIBRARY_SONAMES:

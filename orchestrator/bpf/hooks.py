@@ -49,10 +49,13 @@ class Hook:
     success: str | None = None               # "ret>0" | "ret==1": only record successful calls
     optional: bool = False                   # a library may lack it (e.g. the _ex pair before OpenSSL 1.1.1)
     ret32: bool = False                      # returns a C int: sign-extend the low 32 bits
+    probe: str = "uprobe"                    # uprobe: a function in an ELF file; syscall: syscalls:sys_{enter,exit}_<symbol>
+    fd_arg: int | None = None                # arg holding a socket fd: its connection is looked up in the kernel
+    known_sockets_only: bool = False         # only fds seen being connected/accepted (read/write also serve files)
 
     @property
     def needs_conn(self) -> bool:
-        return self.session_arg is not None
+        return self.session_arg is not None or self.fd_arg is not None
 
 
 def _tls(symbol: str, direction: int, ex: bool) -> Hook:
@@ -60,6 +63,12 @@ def _tls(symbol: str, direction: int, ex: bool) -> Hook:
     length = Payload(1, "bytes", LEN_DEREF, 3) if ex else Payload(1, "bytes", LEN_RET)
     return Hook(symbol, "return", RECORD_DATA, direction, payload=length, session_arg=0,
                 success="ret==1" if ex else "ret>0", optional=ex, ret32=True)
+
+
+def _sock(syscall: str, direction: int, known_only: bool) -> Hook:
+    # read(fd, buf, n) / write / recvfrom / sendto: the bytes are known when the call returns.
+    return Hook(syscall, "return", RECORD_DATA, direction, payload=Payload(1, "bytes", LEN_RET), success="ret>0",
+                probe="syscall", fd_arg=0, known_sockets_only=known_only)
 
 
 BUILTIN: dict[str, tuple[Hook, ...]] = {
@@ -72,12 +81,22 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
         # syscalls tell which socket a new session uses.
         Hook("SSL_do_handshake", "return", RECORD_NONE, session_arg=0),
     ),
+    # Plaintext socket I/O. recvfrom/sendto are socket-only; read/write count only for TCP sockets
+    # whose connect/accept was seen. (readv/writev and recvmsg/sendmsg are not covered yet.)
+    "socket": (
+        _sock("recvfrom", DIR_READ, False),
+        _sock("sendto", DIR_WRITE, False),
+        _sock("read", DIR_READ, True),
+        _sock("write", DIR_WRITE, True),
+    ),
     # readline() returns the line the user typed.
     "bash": (Hook("readline", "return", RECORD_COMMAND, payload=Payload(RET, "string")),),
 }
 
 # Kinds whose records belong to a connection (and so can be filtered by port).
-CONNECTION_KINDS = ("openssl",)
+CONNECTION_KINDS = ("openssl", "socket")
+# Kinds made of syscall tracepoints rather than uprobes: nothing to find in an ELF file.
+SYSCALL_KINDS = ("socket",)
 
 # Where a kind's probes go when the profile names only a program.
 LIBRARY_SONAMES = {"openssl": ("libssl.so",)}

@@ -53,7 +53,8 @@ class LoadedTarget:
                 self.bpf = bcc.BPF(text=text.encode(), cflags=render.cflags())
                 for i, hook in enumerate(ps.hooks):
                     for idx, name in trampoline.program_names(i, hook):
-                        self.program_fds[idx] = self.bpf.load_func(name.encode(), bcc.BPF.KPROBE).fd
+                        kind = bcc.BPF.TRACEPOINT if hook.probe == "syscall" else bcc.BPF.KPROBE
+                        self.program_fds[idx] = self.bpf.load_func(name.encode(), kind).fd
         except Exception as exc:  # bcc raises bare Exception on compile/load errors
             self.close()
             errors = [ln for ln in getattr(quiet, "text", "").splitlines() if "error" in ln]

@@ -99,6 +99,9 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
         "payload": payload,
         "session_arg": None if h.session_arg is None else _int_list([h.session_arg], 0, 5)[0],
         "ret32": bool(h.ret32),
+        "probe": {"uprobe": "uprobe", "syscall": "syscall"}[h.probe],
+        "fd_arg": None if h.fd_arg is None else _int_list([h.fd_arg], 0, 5)[0],
+        "known_sockets_only": bool(h.known_sockets_only),
         "success": {None: None, "ret>0": "ret>0", "ret==1": "ret==1"}[h.success],
     }
 

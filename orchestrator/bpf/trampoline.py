@@ -54,14 +54,19 @@ class Trampoline:
             raise loader.LoadError(f"trampoline compile failed: {loader._first_line(exc)}") from None
         try:
             for i, hook in enumerate(ps.hooks):
-                for pid in ps.target.filters.pids or (-1,):
+                # A tracepoint cannot be scoped to a pid at attach time: the programs filter.
+                for pid in (-1,) if hook.probe == "syscall" else ps.target.filters.pids or (-1,):
                     for idx, _ in program_names(i, hook):
                         kind = "uprobe" if idx % 2 == 0 else "uretprobe"
-                        fn = self.bpf.attach_uprobe if kind == "uprobe" else self.bpf.attach_uretprobe
                         try:
                             with loader._quiet_stderr():
-                                fn(name=ps.attach_path.encode(), sym=hook.symbol.encode(),
-                                   fn_name=f"tramp_{idx}".encode(), pid=pid)
+                                if hook.probe == "syscall":
+                                    kind = f"syscalls:sys_{'enter' if idx % 2 == 0 else 'exit'}_{hook.symbol}"
+                                    self.bpf.attach_tracepoint(tp=kind.encode(), fn_name=f"tramp_{idx}".encode())
+                                else:
+                                    fn = self.bpf.attach_uprobe if kind == "uprobe" else self.bpf.attach_uretprobe
+                                    fn(name=ps.attach_path.encode(), sym=hook.symbol.encode(),
+                                       fn_name=f"tramp_{idx}".encode(), pid=pid)
                         except Exception as exc:
                             raise loader.LoadError(
                                 f"cannot attach {kind} {hook.symbol} in {ps.attach_path}"

@@ -13,6 +13,10 @@
 #define ECAP_TABLE(kind, k, v, name, n) BPF_TABLE("extern", k, v, name, n)
 #endif
 
+/* The context of every syscalls:sys_enter_* / sys_exit_* tracepoint (see their format files). */
+struct ecap_sys_enter { u64 _common; s32 nr; u32 _pad; u64 args[6]; };
+struct ecap_sys_exit { u64 _common; s32 nr; u32 _pad; s64 ret; };
+
 struct stash_key { u32 tid; u16 slot; u16 hook; };
 struct stash_val { u64 args[6]; u32 gen; u32 _pad; };
 struct fd_key { u32 tgid; s32 fd; };

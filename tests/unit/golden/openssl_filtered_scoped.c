@@ -107,9 +107,7 @@ int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
-                          .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -156,9 +154,7 @@ int hook_1_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
-                          .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -205,9 +201,7 @@ int hook_2_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
-                          .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -256,9 +250,7 @@ int hook_3_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)},
-                          .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -308,7 +300,8 @@ int hook_4_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
     u32 tid = id;
-    u64 session = PT_REGS_PARM1(ctx);
+    u64 args[6] = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)};
+    u64 session = args[0];
     ecap_active_session.update(&tid, &session);
     return 0;
 }

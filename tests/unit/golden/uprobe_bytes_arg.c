@@ -89,8 +89,7 @@ static __always_inline void event_submit(struct event *ev) {
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32)) return 0;
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-                                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
     s64 ret = 0;
     struct event *ev = event_start(id, 0, 3, 0);
     if (!ev) return 0;
