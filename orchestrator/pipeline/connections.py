@@ -8,10 +8,18 @@ from __future__ import annotations
 from collections import deque
 
 from orchestrator.bpf import layout
-from orchestrator.parsers import http1
+from orchestrator.parsers import http1, http2, mysql, postgres
 from orchestrator.pipeline import events, sockets
 
 DIRECTIONS = {layout.DIR_READ: "read", layout.DIR_WRITE: "write"}
+
+# Parsers that see both directions of a connection, tried in this order on its first bytes
+# (HTTP/1.x, one parser per direction, comes last).
+CONNECTION_PARSERS = (
+    ("http2", http2.looks_like_http2, http2.Http2Parser),
+    ("mysql", mysql.looks_like_mysql, mysql.MysqlParser),
+    ("postgres", postgres.looks_like_postgres, postgres.PostgresParser),
+)
 
 
 def _headers(pairs) -> dict:
@@ -34,7 +42,7 @@ def _body_fields(body: bytes, body_len: int, truncated: bool) -> dict:
 class ConnectionWorker:
     """State of one connection (one TLS session or socket of one process)."""
     __slots__ = ("key", "parsers_allowed", "fd", "conn", "conn_resolved", "streams", "pending", "last_seen",
-                 "excluded", "ports", "last_event", "ident")
+                 "excluded", "ports", "last_event", "ident", "whole")
 
     def __init__(self, key, parsers_allowed, ports=()):
         self.key = key
@@ -49,8 +57,10 @@ class ConnectionWorker:
         self.ports = ports
         self.last_event = None
         self.ident = None
+        self.whole = None                            # a connection-level parser, once chosen
 
     def _reset(self):
+        self.whole = None
         self.streams.clear()
         self.pending.clear()
         self.conn = None
@@ -85,6 +95,19 @@ class ConnectionWorker:
             self._resolve_conn(ev)
         if self.excluded:
             return
+        missing = ev.len - len(ev.payload) if ev.truncated else 0
+        if self.whole is None and not self.streams:
+            self.whole = self._choose_whole(ev)
+        whole = self.whole
+        if whole == "raw":
+            out.append(self._data_record(ev))
+            return
+        if whole is not None:
+            for msg in whole.feed(DIRECTIONS.get(ev.direction, "read"), ev.payload, ev.ts, missing):
+                if msg.type == "parse_error":
+                    self.whole = "raw"
+                out.append(events.Record(msg.type, ev, msg.fields, self.conn))
+            return
         stream = self.streams.get(ev.direction)
         if stream is None:
             stream = self._choose(ev.payload)
@@ -92,11 +115,19 @@ class ConnectionWorker:
         if stream == "raw":
             out.append(self._data_record(ev))
             return
-        missing = ev.len - len(ev.payload) if ev.truncated else 0
         for msg in stream.feed(ev.payload, missing):
             out.append(self._message_record(msg, ev))
         if stream.failed:
             self.streams[ev.direction] = "raw"
+
+    def _choose_whole(self, ev: events.Event):
+        """A connection-level parser if the first bytes look like its protocol, else None."""
+        allowed = self.parsers_allowed
+        direction = DIRECTIONS.get(ev.direction, "read")
+        for name, looks_like, parser in CONNECTION_PARSERS:
+            if (allowed is None or name in allowed) and looks_like(ev.payload, direction):
+                return parser()
+        return None
 
     def _choose(self, first: bytes):
         allowed = self.parsers_allowed
