@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make
-              nginx curl openssl wrk bash procps iproute2)
+              nginx curl openssl wrk bash procps iproute2 util-linux
+              mariadb-server mariadb-client postgresql postgresql-client)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup: must run as root (BPF and apt need it)" >&2; exit 1
@@ -30,10 +31,13 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   [ "${apt_updated:-0}" = 1 ] || apt-get update -qq
+  # Servers (nginx, mariadb, postgresql) must not start as services: tests and the demo run
+  # their own instances on loopback.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; own_policy=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # nginx's package starts a default server on :80; our demo and tests run their own.
-  systemctl disable --now nginx >/dev/null 2>&1 || true
-  pkill -f "nginx: master process /usr/sbin/nginx -g daemon on" 2>/dev/null || true
+  [ "$own_policy" = 1 ] && rm -f "$policy"
 fi
 
 if [ ! -e "$HDR_BUILD/include" ]; then
