@@ -42,7 +42,7 @@ def _body_fields(body: bytes, body_len: int, truncated: bool) -> dict:
 class ConnectionWorker:
     """State of one connection (one TLS session or socket of one process)."""
     __slots__ = ("key", "parsers_allowed", "fd", "conn", "conn_resolved", "streams", "pending", "last_seen",
-                 "excluded", "ports", "last_event", "ident", "whole")
+                 "excluded", "ports", "last_event", "ident", "whole", "held")
 
     def __init__(self, key, parsers_allowed, ports=()):
         self.key = key
@@ -58,9 +58,11 @@ class ConnectionWorker:
         self.last_event = None
         self.ident = None
         self.whole = None                            # a connection-level parser, once chosen
+        self.held = None                             # a first chunk waiting for the other side
 
     def _reset(self):
         self.whole = None
+        self.held = None
         self.streams.clear()
         self.pending.clear()
         self.conn = None
@@ -95,9 +97,33 @@ class ConnectionWorker:
             self._resolve_conn(ev)
         if self.excluded:
             return
-        missing = ev.len - len(ev.payload) if ev.truncated else 0
         if self.whole is None and not self.streams:
-            self.whole = self._choose_whole(ev)
+            if not self._decide(ev, out):
+                return
+        self._feed(ev, out)
+
+    def _decide(self, ev: events.Event, out: list) -> bool:
+        """Pick the parser from the connection's first bytes. A first chunk that fits nothing is
+        held until the other side speaks (an HTTP/2 server sends SETTINGS before it reads the
+        client preface), then both are parsed in order. False: `ev` is held."""
+        choice = self._choose_whole(ev)
+        held, self.held = self.held, None
+        if choice is None and held is None and not self._http1_start(ev.payload):
+            self.held = ev
+            return False
+        if held is not None and choice is None:
+            choice = self._choose_whole(held)
+        self.whole = choice
+        if held is not None:
+            self._feed(held, out)
+        return True
+
+    def _http1_start(self, first: bytes) -> bool:
+        allowed = self.parsers_allowed
+        return (allowed is None or "http1" in allowed) and http1.looks_like_http1(first)
+
+    def _feed(self, ev: events.Event, out: list) -> None:
+        missing = ev.len - len(ev.payload) if ev.truncated else 0
         whole = self.whole
         if whole == "raw":
             out.append(self._data_record(ev))
@@ -130,10 +156,7 @@ class ConnectionWorker:
         return None
 
     def _choose(self, first: bytes):
-        allowed = self.parsers_allowed
-        if (allowed is None or "http1" in allowed) and http1.looks_like_http1(first):
-            return http1.Http1Parser()
-        return "raw"
+        return http1.Http1Parser() if self._http1_start(first) else "raw"
 
     def _data_record(self, ev: events.Event) -> events.Record:
         text, enc = events.text_or_base64(ev.payload)
@@ -168,6 +191,10 @@ class ConnectionWorker:
 
     def finish(self, out: list) -> None:
         """End of connection (or eviction): flush messages delimited by close."""
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.whole = self._choose_whole(held) or "raw"
+            self._feed(held, out)
         for stream in self.streams.values():
             if isinstance(stream, http1.Http1Parser) and self.last_event is not None:
                 for msg in stream.finish():

@@ -150,3 +150,28 @@ spec:
     assert all(r["direction"] == "write" and r["comm"].startswith("python3") for r in reqs)
     assert all(_port(r["conn"]["remote"]) == nginx_server.port for r in reqs + resps)
     assert [r["status"] for r in resps] == [200] * 3
+
+
+def test_http2_over_tls_streams(apply_profile):
+    from tests.support.nginx import NginxServer
+    profile = PROFILE.format(filters="").replace("parsers: [http1]", "parsers: [http1, http2]").replace(
+        "  parsers:", "    - {name: client, kind: openssl, binary: /usr/bin/curl}\n  parsers:")
+    with NginxServer(workers=1, http2=True) as server:
+        urls = [f"{server.url}/h2/{i}" for i in range(3)]
+        with apply_profile(profile) as cap:
+            run = curl(urls[-1], *urls[:-1], "-w", "%{http_version}\n", http2=True)
+            assert run.returncode == 0 and "2" in run.stdout
+            post = curl(server.url + "/post", "-d", "h2=body", http2=True)
+            assert post.returncode == 0
+            assert cap.wait_for(lambda rs: sum(r["type"] == "http.response" for r in rs) >= 8)
+    for side in ("web", "client"):
+        reqs = [r for r in cap.records("http.request") if r["target"] == side]
+        resps = [r for r in cap.records("http.response") if r["target"] == side]
+        assert [r["path"] for r in reqs] == [f"/h2/{i}" for i in range(3)] + ["/post"], side
+        assert all(r["version"] == "HTTP/2" and r["stream_id"] % 2 == 1 for r in reqs + resps)
+        assert [r["status"] for r in resps] == [200] * 4
+        assert resps[0]["request"] == {"method": "GET", "path": "/h2/0"}
+        assert all(_port(r["conn"]["local" if side == "web" else "remote"]) == server.port for r in reqs)
+    # curl sends the POST body; nginx answers `return 200` without reading it, so only curl's side has it.
+    client_post = [r for r in cap.records("http.request") if r["target"] == "client" and r["method"] == "POST"]
+    assert client_post[0]["body"] == "h2=body"
