@@ -151,3 +151,76 @@ def test_idle_connections_are_evicted_with_a_fake_clock():
     assert d.worker_count == 1
     d.evict_idle(now=5_000)
     assert d.worker_count == 0
+
+
+# ---- protocol choice per connection, on real recorded conversations
+
+import pathlib  # noqa: E402
+import struct  # noqa: E402
+
+PARSER_FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "parsers" / "fixtures"
+
+
+def _conv(path: pathlib.Path, captured_is_server: bool):
+    """A recorded conversation as (direction, bytes) seen by the captured process."""
+    if path.suffix == ".json":
+        chunks = [(side, bytes.fromhex(h)) for side, h in json.loads(path.read_text())["chunks"]]
+        from_client = [(side == "client", data) for side, data in chunks]
+    else:
+        b, i, from_client = path.read_bytes(), 0, []
+        while i < len(b):
+            n = struct.unpack_from(">I", b, i + 1)[0]
+            from_client.append((b[i:i + 1] == b">", b[i + 5:i + 5 + n]))
+            i += 5 + n
+    return [(layout.DIR_READ if c == captured_is_server else layout.DIR_WRITE, data) for c, data in from_client]
+
+
+def _socket_probe_set(parsers=None):
+    t = models.Target("sql", "socket")
+    return model.ProbeSet("prof", t, "syscalls", hooks.BUILTIN["socket"], (), None, render.Rendered("", "d"),
+                          parsers=parsers)
+
+
+def _run_conv(chunks, ps):
+    return _run([_raw(data, seq=i, hook=0, direction=d, session=0) for i, (d, data) in enumerate(chunks)], ps)
+
+
+def test_http2_server_that_speaks_first_is_still_recognised():
+    chunks = _conv(PARSER_FIXTURES / "http2" / "server_speaks_first.json", captured_is_server=True)
+    assert chunks[0][0] == layout.DIR_WRITE        # the server's SETTINGS come first
+    recs = _run_conv(chunks, _probe_set())
+    assert [r["type"] for r in recs] == ["http.request", "http.response"]
+    assert recs[0]["version"] == "HTTP/2" and recs[0]["stream_id"] == 1
+
+
+def test_mysql_and_postgres_are_chosen_from_the_first_bytes_either_side():
+    for captured_is_server in (True, False):
+        my = _run_conv(_conv(PARSER_FIXTURES / "mysql" / "real_cli_text.conv", captured_is_server),
+                       _socket_probe_set())
+        assert {"mysql.query", "mysql.result"} <= {r["type"] for r in my}
+        assert not [r for r in my if r["type"] in ("data", "parse_error")]
+    pg_file = sorted((PARSER_FIXTURES / "postgres").glob("real_*.conv"))[0]
+    pg = _run_conv(_conv(pg_file, True), _socket_probe_set())
+    assert {"pg.query", "pg.result"} <= {r["type"] for r in pg}
+
+
+def test_parsers_list_limits_the_choice():
+    chunks = _conv(PARSER_FIXTURES / "mysql" / "real_cli_text.conv", True)
+    recs = _run_conv(chunks, _socket_probe_set(parsers=("postgres",)))
+    assert recs and {r["type"] for r in recs} == {"data"}
+
+
+def test_a_parse_error_turns_only_that_connection_raw():
+    ps = _socket_probe_set()
+    good = _conv(PARSER_FIXTURES / "mysql" / "real_cli_text.conv", True)
+    bad = _conv(PARSER_FIXTURES / "mysql" / "bad_row.conv", True) + [(layout.DIR_READ, b"after the error")]
+    events_ = [_raw(d, seq=i, hook=0, direction=dr, session=0, fd=7, rport=1)
+               for i, (dr, d) in enumerate(bad)]
+    events_ += [_raw(d, seq=i, hook=0, direction=dr, session=0, fd=8, rport=2) for i, (dr, d) in enumerate(good)]
+    recs = _run(events_, ps)
+    by_conn = {}
+    for r in recs:
+        by_conn.setdefault(r["conn"]["remote"], []).append(r["type"])
+    assert "mysql.result" in by_conn["127.0.0.1:2"] and "parse_error" not in by_conn["127.0.0.1:2"]
+    # the broken one: one parse_error, then its bytes as raw data
+    assert by_conn["127.0.0.1:1"].count("parse_error") == 1 and by_conn["127.0.0.1:1"][-1] == "data"
