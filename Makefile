@@ -21,6 +21,8 @@ test-kernel: setup
 
 bench: setup
 	$(PY) bench/overhead.py
+	$(PY) bench/reload.py
+	$(PY) bench/parsers.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
