@@ -193,8 +193,9 @@ def apply(paths: List[Path] = PathsArg,
         for p in problems:
             _fail(p)
         raise typer.Exit(EXIT_PRECONDITION)
-    if not load.discover(paths):
-        _fail(f"no profiles found in {', '.join(map(str, paths))}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        _fail(f"no such file or directory: {', '.join(missing)}")
         raise typer.Exit(EXIT_USAGE)
     sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(escape(line)), watch=watch)
 

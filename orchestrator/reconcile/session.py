@@ -36,8 +36,9 @@ class ApplySession:
         if self.watcher is not None:
             self.watcher.start()      # before the first pass, so no edit in between is missed
         self.reconciler.reconcile()
-        if not any(st.name for st in self.reconciler.files.values()):
-            return False
+        watching_a_dir = self.watcher is not None and any(os.path.isdir(p) for p in self.reconciler.paths)
+        if not watching_a_dir and not any(st.name for st in self.reconciler.files.values()):
+            return False   # nothing valid to run, and no directory where a profile may appear
         reason = self.control.start()
         if reason:
             self.warn(reason)
