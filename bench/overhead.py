@@ -397,8 +397,8 @@ class EcaptureMode:
                 rc = stop_process(proc)
         text = stderr_path.read_text(errors="replace") + (self.tmp / f"ecapture-{n}.stdout").read_text(
             errors="replace")
-        if "running" not in text:
-            print(f"  ! ecapture did not report a running target:\n{text}")
+        if "added web" not in text:
+            print(f"  ! ecapture did not report the target as added:\n{text}")
         if rc not in (0, 130, -signal.SIGINT):
             print(f"  ! ecapture apply exited with {rc}")
         left = uprobe_entries(proc.pid)

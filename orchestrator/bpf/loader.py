@@ -11,7 +11,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from orchestrator.bpf import discovery, layout, render, state, trampoline
+from orchestrator.bpf import discovery, layout, render, ringreader, state, trampoline
 from orchestrator.plan import model as plan_model
 
 
@@ -34,10 +34,11 @@ class LoadedTarget:
     generation: int = 1
     bpf: object = None
     program_fds: dict = field(default_factory=dict)   # trampoline table index → program fd
+    reader: ringreader.RingReader | None = None
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def load(self, on_event=None) -> "LoadedTarget":
+    def load(self) -> "LoadedTarget":
         """Compile and load every program, seed the scope, open the ring buffer; all or nothing."""
         import bcc  # Debian's python3-bpfcc; imported late so pure commands work without it
 
@@ -62,8 +63,7 @@ class LoadedTarget:
         try:
             if ps.scope_paths:
                 self._seed_scope()
-            if on_event is not None:
-                self.bpf[b"events"].open_ring_buffer(on_event)
+            self.reader = ringreader.RingReader(self.bpf[b"events"].map_fd, ps.target.ring_buffer_kib * 1024)
         except Exception as exc:
             self.close()
             raise LoadError(f"load failed: {_first_line(exc)}") from None
@@ -84,10 +84,11 @@ class LoadedTarget:
             out[stage] = sum(int(v) for v in table.getvalue(ctypes.c_int(slot)))
         return out
 
-    def drain(self) -> None:
-        """Deliver what is still in the ring buffer to the callback."""
-        if self.bpf is not None and not self._closed:
-            self.bpf.ring_buffer_consume()
+    def drain(self, take) -> int:
+        """`take(bytes)` for every record waiting in the ring buffer, in order."""
+        if self.reader is None or self._closed:
+            return 0
+        return self.reader.read(take)
 
     def close(self) -> None:
         with self._lock:
@@ -95,6 +96,9 @@ class LoadedTarget:
                 self._closed = True
                 return
             self._closed = True
+            if self.reader is not None:
+                self.reader.close()
+                self.reader = None
             try:
                 self.bpf.cleanup()
             except Exception:

@@ -100,7 +100,9 @@ class Dispatcher:
 
     def process(self, batch: list) -> None:
         by_profile: dict[str, list] = {}
+        per_source = collections.Counter()
         now = self._clock()
+        route = self._route
         for item in batch:
             if callable(item):
                 item()            # control work ordered with the records (e.g. closing replaced sinks)
@@ -108,14 +110,13 @@ class Dispatcher:
             if isinstance(item, events.Record):
                 profile = item.fields.get("profile") if item.event is None else item.event.source.profile
                 by_profile.setdefault(profile, []).append(item)
-                self.stats.records[item.type] += 1
                 continue
-            out = by_profile.setdefault(item.source.profile, [])
-            n = len(out)
-            self._route(item, out, now)
-            self.stats.events[item.source.key] += 1
-            for rec in out[n:]:
-                self.stats.records[rec.type] += 1
+            source = item.source
+            per_source[source.key] += 1
+            route(item, by_profile.setdefault(source.profile, []), now)
+        self.stats.events.update(per_source)
+        for records in by_profile.values():
+            self.stats.records.update(r.type for r in records)
         for profile, records in by_profile.items():
             if records:
                 for sink in self._sinks_for(profile):

@@ -9,7 +9,6 @@ old one is drained, so nothing is lost, duplicated or reordered. Kernel loss cou
 """
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,38 +82,38 @@ class Runtime:
             except loader.LoadError as exc:
                 rt.state, rt.last_error = "failed", str(exc)
                 return rt
-        pending: list = []
-        source = probe_set
-        string_at = ctypes.string_at
-        decode = events.decode
-
-        def on_sample(_ctx, data, size):
-            pending.append(decode(string_at(data, size), source))
-
         lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=generation)
         try:
-            lt.load(on_event=on_sample)
+            lt.load()
         except loader.LoadError as exc:
             rt.state, rt.last_error = "failed", str(exc)
             if rt.trampoline is not (live.trampoline if live else None):
                 rt.trampoline.close()
             return rt
         rt.loaded, rt.state, rt.started_at = lt, "running", time.time()
-        rt.thread = threading.Thread(target=self._poll, args=(rt, pending), daemon=True,
+        rt.thread = threading.Thread(target=self._poll, args=(rt,), daemon=True,
                                      name=f"poll-{probe_set.profile}/{probe_set.target.name}#{generation}")
         rt.thread.start()
         return rt
 
-    def _poll(self, rt: RunningTarget, pending: list) -> None:
+    def _poll(self, rt: RunningTarget) -> None:
         lt = rt.loaded
+        pending: list = []
+        source = rt.probe_set
+        decode = events.decode
+        append = pending.append
+
+        def take(raw: bytes) -> None:
+            append(decode(raw, source))
+
         # Records are written without wakeups (probes.c.j2): drain on a timer.
         while not rt.stop_flag.wait(DRAIN_INTERVAL_S):
-            lt.drain()
+            lt.drain(take)
             if pending and rt.released.is_set():
                 self.dispatcher.submit(pending[:])
                 pending.clear()
         # Stopping: no trampoline runs this generation any more.
-        lt.drain()
+        lt.drain(take)
         rt.released.wait()
         if pending:
             self.dispatcher.submit(pending[:])

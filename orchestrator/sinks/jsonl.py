@@ -18,7 +18,7 @@ class JsonlSink:
 
     def write(self, records) -> None:
         dumps = self._dumps
-        self._file.write("".join(dumps(r.to_dict()) + "\n" for r in records))
+        self._file.write("\n".join([r.to_json(dumps) for r in records]) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -224,3 +224,23 @@ def test_a_parse_error_turns_only_that_connection_raw():
     assert "mysql.result" in by_conn["127.0.0.1:2"] and "parse_error" not in by_conn["127.0.0.1:2"]
     # the broken one: one parse_error, then its bytes as raw data
     assert by_conn["127.0.0.1:1"].count("parse_error") == 1 and by_conn["127.0.0.1:1"][-1] == "data"
+
+
+def test_to_json_is_exactly_to_dict_encoded():
+    enc = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    ps = _probe_set()
+    recs = []
+
+    class Keep:
+        def write(self, records):
+            recs.extend(records)
+
+    d = dispatch.Dispatcher(lambda _p: [Keep()])
+    d.process([events.decode(_raw(REQ), ps), events.decode(_raw(RESP, hook=0, direction=layout.DIR_WRITE), ps),
+               events.decode(_raw(b"\xff\xfe", seq=3, rport=7), ps),
+               events.Record("loss", None, {"profile": "prof", "target": "web", "stage": "s", "count": 1})])
+    d.flush_all()    # the undecided first chunk of the third connection is held until then
+    assert len(recs) == 4
+    for r in recs:
+        assert json.loads(r.to_json(enc)) == r.to_dict()
+        assert list(json.loads(r.to_json(enc))) == list(r.to_dict())      # same key order

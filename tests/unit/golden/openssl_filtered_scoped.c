@@ -111,7 +111,11 @@ int hook_0_entry(struct pt_regs *ctx) {
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    ecap_active_session.update(&tid, &session);
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
     return 0;
 }
 
@@ -158,7 +162,11 @@ int hook_1_entry(struct pt_regs *ctx) {
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    ecap_active_session.update(&tid, &session);
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
     return 0;
 }
 
@@ -205,7 +213,11 @@ int hook_2_entry(struct pt_regs *ctx) {
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    ecap_active_session.update(&tid, &session);
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
     return 0;
 }
 
@@ -254,7 +266,11 @@ int hook_3_entry(struct pt_regs *ctx) {
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
-    ecap_active_session.update(&tid, &session);
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
     return 0;
 }
 

@@ -1,0 +1,59 @@
+"""Read a BPF ring buffer through its memory mapping, without a callback per record.
+
+The kernel's layout (kernel/bpf/ringbuf.c, as libbpf consumes it): page 0 holds the
+consumer position (written by us), page 1 the producer position, then the data area mapped
+twice in a row so that a record crossing the end reads contiguously. Each record starts
+with an 8-byte header: length (bit 31 busy, bit 30 discarded) and a page offset; records
+are 8-byte aligned.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+
+BUSY = 1 << 31
+DISCARD = 1 << 30
+HEADER = 8
+# Native formats: CPython packs and unpacks them with one memcpy, i.e. a single 8-byte
+# load/store here. The standard "<Q" goes byte by byte, and a torn consumer position makes
+# the kernel see the ring as full (it did: one spurious drop every 16 MiB).
+_u64 = struct.Struct("Q")
+_u32 = struct.Struct("I")
+
+
+class RingReader:
+    def __init__(self, map_fd: int, size: int):
+        if size <= 0 or size & (size - 1):
+            raise ValueError(f"ring buffer size {size} is not a power of two")
+        page = mmap.PAGESIZE
+        self.size = size
+        self.mask = size - 1
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._page = page
+
+    def read(self, take) -> int:
+        """Call `take(bytes)` for every committed record, in order; returns how many."""
+        data, page, mask = self._data, self._page, self.mask
+        cons = _u64.unpack_from(self._consumer, 0)[0]
+        prod = _u64.unpack_from(data, 0)[0]
+        n = 0
+        unpack_u32 = _u32.unpack_from
+        while cons < prod:
+            off = page + (cons & mask)
+            word = unpack_u32(data, off)[0]
+            if word & BUSY:
+                break                      # reserved, not yet committed: later records wait for it
+            length = word & ~(BUSY | DISCARD)
+            if not word & DISCARD:
+                take(data[off + HEADER:off + HEADER + length])
+                n += 1
+            cons += (length + HEADER + 7) & ~7
+            if n % 256 == 0:
+                _u64.pack_into(self._consumer, 0, cons)   # let the producer reuse space in long runs
+        _u64.pack_into(self._consumer, 0, cons)
+        return n
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._data.close()

@@ -1,0 +1,40 @@
+"""The mmap ring-buffer reader against a real BPF ring buffer: order, wrap-around, no loss."""
+from __future__ import annotations
+
+import ctypes
+
+from orchestrator.bpf import ringreader
+
+
+def test_reads_every_record_in_order_across_many_wraps():
+    import bcc
+    b = bcc.BPF(text=rb"""
+BPF_RINGBUF_OUTPUT(events, 1);
+BPF_ARRAY(counter, u64, 1);
+int probe(struct pt_regs *ctx) {
+    int zero = 0;
+    u64 *n = counter.lookup(&zero);
+    if (!n) return 0;
+    u64 rec[9] = {};
+    rec[0] = __sync_fetch_and_add(n, 1);
+    /* 64- or 72-byte records, so record boundaries move around the 4 KiB ring */
+    events.ringbuf_output(&rec, (rec[0] & 1) ? 64 : 72, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+""")
+    try:
+        b.attach_uprobe(name=b"c", sym=b"getpid", fn_name=b"probe", pid=__import__("os").getpid())
+        reader = ringreader.RingReader(b[b"events"].map_fd, 4096)
+        libc = ctypes.CDLL(None)
+        got: list[bytes] = []
+        for _ in range(200):
+            for _ in range(37):           # ~2.5 KiB per round: the 4 KiB ring wraps again and again
+                libc.getpid()
+            reader.read(got.append)
+        assert len(got) == 200 * 37
+        seqs = [int.from_bytes(r[:8], "little") for r in got]
+        assert seqs == list(range(len(got)))
+        assert {len(r) for r in got} == {64, 72}
+        reader.close()
+    finally:
+        b.cleanup()
