@@ -93,9 +93,6 @@ def text_or_base64(data: bytes) -> tuple[str, str | None]:
         return base64.b64encode(data).decode("ascii"), "base64"
 
 
-_common_json: dict = {}
-
-
 class Record:
     """One output record: `type` plus fields; the common fields come from the event that completed it."""
     __slots__ = ("type", "event", "fields", "conn")
@@ -106,33 +103,6 @@ class Record:
         # A record made outside the event path (loss, ...) is stamped once, when it is made.
         self.fields = fields if event is not None or "ts" in fields else {"ts": time.time_ns(), **fields}
         self.conn = conn          # ((lip, lport), (rip, rport)) or None
-
-    def to_json(self, encode) -> str:
-        """`json.dumps(self.to_dict())`, with the per-connection fields encoded once and reused."""
-        ev = self.event
-        if ev is None:
-            return encode(self.to_dict())
-        with_fd = ev.fd >= 0 and ev.record == layout.RECORD_DATA
-        key = (id(ev.source), ev.pid, ev.tid, ev.comm, ev.uid, self.conn, ev.fd if with_fd else -1)
-        cached = _common_json.get(key)
-        # id() keeps the key cheap (a ProbeSet hashes all its fields); the identity check makes a
-        # reused id harmless.
-        common = cached[1] if cached is not None and cached[0] is ev.source else None
-        if common is None:
-            src = ev.source
-            d = {"profile": src.profile, "target": src.target.name, "pid": ev.pid, "tid": ev.tid,
-                 "comm": ev.comm, "uid": ev.uid}
-            if self.conn is not None:
-                d["conn"] = {"local": endpoint(self.conn[0]), "remote": endpoint(self.conn[1])}
-            if with_fd:
-                d["fd"] = ev.fd
-            common = encode(d)[1:-1]
-            if len(_common_json) > 4096:
-                _common_json.clear()
-            _common_json[key] = (ev.source, common)
-        fields = encode(self.fields)
-        rest = "," + fields[1:] if len(fields) > 2 else "}"
-        return f'{{"type":"{self.type}","ts":{ev.ts},"seq":{ev.seq},{common}{rest}'
 
     def to_dict(self) -> dict:
         ev = self.event

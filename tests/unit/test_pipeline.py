@@ -226,8 +226,9 @@ def test_a_parse_error_turns_only_that_connection_raw():
     assert by_conn["127.0.0.1:1"].count("parse_error") == 1 and by_conn["127.0.0.1:1"][-1] == "data"
 
 
-def test_to_json_is_exactly_to_dict_encoded():
-    enc = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+def test_jsonl_lines_are_the_records_dicts(tmp_path):
+    path = tmp_path / "o.jsonl"
+    sink = jsonl.JsonlSink(str(path))
     ps = _probe_set()
     recs = []
 
@@ -235,12 +236,15 @@ def test_to_json_is_exactly_to_dict_encoded():
         def write(self, records):
             recs.extend(records)
 
-    d = dispatch.Dispatcher(lambda _p: [Keep()])
+    d = dispatch.Dispatcher(lambda _p: [Keep(), sink])
     d.process([events.decode(_raw(REQ), ps), events.decode(_raw(RESP, hook=0, direction=layout.DIR_WRITE), ps),
-               events.decode(_raw(b"\xff\xfe", seq=3, rport=7), ps),
+               events.decode(_raw("héllo wörld".encode(), seq=3, rport=7), ps),
                events.Record("loss", None, {"profile": "prof", "target": "web", "stage": "s", "count": 1})])
     d.flush_all()    # the undecided first chunk of the third connection is held until then
-    assert len(recs) == 4
-    for r in recs:
-        assert json.loads(r.to_json(enc)) == r.to_dict()
-        assert list(json.loads(r.to_json(enc))) == list(r.to_dict())      # same key order
+    sink.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(recs) == len(lines) == 4
+    for r, line in zip(recs, lines):
+        assert json.loads(line) == r.to_dict()
+        assert list(json.loads(line)) == list(r.to_dict())      # same key order
+    assert "héllo wörld" in path.read_text(encoding="utf-8")     # UTF-8, not \u escapes
