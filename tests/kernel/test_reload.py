@@ -274,3 +274,50 @@ def test_status_and_plan_talk_to_the_running_apply(apply_profile, cert, tmp_path
         assert down.returncode == 3 and "no running" in down.stderr
     finally:
         gen.kill()
+
+
+def test_compile_error_on_reload_keeps_the_last_generation(cert, tmp_path):
+    """A generation that bcc cannot compile (real compiler, broken C) rolls back: the running one stays."""
+    import dataclasses
+
+    from orchestrator.bpf import render, state
+    from orchestrator.pipeline import dispatch
+    from orchestrator.plan import build
+    from orchestrator.reconcile import reconciler, runtime
+
+    path = tmp_path / "profile.yaml"
+    out = tmp_path / "out.jsonl"
+    path.write_text(profile("broken", ["gen-a"], jsonl=str(out)))
+    passes = []
+
+    def planner(prof):
+        sets, failed = build.plan_profile(prof)
+        passes.append(prof)
+        if len(passes) > 1:   # every reload after the first renders C that does not compile
+            sets = [dataclasses.replace(ps, rendered=render.Rendered(ps.rendered.text + "\nthis is not C;\n",
+                                                                     "broken"))
+                    for ps in sets]
+        return sets, failed
+
+    warnings: list[str] = []
+    disp = dispatch.Dispatcher(lambda name: rec.sinks.get(name, ()))
+    rt = runtime.Runtime(disp)
+    rec = reconciler.Reconciler([str(path)], rt, disp, log=lambda _l: None, warn=warnings.append, planner=planner)
+    disp.start()
+    gen = Generator(cert, "gen-a", 0, 0.002)
+    try:
+        rec.reconcile()
+        assert _wait_for(lambda: out.exists() and "wgen-a:" in out.read_text())
+        path.write_text(profile("broken", ["gen-a", "gen-x"], jsonl=str(out)))
+        rec.reconcile()
+        assert any("compile failed" in w for w in warnings), warnings
+        assert any("the last good generation keeps running" in w for w in warnings)
+        status = rec.status()["profiles"][0]
+        assert status["state"] == "error" and status["targets"][0]["generation"] == 1
+        size = out.stat().st_size
+        assert _wait_for(lambda: out.stat().st_size > size + 1000)   # generation 1 still captures
+    finally:
+        gen.kill()
+        rec.close()
+        disp.stop()
+        state.close()
