@@ -82,3 +82,29 @@ def test_postgres_queries_and_results(apply_profile, postgres, side):
     assert any(r.get("tag") == "INSERT 0 3" for r in results)
     assert all(r["comm"] == comm for r in results)
     assert cap.records("parse_error") == []
+
+
+def test_postgres_over_tls_both_sides(apply_profile):
+    """The same protocol parser on TLS plaintext: psql's libpq and the server backend, through libssl."""
+    profile = """apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata: {name: pg-tls}
+spec:
+  targets:
+    - {name: client, kind: openssl, binary: /usr/lib/postgresql/15/bin/psql}
+    - {name: server, kind: openssl, binary: /usr/lib/postgresql/15/bin/postgres}
+  parsers: [postgres]
+  sinks:
+    - {type: jsonl, path: "{jsonl}"}
+"""
+    with Postgres(ssl=True) as pg:
+        with apply_profile(profile) as cap:
+            run = pg.client("SELECT 40 + 2 AS answer, 'tls' AS how; SHOW ssl;")
+            assert run.returncode == 0 and "42|tls" in run.stdout and "on" in run.stdout, run.stderr
+            assert cap.wait_for(lambda rs: {r["target"] for r in rs if r["type"] == "pg.result"} >= {"client", "server"})
+    for side in ("client", "server"):
+        results = [r for r in cap.records("pg.result") if r["target"] == side]
+        answer = next(r for r in results if r.get("columns") == ["answer", "how"])
+        assert answer["rows"] == [["42", "tls"]] and answer["tag"] == "SELECT 1"
+        assert any(q.get("kind") == "startup" and q.get("user") == "postgres"
+                   for q in cap.records("pg.query") if q["target"] == side)

@@ -93,7 +93,8 @@ def _pg_bin(name: str) -> str:
 class Postgres:
     """A PostgreSQL cluster run as the `postgres` user, trust auth on 127.0.0.1."""
 
-    def __init__(self):
+    def __init__(self, ssl: bool = False):
+        self.ssl = ssl
         self.tmp = tempfile.mkdtemp(prefix="ecap-pg-")
         shutil.chown(self.tmp, "postgres", "postgres")
         os.chmod(self.tmp, 0o700)
@@ -108,15 +109,24 @@ class Postgres:
         self._as_postgres([_pg_bin("initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                           check=True, capture_output=True, timeout=120)
         log = os.path.join(self.tmp, "server.log")
+        ssl_opts = ["-c", "ssl=off"]
+        if self.ssl:
+            cert, key = os.path.join(self.tmp, "server.crt"), os.path.join(self.tmp, "server.key")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                            "/CN=localhost", "-keyout", key, "-out", cert], check=True, capture_output=True)
+            for f in (cert, key):
+                shutil.chown(f, "postgres", "postgres")
+                os.chmod(f, 0o600)
+            ssl_opts = ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
         self.proc = subprocess.Popen(
             ["runuser", "-u", "postgres", "--", _pg_bin("postgres"), "-D", data, "-p", str(self.port),
-             "-k", self.tmp, "-c", "listen_addresses=127.0.0.1", "-c", "ssl=off", "-c", f"logging_collector=off"],
+             "-k", self.tmp, "-c", "listen_addresses=127.0.0.1", *ssl_opts, "-c", "logging_collector=off"],
             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         _wait_port(self.port, self.proc, log)
         return self
 
     def client(self, sql: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
+        env = dict(os.environ, PGSSLMODE="require" if self.ssl else "disable", PGCONNECT_TIMEOUT="10")
         return subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-X", "-A", "-t",
                                "-c", sql], capture_output=True, text=True, timeout=timeout, env=env)
 
