@@ -8,17 +8,14 @@ are 8-byte aligned.
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import struct
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
 HEADER = 8
-# Native formats: CPython packs and unpacks them with one memcpy, i.e. a single 8-byte
-# load/store here. The standard "<Q" goes byte by byte, and a torn consumer position makes
-# the kernel see the ring as full (it did: one spurious drop every 16 MiB).
-_u64 = struct.Struct("Q")
-_u32 = struct.Struct("I")
+_u32 = struct.Struct("<I")
 
 
 class RingReader:
@@ -31,12 +28,19 @@ class RingReader:
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._page = page
+        # The consumer position must change in one 8-byte store: struct.pack_into zeroes its
+        # target before writing, and a kernel that reads 0 there sees a full ring and drops.
+        self._consumer_pos = ctypes.c_uint64.from_buffer(self._consumer)
+        # The producer position must be read in one 8-byte load too: struct's "<Q" reads byte by
+        # byte and could combine old and new bytes into a position past what was written.
+        self._words = memoryview(self._data).cast("Q")
 
     def read(self, take) -> int:
         """Call `take(bytes)` for every committed record, in order; returns how many."""
         data, page, mask = self._data, self._page, self.mask
-        cons = _u64.unpack_from(self._consumer, 0)[0]
-        prod = _u64.unpack_from(data, 0)[0]
+        consumer = self._consumer_pos
+        cons = consumer.value
+        prod = self._words[0]
         n = 0
         unpack_u32 = _u32.unpack_from
         while cons < prod:
@@ -49,11 +53,11 @@ class RingReader:
                 take(data[off + HEADER:off + HEADER + length])
                 n += 1
             cons += (length + HEADER + 7) & ~7
-            if n % 256 == 0:
-                _u64.pack_into(self._consumer, 0, cons)   # let the producer reuse space in long runs
-        _u64.pack_into(self._consumer, 0, cons)
+            consumer.value = cons          # like libbpf: release each record as soon as it is read
         return n
 
     def close(self) -> None:
+        del self._consumer_pos          # the mappings cannot close while views export them
+        self._words.release()
         self._consumer.close()
         self._data.close()
