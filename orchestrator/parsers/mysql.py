@@ -41,15 +41,14 @@ Design notes
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from orchestrator.parsers import wire
 
 __all__ = ["Message", "MysqlParser", "looks_like_mysql", "COMMANDS"]
 
 
-@dataclass(slots=True)
-class Message:
-    type: str  # "mysql.query" | "mysql.result" | "pg.query" | "pg.result" | "parse_error"
-    fields: dict  # JSON-ready values only
+Message = wire.Message
+_Fail, _Bad, _text, _cstr = wire.Fail, wire.Bad, wire.text, wire.cstr
 
 
 #: Command byte -> name.
@@ -119,7 +118,7 @@ _P_COMMAND = 3  # command phase
 _P_TLS = 4  # switched to TLS: ignore everything
 _P_ERROR = 5
 
-_OTHER = {"read": "write", "write": "read"}
+_OTHER = wire.OTHER
 
 _U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<I").unpack_from
@@ -130,24 +129,6 @@ _I32 = struct.Struct("<i").unpack_from
 _I64 = struct.Struct("<q").unpack_from
 _F32 = struct.Struct("<f").unpack_from
 _F64 = struct.Struct("<d").unpack_from
-
-
-class _Fail(Exception):
-    """Internal: malformed input.  Never escapes the public methods."""
-
-    __slots__ = ("reason", "offset")
-
-    def __init__(self, reason: str, offset: int) -> None:
-        self.reason = reason
-        self.offset = offset
-
-
-class _Bad(Exception):
-    """Internal: a packet body does not parse (converted to _Fail by the caller)."""
-
-
-def _text(b) -> str:
-    return bytes(b).decode("utf-8", "replace")
 
 
 def _lenenc(b, i: int) -> tuple[int, int]:
@@ -178,13 +159,6 @@ def _lenenc_str(b, i: int) -> tuple[bytes | None, int]:
     if j > len(b):
         raise _Bad("string runs past the end of the packet")
     return b[i:j], j
-
-
-def _cstr(b, i: int) -> tuple[bytes, int]:
-    j = b.find(b"\0", i)
-    if j < 0:
-        raise _Bad("missing NUL terminator")
-    return b[i:j], j + 1
 
 
 # ------------------------------------------------------------------ detection
@@ -388,12 +362,16 @@ class _Req:
         self.trunc = False
 
 
-class MysqlParser:
+class MysqlParser(wire.TwoWayParser):
     """Incremental parser for both directions of one MySQL/MariaDB connection."""
 
     __slots__ = ("_max_rows", "_dirs", "_client", "_phase", "_req", "_stmts", "_last_stmt",
                  "_server_caps", "_caps", "_conn_id", "_server_version", "_user", "_database",
                  "_plugin", "_swallow_eof", "_resync")
+
+    PROTOCOL = "mysql"
+    TLS_PHASE = _P_TLS
+    ERROR_PHASE = _P_ERROR
 
     def __init__(self, max_rows: int = 5) -> None:
         self._max_rows = max(0, int(max_rows))
@@ -435,41 +413,7 @@ class MysqlParser:
         """Connection (thread) id from the server handshake, if seen."""
         return self._conn_id
 
-    def feed(self, direction: str, data: bytes, ts: int, missing: int = 0) -> list[Message]:
-        """Feed the next chunk of one direction ("read"/"write" of the captured process).
-
-        `ts` is the capture time (ns); `missing` the number of bytes that
-        followed `data` on the wire but were not captured.
-        Returns the messages completed by this chunk ([] = need more data).
-        """
-        if self._phase >= _P_TLS:
-            return []
-        out: list[Message] = []
-        d = None
-        try:
-            d = self._dirs[direction]
-            if data:
-                if type(data) is not bytes:
-                    data = bytes(data)
-                d.append(data)
-                self._pump(direction, d, ts, out)
-            if missing and self._phase < _P_TLS and missing > 0:
-                self._missing(direction, d, int(missing), ts, out)
-        except _Fail as f:
-            self._fail(out, f.reason, f.offset, direction)
-        except Exception as e:  # defensive: never let anything escape
-            self._fail(out, "internal parser error: %s: %s" % (type(e).__name__, e),
-                       d.base + d.pos if d is not None else 0, direction)
-        return out
-
     # ------------------------------------------------------------ internals
-
-    def _fail(self, out: list, reason: str, offset: int, direction) -> None:
-        self._phase = _P_ERROR
-        out.append(Message("parse_error", {"protocol": "mysql", "reason": reason,
-                                           "offset": offset, "direction": direction
-                                           if direction in _OTHER else None}))
-        self._release()
 
     def _release(self) -> None:
         for d in self._dirs.values():

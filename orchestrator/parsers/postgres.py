@@ -47,12 +47,13 @@ import re
 import struct
 from collections import deque
 
-from orchestrator.parsers import mysql
+from orchestrator.parsers import wire
 
 __all__ = ["Message", "PostgresParser", "looks_like_postgres"]
 
 #: The event type (shared with the MySQL parser).
-Message = mysql.Message
+Message = wire.Message
+_Fail, _Bad, _text, _cstr = wire.Fail, wire.Bad, wire.text, wire.cstr
 
 PROTOCOL_V3 = 196608
 SSL_REQUEST = 80877103
@@ -72,7 +73,7 @@ _AUTH_METHODS = {3: "password", 5: "md5", 7: "gss", 9: "sspi", 2: "kerberos5", 6
 
 _TAG_RE = re.compile(rb"[A-Z]+( [A-Z]+)*( [0-9]+)*\0")
 
-_OTHER = {"read": "write", "write": "read"}
+_OTHER = wire.OTHER
 
 _I16 = struct.Struct(">h").unpack_from
 _I32 = struct.Struct(">i").unpack_from
@@ -94,31 +95,6 @@ _K_SYNC = 5
 _K_CLOSE = 6
 _K_STARTUP = 7
 _K_FCALL = 8
-
-
-class _Fail(Exception):
-    """Internal: malformed input.  Never escapes the public methods."""
-
-    __slots__ = ("reason", "offset")
-
-    def __init__(self, reason: str, offset: int) -> None:
-        self.reason = reason
-        self.offset = offset
-
-
-class _Bad(Exception):
-    """Internal: a message body does not parse (converted to _Fail by the caller)."""
-
-
-def _text(b) -> str:
-    return bytes(b).decode("utf-8", "replace")
-
-
-def _cstr(b, i: int) -> tuple[bytes, int]:
-    j = b.find(b"\0", i)
-    if j < 0:
-        raise _Bad("missing NUL terminator")
-    return b[i:j], j + 1
 
 
 # ------------------------------------------------------------------ detection
@@ -344,12 +320,16 @@ class _Item:
         self.notices: list | None = None
 
 
-class PostgresParser:
+class PostgresParser(wire.TwoWayParser):
     """Incremental parser for both directions of one PostgreSQL connection."""
 
     __slots__ = ("_max_rows", "_dirs", "_client", "_phase", "_pending", "_stmts", "_portals",
                  "_ssl_wait", "_auth", "_sasl_pending", "_user", "_database", "_server_version",
                  "_backend_pid", "_resync", "_stmt_cols")
+
+    PROTOCOL = "postgres"
+    TLS_PHASE = _P_TLS
+    ERROR_PHASE = _P_ERROR
 
     def __init__(self, max_rows: int = 5) -> None:
         self._max_rows = max(0, int(max_rows))
@@ -386,41 +366,7 @@ class PostgresParser:
         """'read' or 'write': the direction carrying the frontend's messages, once known."""
         return self._client
 
-    def feed(self, direction: str, data: bytes, ts: int, missing: int = 0) -> list[Message]:
-        """Feed the next chunk of one direction ("read"/"write" of the captured process).
-
-        `ts` is the capture time (ns); `missing` the number of bytes that
-        followed `data` on the wire but were not captured.
-        Returns the messages completed by this chunk ([] = need more data).
-        """
-        if self._phase >= _P_TLS:
-            return []
-        out: list[Message] = []
-        d = None
-        try:
-            d = self._dirs[direction]
-            if data:
-                if type(data) is not bytes:
-                    data = bytes(data)
-                d.append(data)
-                self._pump(direction, d, ts, out)
-            if missing and self._phase < _P_TLS and missing > 0:
-                self._missing(direction, d, int(missing), ts, out)
-        except _Fail as f:
-            self._fail(out, f.reason, f.offset, direction)
-        except Exception as e:  # defensive: never let anything escape
-            self._fail(out, "internal parser error: %s: %s" % (type(e).__name__, e),
-                       d.base + d.pos if d is not None else 0, direction)
-        return out
-
     # ------------------------------------------------------------ internals
-
-    def _fail(self, out: list, reason: str, offset: int, direction) -> None:
-        self._phase = _P_ERROR
-        out.append(Message("parse_error", {"protocol": "postgres", "reason": reason,
-                                           "offset": offset, "direction": direction
-                                           if direction in _OTHER else None}))
-        self._release()
 
     def _release(self) -> None:
         for d in self._dirs.values():
