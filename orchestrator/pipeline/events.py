@@ -33,7 +33,7 @@ class Event:
 def decode(raw: bytes, source) -> Event:
     """`source` is the probe set the sample came from (target, hooks)."""
     (ts, seq, session, ret, a0, a1, a2, a3, a4, a5, pid, tid, uid, fd, ln, cap, hook, record, direction,
-     flags, family, lport, rport, _pad, laddr, raddr, comm) = _unpack(raw)
+     flags, _gen, family, lport, rport, _pad, laddr, raddr, comm) = _unpack(raw)
     ev = Event()
     ev.ts = ts + MONO_TO_EPOCH_NS
     ev.seq = seq

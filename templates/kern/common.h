@@ -42,7 +42,8 @@ struct event_header {
     u8 record;           /* RECORD_* */
     u8 direction;        /* DIR_* */
     u8 flags;            /* FLAG_* */
-    u8 _pad[3];
+    u8 _pad;
+    u16 gen;             /* generation that made the record, modulo 2^16 */
     struct conn_t conn;
     char comm[16];
 };

@@ -23,11 +23,12 @@ def _probe_set(ports=(), parsers=None, kind="openssl", target_hooks=None):
 
 
 def _raw(payload: bytes, *, seq=0, hook=1, direction=layout.DIR_READ, record=layout.RECORD_DATA, fd=5,
-         session=0xabc, lport=443, rport=40000, family=2, length=None, truncated=False, pid=100, ret=0, args=(0,) * 6):
+         session=0xabc, lport=443, rport=40000, family=2, length=None, truncated=False, pid=100, ret=0, args=(0,) * 6,
+         gen=1):
     addr = b"\x7f\0\0\x01" + b"\0" * 12
     header = layout.HEADER.pack(
         1_000, seq, session, ret, *args, pid, pid, 33, fd, len(payload) if length is None else length, len(payload),
-        hook, record, direction, layout.FLAG_TRUNCATED if truncated else 0, family, lport, rport, 0, addr, addr,
+        hook, record, direction, layout.FLAG_TRUNCATED if truncated else 0, gen, family, lport, rport, 0, addr, addr,
         b"nginx".ljust(16, b"\0"))
     return header + payload
 
