@@ -106,27 +106,40 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
     }
 
 
-def context(profile_name: str, target: models.Target, hooks, scope_paths=()) -> dict:
+def filter_values(target: models.Target) -> dict:
+    """The target's filters as validated numbers: compiled in, or written to an express lane's maps."""
     f = target.filters
+    return {
+        "pids": _int_list(f.pids, 1, 4194304),
+        "uids": _int_list(f.uids, 0, 4294967294),
+        "comm": [_comm_bytes(c) for c in f.comm],
+        "ports": _int_list(f.ports, 1, 65535),
+    }
+
+
+def context(profile_name: str, target: models.Target, hooks, scope_paths=(), express: bool = False) -> dict:
+    filters = filter_values(target)
+    if express:
+        # The express lane reads these from maps (probes.c.j2); pids stay compiled in, as they
+        # are also where the trampolines attach.
+        filters |= {"uids": [], "comm": [], "ports": []}
     return {
         "ident": {"profile": _ident(profile_name), "target": _ident(target.name)},
         "max_bytes": _int_list([target.max_bytes], 16, 65536)[0],
         "ring_pages": _int_list([target.ring_buffer_kib // 4], 1, 16384)[0],
         "cpus": possible_cpus(),
-        "filters": {
-            "pids": _int_list(f.pids, 1, 4194304),
-            "uids": _int_list(f.uids, 0, 4294967294),
-            "comm": [_comm_bytes(c) for c in f.comm],
-            "ports": _int_list(f.ports, 1, 65535),
-        },
+        "filters": filters,
+        "express": bool(express),
         "scope": sorted({path_hash(p) for p in scope_paths}),
         "conn": any(h.needs_conn for h in hooks),
         "hooks": [_hook_context(i, h) for i, h in enumerate(hooks)],
     }
 
 
-def render(profile_name: str, target: models.Target, hooks, scope_paths=()) -> Rendered:
-    text = _env().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths))
+def render(profile_name: str, target: models.Target, hooks, scope_paths=(), express: bool = False) -> Rendered:
+    """The target's program; `express=True`: its express-lane variant, the same for every value of
+    the uid, comm and port filters (so its digest says which edits the lane can take)."""
+    text = _env().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths, express))
     headers = b"".join((KERN_DIR / h).read_bytes() for h in ("common.h", "shared.h"))
     return Rendered(text, hashlib.sha256(text.encode() + headers).hexdigest())
 

@@ -16,6 +16,7 @@ class ProbeSet:
     scope_paths: tuple[str, ...]
     scope_real: str | None
     rendered: object                # render.Rendered
+    express: object = None          # render.Rendered of its express-lane variant (filters in maps)
     how: str = ""
     missing_optional: tuple[str, ...] = ()
     parsers: tuple[str, ...] | None = None   # userspace only, but a change still makes a new generation

@@ -70,13 +70,14 @@ CASES = {
     "uprobe_bytes_arg.c": ("io", UPROBE_BYTES_ARG, hooks.hooks_for(UPROBE_BYTES_ARG), ()),
     # profile name "p": the word nginx must not reach the C through any route but the hashes
     "openssl_filtered_scoped.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE),
+    # the express lane of the same target: uid, comm and port values are read from maps
+    "openssl_express.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE, True),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden(name):
-    profile, target, hook_table, scope = CASES[name]
-    rendered = render.render(profile, target, hook_table, scope)
+    rendered = render.render(*CASES[name])
     check_golden(name, rendered.text)
 
 
@@ -85,8 +86,7 @@ def test_no_stale_golden_files():
 
 
 def _render(name):
-    profile, target, hook_table, scope = CASES[name]
-    return render.render(profile, target, hook_table, scope).text
+    return render.render(*CASES[name]).text
 
 
 def test_every_hook_gets_its_entry_and_return_functions():

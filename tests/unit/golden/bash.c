@@ -24,12 +24,14 @@ static __always_inline void count_loss(u32 slot) {
     if (n) *n += 1;
 }
 
+struct filter_conf;   /* compiled-in filters: no configuration to read */
+
 /* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
-static __always_inline int process_wanted(u32 tgid) {
+static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
     return 1;
 }
 
-static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction) {
+static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
     u32 cpu = bpf_get_smp_processor_id();
     struct event *ev = scratch.lookup(&cpu);
     if (!ev) return 0;
@@ -41,6 +43,7 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     ev->h.record = record;
     ev->h.direction = direction;
     ev->h.flags = 0;
+    ev->h.gen = gen;
     ev->h.fd = -1;
     ev->h.session = 0;
     ev->h.ret = 0;
@@ -88,7 +91,7 @@ static __always_inline void event_submit(struct event *ev) {
 /* hook 0: return probe, record kind 2 */
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
+    if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
@@ -104,7 +107,7 @@ int hook_0_return(struct pt_regs *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. */
     if (ecap_stash.delete(&k) != 0) return 0;
     s64 ret = (s64)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
-    struct event *ev = event_start(id, 0, 2, 0);
+    struct event *ev = event_start(id, 0, 2, 0, ECAP_GEN);
     if (!ev) return 0;
     ev->h.ret = ret;
     read_string(ev, (const void *)ret);

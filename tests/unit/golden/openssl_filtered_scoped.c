@@ -26,8 +26,10 @@ static __always_inline void count_loss(u32 slot) {
     if (n) *n += 1;
 }
 
+struct filter_conf;   /* compiled-in filters: no configuration to read */
+
 /* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
-static __always_inline int process_wanted(u32 tgid) {
+static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
     if (!(tgid == 100 || tgid == 4194304)) return 0;
     u32 uid = bpf_get_current_uid_gid();
     if (!(uid == 0 || uid == 33)) return 0;
@@ -41,12 +43,12 @@ static __always_inline int process_wanted(u32 tgid) {
     return 1;
 }
 
-static __always_inline int port_wanted(struct conn_t *c) {
+static __always_inline int port_wanted(struct conn_t *c, struct filter_conf *fc) {
     if (c->family == 0) return 1;   /* unknown here: userspace filters once it resolves the connection */
     return c->lport == 443 || c->rport == 443 || c->lport == 8443 || c->rport == 8443;
 }
 
-static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction) {
+static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
     u32 cpu = bpf_get_smp_processor_id();
     struct event *ev = scratch.lookup(&cpu);
     if (!ev) return 0;
@@ -58,6 +60,7 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     ev->h.record = record;
     ev->h.direction = direction;
     ev->h.flags = 0;
+    ev->h.gen = gen;
     ev->h.fd = -1;
     ev->h.session = 0;
     ev->h.ret = 0;
@@ -105,7 +108,7 @@ static __always_inline void event_submit(struct event *ev) {
 /* hook 0: return probe, record kind 1 */
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
+    if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
@@ -141,8 +144,8 @@ int hook_0_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c)) return 0;
-    struct event *ev = event_start(id, 0, 1, 2);
+    if (!port_wanted(&c, 0)) return 0;
+    struct event *ev = event_start(id, 0, 1, 2, ECAP_GEN);
     if (!ev) return 0;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
@@ -156,7 +159,7 @@ int hook_0_return(struct pt_regs *ctx) {
 /* hook 1: return probe, record kind 1 */
 int hook_1_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
+    if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
@@ -192,8 +195,8 @@ int hook_1_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c)) return 0;
-    struct event *ev = event_start(id, 1, 1, 1);
+    if (!port_wanted(&c, 0)) return 0;
+    struct event *ev = event_start(id, 1, 1, 1, ECAP_GEN);
     if (!ev) return 0;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
@@ -207,7 +210,7 @@ int hook_1_return(struct pt_regs *ctx) {
 /* hook 2: return probe, record kind 1 */
 int hook_2_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
+    if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
@@ -243,8 +246,8 @@ int hook_2_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c)) return 0;
-    struct event *ev = event_start(id, 2, 1, 2);
+    if (!port_wanted(&c, 0)) return 0;
+    struct event *ev = event_start(id, 2, 1, 2, ECAP_GEN);
     if (!ev) return 0;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
@@ -260,7 +263,7 @@ int hook_2_return(struct pt_regs *ctx) {
 /* hook 3: return probe, record kind 1 */
 int hook_3_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
+    if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
@@ -296,8 +299,8 @@ int hook_3_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c)) return 0;
-    struct event *ev = event_start(id, 3, 1, 1);
+    if (!port_wanted(&c, 0)) return 0;
+    struct event *ev = event_start(id, 3, 1, 1, ECAP_GEN);
     if (!ev) return 0;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
@@ -314,7 +317,7 @@ int hook_3_return(struct pt_regs *ctx) {
 /* No record: only learns which socket the session uses from the syscalls made inside the call. */
 int hook_4_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
+    if (!process_wanted(id >> 32, 0)) return 0;
     u32 tid = id;
     u64 args[6] = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)};
     u64 session = args[0];

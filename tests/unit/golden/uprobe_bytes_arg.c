@@ -24,12 +24,14 @@ static __always_inline void count_loss(u32 slot) {
     if (n) *n += 1;
 }
 
+struct filter_conf;   /* compiled-in filters: no configuration to read */
+
 /* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
-static __always_inline int process_wanted(u32 tgid) {
+static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
     return 1;
 }
 
-static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction) {
+static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
     u32 cpu = bpf_get_smp_processor_id();
     struct event *ev = scratch.lookup(&cpu);
     if (!ev) return 0;
@@ -41,6 +43,7 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     ev->h.record = record;
     ev->h.direction = direction;
     ev->h.flags = 0;
+    ev->h.gen = gen;
     ev->h.fd = -1;
     ev->h.session = 0;
     ev->h.ret = 0;
@@ -88,10 +91,10 @@ static __always_inline void event_submit(struct event *ev) {
 /* hook 0: entry probe, record kind 3 */
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32)) return 0;
+    if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
     s64 ret = 0;
-    struct event *ev = event_start(id, 0, 3, 0);
+    struct event *ev = event_start(id, 0, 3, 0, ECAP_GEN);
     if (!ev) return 0;
     ev->h.ret = ret;
     ev->h.args[0] = v.args[0];

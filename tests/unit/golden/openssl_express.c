@@ -1,0 +1,418 @@
+/* ecapture generated program: profile p, target web
+ * 5 hook(s); max_bytes=4096; filters compiled in below. */
+#include <uapi/linux/ptrace.h>
+#include "shared.h"
+
+/* ECAP_SLOT (this target's number) and ECAP_GEN (this program's generation) are defined by
+ * the lines render.prelude() puts before this text. The programs are not attached: the
+ * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
+
+#define MAX_BYTES 4096
+#define HEADER_SIZE sizeof(struct event_header)
+
+struct event {
+    struct event_header h;
+    u8 payload[MAX_BYTES];
+};
+
+BPF_RINGBUF_OUTPUT(events, 16);
+BPF_ARRAY(scratch, struct event, 4);
+BPF_PERCPU_ARRAY(lost, u64, LOSS_SLOTS);
+/* Processes running the target program: seeded from /proc, kept by exec/fork/exit. */
+BPF_TABLE("lru_hash", u32, u8, scope, 65536);
+
+static __always_inline void count_loss(u32 slot) {
+    u64 *n = lost.lookup(&slot);
+    if (n) *n += 1;
+}
+
+/* Express lane (orchestrator/reconcile/express.py): the uid, comm and port filters are not
+ * compiled in but read from these maps, so a filter edit switches generation with a few map
+ * writes instead of a compile. Two configurations; filter_gate names the live one. Each hit
+ * reads the gate once, so it is judged, and its record stamped, by exactly one generation. */
+struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 _pad; };
+struct uid_key { u32 slot; u32 uid; };
+struct comm_key { u32 slot; char comm[16]; };
+struct port_key { u32 slot; u32 port; };
+BPF_ARRAY(filter_gate, u32, 1);
+BPF_ARRAY(filter_conf, struct filter_conf, 2);
+BPF_HASH(filter_uids, struct uid_key, u8, 128);
+BPF_HASH(filter_comms, struct comm_key, u8, 128);
+BPF_HASH(filter_ports, struct port_key, u8, 256);
+
+static __always_inline struct filter_conf *live_filters(void) {
+    u32 zero = 0;
+    u32 *gate = filter_gate.lookup(&zero);
+    if (!gate) return 0;
+    u32 slot = *gate & 1;
+    return filter_conf.lookup(&slot);
+}
+
+/* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
+static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
+    if (!(tgid == 100 || tgid == 4194304)) return 0;
+    if (fc->uids) {
+        struct uid_key uk = {.slot = fc->slot, .uid = (u32)bpf_get_current_uid_gid()};
+        if (!filter_uids.lookup(&uk)) return 0;
+    }
+    if (!scope.lookup(&tgid)) return 0;
+    if (fc->comm) {
+        struct comm_key ck = {.slot = fc->slot};
+        bpf_get_current_comm(&ck.comm, sizeof(ck.comm));   /* NUL-padded: an exact match */
+        if (!filter_comms.lookup(&ck)) return 0;
+    }
+    return 1;
+}
+
+static __always_inline int port_wanted(struct conn_t *c, struct filter_conf *fc) {
+    if (!fc->ports || c->family == 0) return 1;
+    struct port_key pk = {.slot = fc->slot, .port = c->lport};
+    if (filter_ports.lookup(&pk)) return 1;
+    pk.port = c->rport;
+    return filter_ports.lookup(&pk) != 0;
+}
+
+static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
+    u32 cpu = bpf_get_smp_processor_id();
+    struct event *ev = scratch.lookup(&cpu);
+    if (!ev) return 0;
+    ev->h.ts = bpf_ktime_get_ns();
+    ev->h.pid = id >> 32;
+    ev->h.tid = (u32)id;
+    ev->h.uid = (u32)bpf_get_current_uid_gid();
+    ev->h.hook = hook;
+    ev->h.record = record;
+    ev->h.direction = direction;
+    ev->h.flags = 0;
+    ev->h.gen = gen;
+    ev->h.fd = -1;
+    ev->h.session = 0;
+    ev->h.ret = 0;
+    ev->h.len = 0;
+    ev->h.cap = 0;
+    __builtin_memset(&ev->h.conn, 0, sizeof(ev->h.conn));
+    bpf_get_current_comm(&ev->h.comm, sizeof(ev->h.comm));
+    return ev;
+}
+
+static __always_inline void read_bytes(struct event *ev, const void *src, s64 len) {
+    if (len < 0) len = 0;
+    ev->h.len = len;
+    u32 cap = len;
+    if (len > MAX_BYTES) {
+        cap = MAX_BYTES;
+        ev->h.flags |= FLAG_TRUNCATED;
+    }
+    asm volatile("" : "+r"(cap));
+    if (cap > 0 && bpf_probe_read_user(ev->payload, cap, src) == 0)
+        ev->h.cap = cap;
+}
+
+static __always_inline void read_string(struct event *ev, const void *src) {
+    long n = bpf_probe_read_user_str(ev->payload, MAX_BYTES, src);
+    if (n <= 0) return;
+    ev->h.cap = n - 1;   /* without the NUL */
+    ev->h.len = n - 1;
+    if (n == MAX_BYTES) ev->h.flags |= FLAG_TRUNCATED;
+}
+
+static __always_inline void event_submit(struct event *ev) {
+    u32 tgid = ev->h.pid;
+    u64 zero = 0;
+    u64 *seq = ecap_seqs.lookup_or_try_init(&tgid, &zero);
+    ev->h.seq = seq ? __sync_fetch_and_add(seq, 1) : 0;
+    u64 size = HEADER_SIZE + (u64)ev->h.cap;
+    if (size > sizeof(struct event)) size = sizeof(struct event);
+    asm volatile("" : "+r"(size));   /* keep the clamped value in the register the helper gets */
+    /* No wakeup per record: the reader drains on a short timer, so a busy target costs one
+     * wakeup per batch instead of one per record. */
+    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP) != 0) count_loss(LOSS_RINGBUF);
+}
+
+/* hook 0: return probe, record kind 1 */
+int hook_0_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_0_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    ecap_active_session.delete(&tid);
+    if (ret <= 0) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = ecap_session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = ecap_conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c, fc)) return 0;
+    struct event *ev = event_start(id, 0, 1, 2, fc->gen);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 1: return probe, record kind 1 */
+int hook_1_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_1_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    ecap_active_session.delete(&tid);
+    if (ret <= 0) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = ecap_session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = ecap_conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c, fc)) return 0;
+    struct event *ev = event_start(id, 1, 1, 1, fc->gen);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 2: return probe, record kind 1 */
+int hook_2_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_2_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    ecap_active_session.delete(&tid);
+    if (ret != 1) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = ecap_session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = ecap_conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c, fc)) return 0;
+    struct event *ev = event_start(id, 2, 1, 2, fc->gen);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    u64 n = 0;
+    bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
+    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 3: return probe, record kind 1 */
+int hook_3_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    u32 tid = (u32)id;
+    u64 session = v.args[0];
+    struct session_key known = {.tgid = id >> 32, .session = session};
+    /* Learn the session's socket from this call's syscalls only while it is unknown; the handshake
+     * hook learns it for every new session, so a reused session pointer gets its new socket. */
+    if (!ecap_session_fd.lookup(&known))
+        ecap_active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_3_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
+    u32 tid = (u32)id;
+    ecap_active_session.delete(&tid);
+    if (ret != 1) return 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = ecap_session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = ecap_conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c, fc)) return 0;
+    struct event *ev = event_start(id, 3, 1, 1, fc->gen);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    u64 n = 0;
+    bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
+    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 4: return probe, record kind 0 */
+/* No record: only learns which socket the session uses from the syscalls made inside the call. */
+int hook_4_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
+    u32 tid = id;
+    u64 args[6] = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)};
+    u64 session = args[0];
+    ecap_active_session.update(&tid, &session);
+    return 0;
+}
+
+int hook_4_return(struct pt_regs *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    ecap_active_session.delete(&tid);
+    return 0;
+}
+
+static __always_inline u64 path_hash(const char *s, int n) {
+    u64 h = 14695981039346656037ULL;   /* FNV-1a, mirrored by render.path_hash */
+    for (int i = 0; i < 256; i++) {
+        if (i >= n || s[i] == 0) break;
+        h ^= (u8)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    char path[256] = {};
+    unsigned short off = args->data_loc_filename & 0xFFFF;
+    int n = bpf_probe_read_kernel_str(path, sizeof(path), (char *)args + off);
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 h = path_hash(path, n);
+    if (h == 253942677342406731ULL || h == 16301867158135200376ULL) {
+        u8 one = 1;
+        scope.update(&tgid, &one);
+    } else {
+        scope.delete(&tgid);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (scope.lookup(&parent)) {
+        u32 child = args->child_pid;
+        u8 one = 1;
+        scope.update(&child, &one);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id == (id >> 32)) {
+        u32 tgid = id >> 32;
+        scope.delete(&tgid);
+    }
+    return 0;
+}
