@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -177,6 +178,10 @@ def apply(paths: List[Path] = PathsArg,
                                                               "Ctrl-C / SIGTERM)."),
           ready_file: Optional[Path] = typer.Option(None, help="Write this file once every target is attached."),
           watch: bool = typer.Option(True, help="Watch the profiles and apply edits live (add, change, delete)."),
+          express_lanes: bool = typer.Option(True, help="Keep an express lane per target (a second program, "
+                                                        "compiled in the background, that reads its uid/comm/port "
+                                                        "filters from maps) so that filter edits apply in "
+                                                        "milliseconds instead of after a compile."),
           ) -> None:
     """Capture: attach every target of the profiles and stream records to their sinks until stopped.
 
@@ -197,7 +202,11 @@ def apply(paths: List[Path] = PathsArg,
     if missing:
         _fail(f"no such file or directory: {', '.join(missing)}")
         raise typer.Exit(EXIT_USAGE)
-    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(escape(line)), watch=watch)
+    # bcc/clang warnings are kept off the terminal by pointing fd 2 elsewhere while they compile,
+    # which background compiles do at any time: our own messages go to a copy of fd 2.
+    err.file = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(escape(line)), watch=watch,
+                                    express_lanes=express_lanes)
 
     def on_signal(signum, _frame):
         sess.stop_event.set()
@@ -238,6 +247,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the raw sta
                 continue
             out.print(f"  [cyan]{escape(t['name'])}[/cyan] {t['state']} gen {t['generation']} "
                       f"events={t['events']} losses={t['losses']}")
+            out.print(f"    filters {escape(t['filters'])}; express lane {escape(t['express_lane'])}")
             out.print(f"    {escape(t['library'])}: {escape(', '.join(t['symbols']))}; pids: "
                       f"{escape(str(t['pid_scope']))}")
             if t["last_error"]:

@@ -32,9 +32,11 @@ class LoadedTarget:
     probe_set: plan_model.ProbeSet
     slot: int = 0            # the target's number: keeps its calls apart in the shared stash
     generation: int = 1
+    express: bool = False    # the express-lane variant: uid/comm/port filters read from maps
     bpf: object = None
     program_fds: dict = field(default_factory=dict)   # trampoline table index → program fd
     reader: ringreader.RingReader | None = None
+    losses_seen: dict = field(default_factory=dict)   # stage → kernel counter already reported
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -50,7 +52,7 @@ class LoadedTarget:
         quiet = _quiet_stderr()
         try:
             with quiet:
-                text = render.program(ps.rendered, self.slot, self.generation)
+                text = render.program(ps.express if self.express else ps.rendered, self.slot, self.generation)
                 self.bpf = bcc.BPF(text=text.encode(), cflags=render.cflags())
                 for i, hook in enumerate(ps.hooks):
                     for idx, name in trampoline.program_names(i, hook):
@@ -73,6 +75,32 @@ class LoadedTarget:
         table = self.bpf[b"scope"]
         for pid in discovery.running_instances(self.probe_set.scope_real):
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def write_filters(self, slot: int, generation: int, values: dict) -> None:
+        """Express lane: write filter configuration `slot` (0 or 1) for `generation`; nothing reads
+        it until `open_gate(slot)`. `values` come from render.filter_values (validated numbers)."""
+        assert self.express and slot in (0, 1)
+        for name, key_field, wanted in (("filter_uids", "uid", values["uids"]),
+                                        ("filter_comms", "comm", [bytes(c) for c in values["comm"]]),
+                                        ("filter_ports", "port", values["ports"])):
+            table = self.bpf[name.encode()]
+            for key in [k for k in table.keys() if k.slot == slot]:
+                del table[key]
+            for value in wanted:
+                key = table.Key()
+                key.slot = slot
+                setattr(key, key_field, value)
+                table[key] = ctypes.c_uint8(1)
+        confs = self.bpf[b"filter_conf"]
+        conf = confs.Leaf()
+        conf.slot, conf.gen = slot, generation & 0xFFFFFFFF
+        conf.uids, conf.comm, conf.ports = bool(values["uids"]), bool(values["comm"]), bool(values["ports"])
+        confs[ctypes.c_int(slot)] = conf
+
+    def open_gate(self, slot: int) -> None:
+        """Express lane: every hit from now on reads configuration `slot` (one map write)."""
+        assert self.express and slot in (0, 1)
+        self.bpf[b"filter_gate"][ctypes.c_int(0)] = ctypes.c_uint32(slot)
 
     def losses(self) -> dict[str, int]:
         """Kernel-side loss counters, summed over CPUs, by stage."""
@@ -113,9 +141,9 @@ def _first_line(exc: BaseException) -> str:
 class _quiet_stderr:
     """bcc and LLVM print warnings straight to fd 2; keep them off the user's terminal.
 
-    Captured text is kept on `.text` for error messages. It redirects the whole process's
-    fd 2, so use it only on the thread that also prints warnings (the reconciler's), never
-    from background threads.
+    Captured text is kept on `.text` for error messages. It redirects the whole process's fd 2
+    (one compile at a time: the lock), so `ecapture apply` prints its own messages to a copy of
+    fd 2 made at start (cli.apply).
     """
     _lock = threading.Lock()
 

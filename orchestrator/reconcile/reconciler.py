@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,7 +41,7 @@ class Reconciler:
         self.plan = planner
         self.files: dict[str, ProfileState] = {}
         self.sinks: dict[str, list] = {}      # profile name → sink objects (read by the dispatcher)
-        self.lock = threading.Lock()
+        self.lock = runtime.lock     # the runtime's background lane work excludes reconcile passes
         self.passes = 0
 
     # ---------------------------------------------------------------- one pass
@@ -156,7 +155,7 @@ class Reconciler:
         st.state = "degraded" if failed else "ok"
         st.last_error = "; ".join(f"{n}: {m}" for n, m in st.failed_targets.items())
         parts = [f"added {', '.join(n.key[1] for _, n in loaded if _ is None)}" if changes.add else "",
-                 f"replaced {', '.join(f'{n.key[1]} (gen {n.generation})' for o, n in loaded if o)}"
+                 f"replaced {', '.join(_replaced(n) for o, n in loaded if o)}"
                  if changes.replace else "",
                  f"removed {', '.join(r.key[1] for r in changes.remove)}" if changes.remove else "",
                  f"unchanged {', '.join(u.key[1] for u in changes.unchanged)}" if changes.unchanged else ""]
@@ -176,8 +175,7 @@ class Reconciler:
         self.dispatcher.call_soon(lambda: [s.close() for s in sinks])
 
     def close(self) -> None:
-        with self.lock:
-            self.runtime.stop_all()
+        self.runtime.stop_all()
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict:
@@ -192,6 +190,8 @@ class Reconciler:
                     ps = rt.probe_set
                     targets.append({
                         "name": key[1], "kind": ps.target.kind, "state": rt.state, "generation": rt.generation,
+                        "filters": "express lane" if rt.lane is not None else "compiled in",
+                        "express_lane": self._lane_state(key),
                         "digest": ps.digest, "library": ps.attach_path,
                         "symbols": [f"{h.symbol}:{h.on}" for h in ps.hooks],
                         "pid_scope": list(ps.target.filters.pids) or (
@@ -209,6 +209,18 @@ class Reconciler:
                             "targets": targets})
             return {"profiles": out, "passes": self.passes}
 
+    def _lane_state(self, key) -> str:
+        lane = self.runtime.lanes.get(key)
+        if lane is not None:
+            return "live" if lane.armed else "ready"
+        error = self.runtime.lane_errors.get(key)
+        return f"unavailable: {error}" if error else ("building" if self.runtime.express_lanes else "off")
+
     def digests(self) -> dict:
         with self.lock:
             return {f"{k[0]}/{k[1]}": rt.digest for k, rt in self.runtime.targets.items()}
+
+
+def _replaced(rt) -> str:
+    how = "express lane, no compile" if rt.lane is not None else "compiled"
+    return f"{rt.key[1]} (gen {rt.generation}, {how})"

@@ -6,6 +6,11 @@ hit runs exactly one generation, and calls entered under one generation are comp
 the next through the shared stash. The new generation's records are released only after the
 old one is drained, so nothing is lost, duplicated or reordered. Kernel loss counters become
 `loss` records.
+
+Every live target also gets an express lane (express.py), compiled in the background: an edit
+of only its uid, comm or port filters switches through the lane in milliseconds instead of
+compiling. A generation with those filters compiled in is then built in the background once
+the edits have settled for SPECIALISE_AFTER_S, and replaces the lane the same lossless way.
 """
 from __future__ import annotations
 
@@ -15,11 +20,14 @@ from dataclasses import dataclass, field
 
 from orchestrator.bpf import loader, trampoline
 from orchestrator.pipeline import events
+from orchestrator.reconcile import express
 
 DRAIN_INTERVAL_S = 0.01
 # After a program table update a hit already inside the old program may still be writing;
 # BPF programs run for microseconds, this is ample.
 SWITCH_GRACE_S = 0.02
+# Filters edited through the express lane get compiled in once they have been left alone this long.
+SPECIALISE_AFTER_S = 1.0
 
 
 @dataclass
@@ -30,12 +38,12 @@ class RunningTarget:
     state: str = "pending"      # pending | running | failed | stopped
     last_error: str = ""
     loaded: loader.LoadedTarget | None = None
+    lane: express.ExpressLane | None = None   # set: this generation runs in the target's express lane
     trampoline: trampoline.Trampoline | None = None
     thread: threading.Thread | None = None
     stop_flag: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
     drained: threading.Event = field(default_factory=threading.Event)   # its last record is submitted
-    losses_seen: dict = field(default_factory=dict)
     started_at: float = 0.0
 
     @property
@@ -48,13 +56,19 @@ class RunningTarget:
 
 
 class Runtime:
-    def __init__(self, dispatcher):
+    def __init__(self, dispatcher, log=lambda line: None, warn=lambda line: None, express_lanes: bool = True):
         self.dispatcher = dispatcher
+        self.log, self.warn = log, warn
+        self.lock = threading.RLock()    # held by whoever changes what runs (reconciler, lane worker)
         self.targets: dict = {}          # key → live RunningTarget
+        self.lanes: dict = {}            # key → express.ExpressLane (live or idle)
+        self.lane_errors: dict = {}      # key → why its lane could not be built
         self._slots: dict = {}           # key → slot number, kept for the life of the process
         self._generations: dict = {}     # key → last generation number used
         self._loss_lock = threading.Lock()
         self._background: list[threading.Thread] = []   # generations closing, trampolines detaching
+        self.express_lanes = express_lanes
+        self._jobs = _Jobs(self._run_job) if express_lanes else None
         dispatcher.periodic.append(self.collect_losses)
 
     def _slot(self, key) -> int:
@@ -62,17 +76,28 @@ class Runtime:
             self._slots[key] = len(self._slots) + 1
         return self._slots[key]
 
+    def _next_generation(self, key) -> int:
+        self._generations[key] = self._generations.get(key, 0) + 1
+        return self._generations[key]
+
     # ---- loading
     def load(self, probe_set, hold: bool) -> RunningTarget:
         """Load a new generation (and, if its attach points are new, attach trampolines with an empty
-        table). Nothing runs it until `switch`/`start` installs it. A failed load leaves nothing."""
+        table). Nothing runs it until `switch`/`start` installs it. A failed load leaves nothing.
+
+        When the target's express lane can run `probe_set`, nothing is compiled: the generation is
+        the lane with `probe_set`'s filter values, written when `switch` makes it live."""
         key = probe_set.key
-        generation = self._generations.get(key, 0) + 1
-        self._generations[key] = generation
-        rt = RunningTarget(probe_set, self._slot(key), generation)
+        live = self.targets.get(key)
+        lane = self.lanes.get(key)
+        if live is not None and lane is not None and lane.fits(probe_set):
+            rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key), state="running",
+                               loaded=lane.loaded, lane=lane, trampoline=live.trampoline, started_at=time.time())
+            rt.released.set()     # the lane holds its own records while the generation before drains
+            return rt
+        rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key))
         if not hold:
             rt.released.set()
-        live = self.targets.get(key)
         if live is not None and live.trampoline is not None and \
                 live.trampoline.identity == trampoline.identity(probe_set):
             rt.trampoline = live.trampoline
@@ -82,7 +107,7 @@ class Runtime:
             except loader.LoadError as exc:
                 rt.state, rt.last_error = "failed", str(exc)
                 return rt
-        lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=generation)
+        lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=rt.generation)
         try:
             lt.load()
         except loader.LoadError as exc:
@@ -90,11 +115,15 @@ class Runtime:
             if rt.trampoline is not (live.trampoline if live else None):
                 rt.trampoline.close()
             return rt
-        rt.loaded, rt.state, rt.started_at = lt, "running", time.time()
-        rt.thread = threading.Thread(target=self._poll, args=(rt,), daemon=True,
-                                     name=f"poll-{probe_set.profile}/{probe_set.target.name}#{generation}")
-        rt.thread.start()
+        self._run(rt, lt)
         return rt
+
+    def _run(self, rt: RunningTarget, lt: loader.LoadedTarget) -> None:
+        rt.loaded, rt.state, rt.started_at = lt, "running", time.time()
+        ps = rt.probe_set
+        rt.thread = threading.Thread(target=self._poll, args=(rt,), daemon=True,
+                                     name=f"poll-{ps.profile}/{ps.target.name}#{rt.generation}")
+        rt.thread.start()
 
     def _poll(self, rt: RunningTarget) -> None:
         lt = rt.loaded
@@ -134,28 +163,57 @@ class Runtime:
     def switch(self, pairs) -> None:
         """Make each (old, new) pair's new generation live (both loaded; new ones held).
 
-        Each trampoline table is pointed at the new programs; old generations are then drained,
-        and only then are the new generations' records released: per-connection order holds.
+        Each trampoline table is pointed at the new programs (or, within a live express lane, its
+        gate is flipped); old generations are then drained, and only then are the new
+        generations' records released: per-connection order holds.
         """
-        old_trampolines = []
-        for old, new in pairs:
-            if old is not None and old.trampoline is not new.trampoline:
-                old.trampoline.clear()        # attach points changed: the old uprobes go idle
-                old_trampolines.append(old.trampoline)
-            new.trampoline.install(new.loaded)
-        retiring = [old for old, _ in pairs if old is not None and old.state == "running"]
-        if retiring:
-            time.sleep(SWITCH_GRACE_S)
-        for old in retiring:
-            self._retire(old)
-        for old, new in pairs:
-            new.released.set()
-            self.targets[new.key] = new
-        for tramp in old_trampolines:
-            self._in_background(tramp.close)
+        with self.lock:
+            old_trampolines, retiring, lanes_held = [], [], []
+            for old, new in pairs:
+                if old is not None and old.trampoline is not new.trampoline:
+                    old.trampoline.clear()        # attach points changed: the old uprobes go idle
+                    old_trampolines.append(old.trampoline)
+                lane_was_live = old is not None and new.lane is not None and old.lane is new.lane
+                if lane_was_live:
+                    new.lane.arm(new.probe_set, new.generation)   # the gate flip is the whole switch
+                    old.state = "stopped"
+                    continue
+                if new.lane is not None:
+                    new.lane.hold()
+                    new.lane.arm(new.probe_set, new.generation)
+                    lanes_held.append(new.lane)
+                new.trampoline.install(new.loaded)
+                if old is not None and old.state == "running":
+                    retiring.append(old)
+            if retiring:
+                time.sleep(SWITCH_GRACE_S)
+            for old in retiring:
+                self._retire(old)
+            for lane in lanes_held:
+                lane.release()
+            for old, new in pairs:
+                new.released.set()
+                self.targets[new.key] = new
+                self._after_switch(new)
+            for tramp in old_trampolines:
+                self._in_background(tramp.close)
+
+    def _after_switch(self, rt: RunningTarget) -> None:
+        if self._jobs is None:
+            return
+        lane = self.lanes.get(rt.key)
+        if rt.lane is not None:
+            self._jobs.put(rt.key, "specialise", SPECIALISE_AFTER_S)
+        elif lane is None or not lane.fits(rt.probe_set):
+            if lane is not None:               # idle, and made for other attach points or program
+                del self.lanes[rt.key]
+                self._in_background(lane.close)
+            self._jobs.put(rt.key, "lane", 0.0)
 
     def discard(self, rt: RunningTarget) -> None:
         """Roll back a loaded generation that was never installed."""
+        if rt.lane is not None:
+            return          # nothing was written to the lane yet
         live = self.targets.get(rt.key)
         if rt.state == "running":
             self._retire(rt)
@@ -163,18 +221,28 @@ class Runtime:
             self._in_background(rt.trampoline.close)
 
     def stop(self, key) -> None:
-        rt = self.targets.pop(key, None)
-        if rt is None:
-            return
-        if rt.trampoline is not None:
-            rt.trampoline.clear()
-            time.sleep(SWITCH_GRACE_S)
-            self._in_background(rt.trampoline.close)
-        if rt.state == "running":
-            self._retire(rt)
+        with self.lock:
+            rt = self.targets.pop(key, None)
+            lane = self.lanes.pop(key, None)
+            if self._jobs is not None:
+                self._jobs.cancel(key)
+            if rt is not None:
+                if rt.trampoline is not None:
+                    rt.trampoline.clear()
+                    time.sleep(SWITCH_GRACE_S)
+                    self._in_background(rt.trampoline.close)
+                if rt.state == "running":
+                    self._retire(rt)
+            if lane is not None:
+                self._in_background(lane.close)
 
     def _retire(self, rt: RunningTarget) -> None:
         """Deliver its last records; it is unloaded in the background."""
+        if rt.lane is not None:       # the lane stays loaded, idle, for the next filter edit
+            rt.lane.idle()
+            self._collect(rt)
+            rt.state = "stopped"
+            return
         rt.released.set()
         rt.stop_flag.set()
         rt.drained.wait(30)
@@ -191,11 +259,71 @@ class Runtime:
         self._background = [b for b in self._background if b.is_alive()] + [t]
 
     def stop_all(self) -> None:
-        for key in list(self.targets):
-            self.stop(key)
+        """Not under `lock`: a lane job finishing its compile needs the lock to end."""
+        if self._jobs is not None:
+            self._jobs.close()
+        with self.lock:
+            for key in list(self.targets):
+                self.stop(key)
+            for key in list(self.lanes):
+                self._in_background(self.lanes.pop(key).close)
         for t in self._background:
             t.join(60)
         self._background.clear()
+
+    # ---- express lanes (run by the job thread)
+    def _run_job(self, key, kind: str) -> None:
+        try:
+            if kind == "lane":
+                self._build_lane(key)
+            elif kind == "specialise":
+                self._specialise(key)
+        except Exception as exc:   # a bug here must not end capture: the lane is an optimisation
+            self.warn(f"{key[0]}/{key[1]}: express lane {kind} failed: {type(exc).__name__}: {exc}")
+
+    def _build_lane(self, key) -> None:
+        with self.lock:
+            live = self.targets.get(key)
+            if live is None or (key in self.lanes and self.lanes[key].fits(live.probe_set)):
+                return
+            ps, slot = live.probe_set, live.slot
+        lt = loader.LoadedTarget(ps, slot=slot, generation=1, express=True)
+        try:
+            lt.load()       # compiles outside the lock: edits meanwhile take the compiling path
+        except loader.LoadError as exc:
+            self.lane_errors[key] = str(exc)
+            self.warn(f"{ps.profile}/{ps.target.name}: no express lane, filter edits will compile: {exc}")
+            return
+        lane = express.ExpressLane(lt, self.dispatcher, SWITCH_GRACE_S)
+        with self.lock:
+            live = self.targets.get(key)
+            if live is None or not lane.fits(live.probe_set) or \
+                    (key in self.lanes and self.lanes[key].fits(live.probe_set)):
+                self._in_background(lt.close)
+                return
+            self.lane_errors.pop(key, None)
+            self.lanes[key] = lane.start()
+
+    def _specialise(self, key) -> None:
+        with self.lock:
+            live = self.targets.get(key)
+            if live is None or live.lane is None:
+                return
+            ps, slot, generation = live.probe_set, live.slot, self._next_generation(key)
+        lt = loader.LoadedTarget(ps, slot=slot, generation=generation)
+        try:
+            lt.load()
+        except loader.LoadError as exc:
+            self.warn(f"{ps.profile}/{ps.target.name}: filters stay in the express lane: {exc}")
+            return
+        with self.lock:
+            if self.targets.get(key) is not live:     # edited meanwhile: a newer job is queued
+                self._in_background(lt.close)
+                return
+            rt = RunningTarget(ps, slot, generation, trampoline=live.trampoline)
+            self._run(rt, lt)
+            self.switch([(live, rt)])
+        self.log(f"{ps.profile}/{ps.target.name}: generation {generation} has its filters compiled in")
 
     # ---- losses
     def collect_losses(self) -> None:
@@ -209,14 +337,65 @@ class Runtime:
                 counters = rt.loaded.losses()
             except Exception:
                 return
+            seen = rt.loaded.losses_seen     # per loaded program: generations of a lane share it
             records = []
             for stage, total in counters.items():
-                delta = total - rt.losses_seen.get(stage, 0)
+                delta = total - seen.get(stage, 0)
                 if delta > 0:
-                    rt.losses_seen[stage] = total
+                    seen[stage] = total
                     ps = rt.probe_set
                     self.dispatcher.stats.losses[(ps.profile, ps.target.name, stage)] += delta
                     records.append(events.Record("loss", None, {"profile": ps.profile, "target": ps.target.name,
                                                                 "stage": stage, "count": delta}))
         if records:
             self.dispatcher.submit_records(records)
+
+
+class _Jobs:
+    """Background work on express lanes, one at a time, each due after a delay; a newer job for a
+    target replaces its pending one (so a burst of edits compiles once, after the last)."""
+
+    def __init__(self, run):
+        self._run = run
+        self._due: dict = {}      # key → (monotonic due time, kind)
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def put(self, key, kind: str, delay_s: float) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._due[key] = (time.monotonic() + delay_s, kind)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="ecapture-lanes", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def cancel(self, key) -> None:
+        with self._cv:
+            self._due.pop(key, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed:
+                    now = time.monotonic()
+                    ready = [(due, key) for key, (due, _) in self._due.items() if due <= now]
+                    if ready:
+                        break
+                    soonest = min((due for due, _ in self._due.values()), default=None)
+                    self._cv.wait(None if soonest is None else soonest - now)
+                if self._closed:
+                    return
+                key = min(ready, key=lambda item: item[0])[1]
+                _, kind = self._due.pop(key)
+            self._run(key, kind)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._due.clear()
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(30)    # a compile in progress cannot be interrupted

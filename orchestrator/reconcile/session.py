@@ -12,11 +12,11 @@ from orchestrator.reconcile import control, reconciler, runtime, watcher
 
 
 class ApplySession:
-    def __init__(self, paths, log, warn, watch: bool = True):
+    def __init__(self, paths, log, warn, watch: bool = True, express_lanes: bool = True):
         self.log = log
         self.warn = warn
         self.dispatcher = dispatch.Dispatcher(lambda name: self.reconciler.sinks.get(name, ()))
-        self.runtime = runtime.Runtime(self.dispatcher)
+        self.runtime = runtime.Runtime(self.dispatcher, log, warn, express_lanes=express_lanes)
         self.reconciler = reconciler.Reconciler(paths, self.runtime, self.dispatcher, log, warn)
         self.watcher = watcher.Watcher(paths, self._on_change) if watch else None
         self.control = control.ControlServer({"ping": lambda: "pong", "status": self.reconciler.status,
