@@ -17,7 +17,7 @@ PYTHON = "/usr/bin/python3.11"
 LIBSSL = "/lib/x86_64-linux-gnu/libssl.so.3"
 
 
-def profile(name: str, comm: list[str], extra: str = "", jsonl: str = "{jsonl}") -> str:
+def profile(name: str, comm: list[str], extra: str = "", jsonl: str = "{jsonl}", target_extra: str = "") -> str:
     return f"""apiVersion: ecapture/v1
 kind: CaptureProfile
 metadata: {{name: {name}}}
@@ -27,7 +27,7 @@ spec:
       kind: openssl
       binary: {PYTHON}
       library: {LIBSSL}
-      filters: {{comm: [{', '.join(comm)}]{extra}}}
+      filters: {{comm: [{', '.join(comm)}]{extra}}}{target_extra}
   parsers: []
   sinks:
     - {{type: jsonl, path: "{jsonl}"}}
@@ -102,26 +102,94 @@ def test_filter_rewrites_under_load_lose_and_duplicate_nothing(apply_profile, ce
         gen.kill()
 
 
-def test_switching_comm_filter_takes_effect_and_is_timed(apply_profile, cert, tmp_path):
+@pytest.mark.parametrize("lane", ["express", "compiled"])
+def test_switching_comm_filter_takes_effect_and_is_timed(apply_profile, cert, tmp_path, lane):
     a = Generator(cert, "gen-a", 0, 0.002)
     b = Generator(cert, "gen-b", 0, 0.002)
+    args = () if lane == "express" else ("--no-express-lanes",)
     try:
-        with apply_profile(profile("switch", ["gen-a"])) as cap:
+        with apply_profile(profile("switch", ["gen-a"]), extra_args=args) as cap:
             assert wait_records(cap, lambda rs: any(r.get("comm") == "gen-a" for r in rs))
             assert not writes(cap, "gen-b")
+            if lane == "express":
+                assert _wait_for(lambda: _target_status("switch")["express_lane"] == "ready", 60)
+            else:
+                assert _target_status("switch")["express_lane"] == "off"
+            path = tmp_path / "profile.yaml"
             written = time.time_ns()
-            (tmp_path / "profile.yaml").write_text(profile("switch", ["gen-b"], jsonl=str(cap.jsonl)))
+            path.write_text(profile("switch", ["gen-b"], jsonl=str(cap.jsonl)))
             assert wait_records(cap, lambda rs: any(r.get("comm") == "gen-b" for r in rs))
             first_b = min(r["ts"] for r in cap.records("data") if r["comm"] == "gen-b")
-            time.sleep(0.5)
+            assert f"replaced gen (gen 2, {'express lane, no compile' if lane == 'express' else 'compiled'})" \
+                in cap.stderr, cap.stderr
+            # a uid filter nobody matches stops capture: the lane really filters on the new values
+            path.write_text(profile("switch", ["gen-b"], ", uids: [4242]", jsonl=str(cap.jsonl)))
+            assert _wait_for(lambda: cap.stderr.count("reloaded switch") == 2), cap.stderr
+            time.sleep(0.3)
+            stopped = len(cap.records("data"))
+            time.sleep(1.0)
+            assert len(cap.records("data")) == stopped
         switch_ms = (first_b - written) / 1e6
-        print(f"\nfilter switch took effect {switch_ms:.0f} ms after the file was written")
+        print(f"\nfilter switch ({lane}) took effect {switch_ms:.0f} ms after the file was written")
         assert 0 < switch_ms < 5000
         a_after = [r for r in cap.records("data") if r["comm"] == "gen-a" and r["ts"] > first_b + 200_000_000]
         assert a_after == []          # the old filter is gone
     finally:
         a.kill()
         b.kill()
+
+
+def test_express_lane_hands_over_to_compiled_filters_losing_nothing(apply_profile, cert, tmp_path):
+    """Filter edits through the express lane, the compiled generation that follows once they settle,
+    an edit that changes the program itself (so the lane is rebuilt), and the lane again: every
+    write of the generator arrives once, in order."""
+    count = 5000
+    go = tmp_path / "go"
+    gen = Generator(cert, "gen-a", count, 0.002, go)
+    path = tmp_path / "profile.yaml"
+
+    def edit(n: int, comm: list[str], extra: str = "", target_extra: str = "", how: str = "express lane") -> None:
+        path.write_text(profile("hand", comm, extra, jsonl=str(cap.jsonl), target_extra=target_extra))
+        assert _wait_for(lambda: cap.stderr.count("reloaded hand") == n, 30), cap.stderr
+        line = [ln for ln in cap.stderr.splitlines() if "reloaded hand" in ln][-1]
+        assert how in line, line
+
+    try:
+        with apply_profile(profile("hand", ["gen-a"])) as cap:
+            assert _wait_for(lambda: _target_status("hand")["express_lane"] == "ready", 60)
+            go.touch()
+            edit(1, ["gen-a", "other-1"])
+            st = _target_status("hand")
+            assert (st["filters"], st["express_lane"]) == ("express lane", "live")
+            assert _wait_for(lambda: "has its filters compiled in" in cap.stderr, 30), cap.stderr
+            st = _target_status("hand")
+            assert (st["filters"], st["express_lane"], st["generation"]) == ("compiled in", "ready", 3)
+            edit(2, ["gen-a"], ", uids: [0]")
+            # a new max_bytes is a new program: compiled now, and a new lane is built for it
+            edit(3, ["gen-a"], ", uids: [0]", "\n      max_bytes: 4096", how="compiled")
+            assert _wait_for(lambda: _target_status("hand")["express_lane"] == "ready", 60)
+            edit(4, ["gen-a", "other-4"], "", "\n      max_bytes: 4096")
+            assert gen.proc.poll() is None, "the generator finished before the edits: make it longer"
+            assert gen.wait() == count
+            assert wait_records(cap, lambda rs: len([r for r in rs if r.get("comm") == "gen-a"
+                                                     and r.get("direction") == "write"]) >= count)
+            time.sleep(0.5)
+        assert writes(cap, "gen-a") == [f"wgen-a:{i:08d}\n" for i in range(count)]
+        assert cap.records("loss") == []
+        assert "Traceback" not in cap.stderr
+    finally:
+        gen.kill()
+
+
+def _target_status(profile_name: str) -> dict:
+    import json
+
+    from tests.kernel.conftest import ECAPTURE
+    out = subprocess.run([ECAPTURE, "status", "--json"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    (p,) = [p for p in json.loads(out.stdout)["profiles"] if p["profile"] == profile_name]
+    (t,) = p["targets"]
+    return t
 
 
 def test_profiles_added_and_deleted_in_a_watched_directory(cert, tmp_path, apply_dir):
@@ -301,7 +369,7 @@ def test_compile_error_on_reload_keeps_the_last_generation(cert, tmp_path):
 
     warnings: list[str] = []
     disp = dispatch.Dispatcher(lambda name: rec.sinks.get(name, ()))
-    rt = runtime.Runtime(disp)
+    rt = runtime.Runtime(disp, express_lanes=False)    # an express lane would take this edit without compiling
     rec = reconciler.Reconciler([str(path)], rt, disp, log=lambda _l: None, warn=warnings.append, planner=planner)
     disp.start()
     gen = Generator(cert, "gen-a", 0, 0.002)

@@ -1,0 +1,149 @@
+"""Express lanes without root: which edits a lane can take (its digest), how filter values are
+typed for its maps, how its records are attributed to generations, and the background job queue.
+The lane running in the kernel is tested in tests/kernel/test_reload.py."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from orchestrator.bpf import layout, render
+from orchestrator.plan import build
+from orchestrator.reconcile import express, runtime
+from orchestrator.spec import models
+from tests.unit.test_plan_diff import WEB, _profile, fake_resolve
+
+
+@pytest.fixture(autouse=True)
+def four_cpus(monkeypatch):
+    monkeypatch.setattr(render, "possible_cpus", lambda: 4)
+
+
+def _plan(target, resolve=fake_resolve):
+    (ps,), _ = build.plan_profile(_profile(target), resolve=resolve)
+    return ps
+
+
+def _with(**filters):
+    return dataclasses.replace(WEB, filters=models.Filters(**filters))
+
+
+@pytest.mark.parametrize("filters", [
+    {"uids": (33,)}, {"comm": ("nginx", "worker-1")}, {"ports": (443, 8443)},
+    {"uids": (0, 33), "comm": ("a",), "ports": (1,)},
+])
+def test_uid_comm_and_port_values_do_not_change_the_lane(filters):
+    base, edited = _plan(WEB), _plan(_with(**filters))
+    assert edited.digest != base.digest                    # a new generation ...
+    assert edited.express.digest == base.express.digest    # ... that the same lane can run
+
+
+@pytest.mark.parametrize("change", [
+    {"filters": models.Filters(pids=(100,))}, {"max_bytes": 4096}, {"ring_buffer_kib": 64},
+])
+def test_program_and_attach_changes_need_another_lane(change):
+    assert _plan(dataclasses.replace(WEB, **change)).express.digest != _plan(WEB).express.digest
+
+
+def test_lane_program_holds_no_filter_value_but_the_pids():
+    text = _plan(_with(pids=(4242,), uids=(3131,), comm=("zzzzz",), ports=(5151,))).express.text
+    assert "tgid == 4242" in text                 # pids are where the trampolines attach
+    assert "3131" not in text and "5151" not in text and "comm_ok" not in text
+    assert "filter_gate" in text and "fc->gen" in text
+
+
+def test_filter_values_are_typed_for_the_maps():
+    values = render.filter_values(_with(uids=(0, 33), comm=("nginx",), ports=(443,)))
+    assert values == {"pids": [], "uids": [0, 33], "comm": [list(b"nginx\0")], "ports": [443]}
+    with pytest.raises(ValueError):
+        render.filter_values(_with(comm=("a-name-longer-than-15",)))
+
+
+class _Ring:
+    """Stands in for the loaded program's ring buffer: hands out the raw records it is given."""
+
+    def __init__(self, probe_set):
+        self.probe_set = probe_set
+        self.raw: list[bytes] = []
+        self.writes: list = []
+
+    def drain(self, take):
+        for raw in self.raw:
+            take(raw)
+        n, self.raw = len(self.raw), []
+        return n
+
+    def write_filters(self, slot, generation, values):
+        self.writes.append(("conf", slot, generation, values["comm"]))
+
+    def open_gate(self, slot):
+        self.writes.append(("gate", slot))
+
+
+class _Dispatcher:
+    def __init__(self):
+        self.batches = []
+
+    def submit(self, batch):
+        self.batches.append(batch)
+
+
+def _raw(gen: int, seq: int) -> bytes:
+    header = layout.HEADER.pack(0, seq, 0, 0, *(0,) * 6, 1, 1, 0, -1, 0, 0, 0, 1, 2, 0, gen,
+                                0, 0, 0, 0, b"\0" * 16, b"\0" * 16, b"x".ljust(16, b"\0"))
+    return header
+
+
+def test_lane_alternates_configurations_and_attributes_records_by_generation():
+    a, b = _plan(_with(comm=("a",))), _plan(_with(comm=("b",)))
+    ring, disp = _Ring(a), _Dispatcher()
+    lane = express.ExpressLane(ring, disp, grace_s=0.0)
+    assert lane.fits(b) and not lane.fits(_plan(dataclasses.replace(WEB, max_bytes=64)))
+    lane.arm(a, 7)
+    lane.arm(b, 8)
+    lane.arm(a, 9 + 0x10000)        # the header holds the generation modulo 2^16
+    assert ring.writes == [("conf", 0, 7, [list(b"a\0")]), ("gate", 0), ("conf", 1, 8, [list(b"b\0")]),
+                           ("gate", 1), ("conf", 0, 9 + 0x10000, [list(b"a\0")]), ("gate", 0)]
+    ring.raw = [_raw(7, 0), _raw(8, 1), _raw(9, 2)]
+    lane.hold()
+    lane.flush()
+    assert disp.batches == []       # held: the generation before is still draining
+    lane.release()
+    (batch,) = disp.batches
+    assert [(ev.seq, ev.source) for ev in batch] == [(0, a), (1, b), (2, a)]
+
+
+def test_lane_waits_out_the_grace_before_rewriting_a_configuration():
+    ps = _plan(WEB)
+    lane = express.ExpressLane(_Ring(ps), _Dispatcher(), grace_s=0.05)
+    lane.arm(ps, 1)
+    t0 = time.monotonic()
+    lane.arm(ps, 2)
+    assert time.monotonic() - t0 >= 0.045
+
+
+def test_jobs_run_once_due_and_a_newer_job_replaces_the_pending_one():
+    ran, done = [], threading.Event()
+
+    def run(key, kind):
+        ran.append((key, kind, time.monotonic()))
+        if len(ran) == 2:
+            done.set()
+
+    jobs = runtime._Jobs(run)
+    t0 = time.monotonic()
+    jobs.put("a", "specialise", 0.3)
+    jobs.put("a", "lane", 0.1)            # replaces the pending specialise
+    jobs.put("b", "lane", 0.0)
+    jobs.put("c", "lane", 0.2)
+    jobs.cancel("c")
+    assert done.wait(5)
+    time.sleep(0.4)
+    jobs.close()
+    assert [(k, kind) for k, kind, _ in ran] == [("b", "lane"), ("a", "lane")]
+    assert ran[1][2] - t0 >= 0.09
+    jobs.put("d", "lane", 0.0)            # closed: ignored
+    time.sleep(0.05)
+    assert len(ran) == 2
