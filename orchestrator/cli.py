@@ -76,7 +76,11 @@ def validate(paths: List[Path] = PathsArg) -> None:
 
 @app.command()
 def render(path: Path = typer.Argument(..., help="One profile file.", show_default=False),
-           target: Optional[str] = typer.Option(None, "--target", "-t", help="Only this target.")) -> None:
+           target: Optional[str] = typer.Option(None, "--target", "-t", help="Only this target."),
+           express: bool = typer.Option(False, "--express", help="The target's express lane instead: the "
+                                                                 "program that reads uid/comm/port filters "
+                                                                 "from maps so filter edits need no compile.")
+           ) -> None:
     """Print the exact BPF C that [bold]apply[/bold] compiles for each target of a profile."""
     profiles, ok = _load_all([path])
     if not ok:
@@ -93,7 +97,7 @@ def render(path: Path = typer.Argument(..., help="One profile file.", show_defau
     for ps in chosen:
         if len(chosen) > 1:
             print(f"/* ===== target {ps.target.name} ===== */")
-        sys.stdout.write(render_mod.program(ps.rendered, slot=0, generation=1))
+        sys.stdout.write(render_mod.program(ps.express if express else ps.rendered, slot=0, generation=1))
     raise typer.Exit(0 if chosen and not any(not target or f.target.name == target for f in failed)
                      else EXIT_INVALID)
 
@@ -136,23 +140,30 @@ def _print_diff_against_running(out, profiles) -> None:
     if running is None:
         out.print("[dim]no running `ecapture apply` answers: nothing to compare with[/dim]")
         return
-    desired = {}
+    from orchestrator.reconcile import express
+
+    lanes = control.request("lanes") or {}
+    desired, lane_keys = {}, {}
     names = set()
     for profile in profiles:
         names.add(profile.name)
         sets, _ = build.plan_profile(profile)
         desired.update({f"{ps.profile}/{ps.target.name}": ps.digest for ps in sets})
+        lane_keys.update({f"{ps.profile}/{ps.target.name}": express.fit_key(ps) for ps in sets})
     out.print("[bold]against the running apply:[/bold]")
     for key in sorted(set(desired) | {k for k in running if k.split("/", 1)[0] in names}):
+        note = ""
         if key not in running:
             verdict = "[green]add[/green]"
         elif key not in desired:
             verdict = "[red]remove[/red]"
         elif running[key] != desired[key]:
             verdict = "[yellow]replace[/yellow]"
+            if lanes.get(key) is not None and lanes.get(key) == lane_keys.get(key):
+                note = " [dim](filter values only: through its express lane, no compile)[/dim]"
         else:
             verdict = "[dim]unchanged[/dim]"
-        out.print(f"  {verdict} {escape(key)}")
+        out.print(f"  {verdict} {escape(key)}{note}")
 
 
 def _matching_now(ps) -> list[int]:

@@ -45,10 +45,14 @@ class ExpressLane:
         self._thread.start()
         return self
 
+    @property
+    def fit_key(self) -> str:
+        return f"{self.identity}:{self.digest}"
+
     def fits(self, probe_set) -> bool:
         """Can this lane run `probe_set`? Same attach points and the same program but for filter values."""
-        return (probe_set.express is not None and probe_set.express.digest == self.digest
-                and trampoline.identity(probe_set) == self.identity)
+        return fit_key(probe_set) == self.fit_key
+
 
     # ---- switching
     def arm(self, probe_set, generation: int) -> None:
@@ -104,3 +108,10 @@ class ExpressLane:
         if self._thread.is_alive():
             self._thread.join(5)
         self.loaded.close()
+
+
+def fit_key(probe_set) -> str | None:
+    """Probe sets with equal keys can share an express lane."""
+    if probe_set.express is None:
+        return None
+    return f"{trampoline.identity(probe_set)}:{probe_set.express.digest}"

@@ -220,6 +220,11 @@ class Reconciler:
         with self.lock:
             return {f"{k[0]}/{k[1]}": rt.digest for k, rt in self.runtime.targets.items()}
 
+    def lanes(self) -> dict:
+        """Per target with an express lane: what an edit must keep to go through it (see ExpressLane.fits)."""
+        with self.lock:
+            return {f"{k[0]}/{k[1]}": lane.fit_key for k, lane in self.runtime.lanes.items()}
+
 
 def _replaced(rt) -> str:
     how = "express lane, no compile" if rt.lane is not None else "compiled"

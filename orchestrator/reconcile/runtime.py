@@ -279,6 +279,8 @@ class Runtime:
             elif kind == "specialise":
                 self._specialise(key)
         except Exception as exc:   # a bug here must not end capture: the lane is an optimisation
+            if kind == "lane":
+                self.lane_errors[key] = f"{type(exc).__name__}: {exc}"
             self.warn(f"{key[0]}/{key[1]}: express lane {kind} failed: {type(exc).__name__}: {exc}")
 
     def _build_lane(self, key) -> None:

@@ -20,7 +20,7 @@ class ApplySession:
         self.reconciler = reconciler.Reconciler(paths, self.runtime, self.dispatcher, log, warn)
         self.watcher = watcher.Watcher(paths, self._on_change) if watch else None
         self.control = control.ControlServer({"ping": lambda: "pong", "status": self.reconciler.status,
-                                              "digests": self.reconciler.digests})
+                                              "digests": self.reconciler.digests, "lanes": self.reconciler.lanes})
         self.stop_event = threading.Event()
         self.started = time.time()
 

@@ -337,6 +337,13 @@ def test_status_and_plan_talk_to_the_running_apply(apply_profile, cert, tmp_path
             edited.write_text(profile("stat", ["gen-b"], jsonl=str(cap.jsonl)))
             plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
             assert "replace stat/gen" in plan.stdout, plan.stdout
+            # once its express lane is built, plan says a comm edit goes through it; a max_bytes edit does not
+            assert _wait_for(lambda: _target_status("stat")["express_lane"] == "ready", 60)
+            plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
+            assert "replace stat/gen (filter values only: through its express lane" in " ".join(plan.stdout.split())
+            edited.write_text(profile("stat", ["gen-a"], target_extra="\n      max_bytes: 4096", jsonl=str(cap.jsonl)))
+            plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
+            assert "replace stat/gen" in plan.stdout and "express lane" not in plan.stdout, plan.stdout
         assert not os.path.exists(sock)
         down = subprocess.run([ECAPTURE, "status"], capture_output=True, text=True, timeout=10)
         assert down.returncode == 3 and "no running" in down.stderr

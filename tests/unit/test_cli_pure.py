@@ -92,6 +92,13 @@ def test_render_prints_the_c():
     assert '#include "shared.h"' in proc.stdout
 
 
+def test_render_express_lane():
+    plain, lane = run("render", EXAMPLE), run("render", EXAMPLE, "--express")
+    assert lane.returncode == 0, lane.stderr
+    assert "filter_gate" in lane.stdout and "fc->gen" in lane.stdout
+    assert "filter_gate" not in plain.stdout and "ECAP_GEN);" in plain.stdout
+
+
 def test_render_one_target():
     proc = run("render", EXAMPLE, "--target", "web")
     assert proc.returncode == 0
