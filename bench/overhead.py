@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.bpf import loader, render  # noqa: E402
+from orchestrator.bpf import render  # noqa: E402
 from orchestrator.plan import build  # noqa: E402
 from orchestrator.spec import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
@@ -367,6 +368,14 @@ def count_jsonl(path: Path, worker_pid: int):
     return req, resp, other, types, losses
 
 
+def lanes_built() -> bool:
+    out = subprocess.run([str(ECAPTURE), "status", "--json"], capture_output=True, text=True, timeout=10)
+    if out.returncode != 0:
+        return False
+    targets = [t for p in json.loads(out.stdout)["profiles"] for t in p["targets"]]
+    return bool(targets) and all(t.get("express_lane") != "building" for t in targets)
+
+
 class EcaptureMode:
     def __init__(self, tmp: Path):
         self.tmp = tmp
@@ -388,6 +397,9 @@ class EcaptureMode:
                 if proc.poll() is not None:
                     raise RuntimeError(f"ecapture apply exited with {proc.returncode}:\n"
                                        f"{stderr_path.read_text(errors='replace')}")
+                # Measure the steady state: the express lane compiles in the background after start.
+                if not wait_until(lambda: lanes_built() or proc.poll() is not None, 60):
+                    print("  ! the express lane was not built within 60 s")
                 ctx["ecapture_pid"] = proc.pid
                 hook = ctx.get("during_ecapture")
                 if hook:
