@@ -11,6 +11,9 @@ from orchestrator.pipeline import dispatch
 from orchestrator.reconcile import control, reconciler, runtime, watcher
 
 
+SIGNAL_CHECK_S = 0.2
+
+
 class ApplySession:
     def __init__(self, paths, log, warn, watch: bool = True, express_lanes: bool = True):
         self.log = log
@@ -46,8 +49,18 @@ class ApplySession:
             fd = os.open(ready_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.write(fd, b"ready\n")
             os.close(fd)
-        self.stop_event.wait(duration)
+        self._wait(duration)
         return True
+
+    def _wait(self, duration: float | None) -> None:
+        # Short waits, never one long one: Python runs signal handlers only on the main thread, and
+        # a SIGINT/SIGTERM taken by another thread (clang's handlers, installed while it compiles in
+        # the background, re-raise it there) would otherwise leave the main thread asleep for good.
+        deadline = None if duration is None else time.monotonic() + duration
+        while True:
+            left = SIGNAL_CHECK_S if deadline is None else min(SIGNAL_CHECK_S, deadline - time.monotonic())
+            if left <= 0 or self.stop_event.wait(left):
+                return
 
     def shutdown(self) -> dict:
         if self.watcher is not None:
