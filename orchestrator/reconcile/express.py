@@ -28,8 +28,7 @@ class ExpressLane:
         self.dispatcher = dispatcher
         self.grace_s = grace_s
         ps = loaded.probe_set
-        self.identity = trampoline.identity(ps)
-        self.digest = ps.express.digest
+        self.fit_key = fit_key(ps)
         self.sources: OrderedDict[int, object] = OrderedDict()   # generation mod 2^16 → probe set
         self.live_slot = 0
         self.armed = False            # a configuration is live: records may come
@@ -45,14 +44,9 @@ class ExpressLane:
         self._thread.start()
         return self
 
-    @property
-    def fit_key(self) -> str:
-        return f"{self.identity}:{self.digest}"
-
     def fits(self, probe_set) -> bool:
         """Can this lane run `probe_set`? Same attach points and the same program but for filter values."""
         return fit_key(probe_set) == self.fit_key
-
 
     # ---- switching
     def arm(self, probe_set, generation: int) -> None:
