@@ -22,7 +22,7 @@ from orchestrator.bpf import loader, trampoline
 from orchestrator.pipeline import events
 from orchestrator.reconcile import express
 
-DRAIN_INTERVAL_S = 0.01
+DRAIN_INTERVAL_S = express.DRAIN_INTERVAL_S    # the same cadence for compiled generations and lanes
 # After a program table update a hit already inside the old program may still be writing;
 # BPF programs run for microseconds, this is ample.
 SWITCH_GRACE_S = 0.02

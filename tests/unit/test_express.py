@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from orchestrator.bpf import layout, render
+from orchestrator.bpf import render
 from orchestrator.plan import build
 from orchestrator.reconcile import express, runtime
 from orchestrator.spec import models
+from tests.unit.test_pipeline import _raw
 from tests.unit.test_plan_diff import WEB, _profile, fake_resolve
 
 
@@ -90,12 +91,6 @@ class _Dispatcher:
         self.batches.append(batch)
 
 
-def _raw(gen: int, seq: int) -> bytes:
-    header = layout.HEADER.pack(0, seq, 0, 0, *(0,) * 6, 1, 1, 0, -1, 0, 0, 0, 1, 2, 0, gen,
-                                0, 0, 0, 0, b"\0" * 16, b"\0" * 16, b"x".ljust(16, b"\0"))
-    return header
-
-
 def test_lane_alternates_configurations_and_attributes_records_by_generation():
     a, b = _plan(_with(comm=("a",))), _plan(_with(comm=("b",)))
     ring, disp = _Ring(a), _Dispatcher()
@@ -106,7 +101,7 @@ def test_lane_alternates_configurations_and_attributes_records_by_generation():
     lane.arm(a, 9 + 0x10000)        # the header holds the generation modulo 2^16
     assert ring.writes == [("conf", 0, 7, [list(b"a\0")]), ("gate", 0), ("conf", 1, 8, [list(b"b\0")]),
                            ("gate", 1), ("conf", 0, 9 + 0x10000, [list(b"a\0")]), ("gate", 0)]
-    ring.raw = [_raw(7, 0), _raw(8, 1), _raw(9, 2)]
+    ring.raw = [_raw(b"", gen=7, seq=0), _raw(b"", gen=8, seq=1), _raw(b"", gen=9, seq=2)]
     lane.hold()
     lane.flush()
     assert disp.batches == []       # held: the generation before is still draining
