@@ -191,6 +191,7 @@ class Reconciler:
                     targets.append({
                         "name": key[1], "kind": ps.target.kind, "state": rt.state, "generation": rt.generation,
                         "filters": "express lane" if rt.lane is not None else "compiled in",
+                        "filters_in_force": _filter_values(ps.target.filters),
                         "express_lane": self._lane_state(key),
                         "digest": ps.digest, "library": ps.attach_path,
                         "symbols": [f"{h.symbol}:{h.on}" for h in ps.hooks],
@@ -224,6 +225,10 @@ class Reconciler:
         """Per target with an express lane: what an edit must keep to go through it (see ExpressLane.fits)."""
         with self.lock:
             return {f"{k[0]}/{k[1]}": lane.fit_key for k, lane in self.runtime.lanes.items()}
+
+
+def _filter_values(filters) -> dict:
+    return {k: list(getattr(filters, k)) for k in ("pids", "uids", "comm", "ports")}
 
 
 def _replaced(rt) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from tests.kernel.conftest import ROOT
@@ -16,6 +17,7 @@ def test_demo_captures_and_applies_live_edits():
                  "GET /captured-again HTTP/1.1"):
         assert path in out, path
     assert "GET /not-captured" not in out          # served while the comm filter matched nothing
-    assert "replaced web (gen 2, express lane, no compile)" in out
-    assert "replaced web (gen 3, express lane, no compile)" in out
+    # Both edits went through the express lane, whichever generation numbers the background
+    # "filters compiled in" generations took in between.
+    assert len(re.findall(r"replaced web \(gen \d+, express lane, no compile\)", out)) == 2, out
     assert "losses: 0" in out and "Traceback" not in out
