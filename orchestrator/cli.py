@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator import preflight
+from orchestrator import preflight, termtext
 from orchestrator.bpf import discovery
 from orchestrator.bpf import render as render_mod
 from orchestrator.plan import build
@@ -33,12 +33,17 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 PathsArg = typer.Argument(..., help="Profile files, or directories holding *.yaml profiles.", show_default=False)
 
 
+def _safe(text) -> str:
+    """Any text for a rich console line: terminal controls made visible, then markup escaped."""
+    return escape(termtext.printable(str(text)))
+
+
 def _say(line: str) -> None:
-    err.print(f"[dim]ecapture:[/dim] {escape(line)}")
+    err.print(f"[dim]ecapture:[/dim] {_safe(line)}")
 
 
 def _fail(line: str) -> None:
-    err.print(f"[red]error:[/red] {escape(line)}")
+    err.print(f"[red]error:[/red] {_safe(line)}")
 
 
 def _load_all(paths) -> tuple[list, bool]:
@@ -53,7 +58,7 @@ def _load_all(paths) -> tuple[list, bool]:
         except errors.ProfileError as exc:
             ok = False
             for issue in exc.issues:
-                err.print(escape(str(issue)))
+                err.print(_safe(str(issue)))
     return profiles, ok
 
 
@@ -68,9 +73,9 @@ def validate(paths: List[Path] = PathsArg) -> None:
         _, failed = build.plan_profile(profile)
         for f in failed:
             ok = False
-            err.print(escape(str(f.issue())))
+            err.print(_safe(str(f.issue())))
         if not failed:
-            print(f"{profile.path}: ok ({len(profile.targets)} target(s))")
+            print(f"{termtext.printable(str(profile.path))}: ok ({len(profile.targets)} target(s))")
     raise typer.Exit(0 if ok else EXIT_INVALID)
 
 
@@ -109,28 +114,28 @@ def plan(paths: List[Path] = PathsArg) -> None:
     profiles, ok = _load_all(paths)
     out = Console(highlight=False, soft_wrap=True)
     for profile in profiles:
-        out.print(f"[bold]{escape(profile.name)}[/bold] [dim]({escape(profile.path)})[/dim]")
+        out.print(f"[bold]{_safe(profile.name)}[/bold] [dim]({_safe(profile.path)})[/dim]")
         sets, failed = build.plan_profile(profile)
         for ps in sets:
             t = ps.target
-            out.print(f"  [cyan]{escape(t.name)}[/cyan] kind={t.kind} digest={ps.digest}")
-            out.print(f"    attach: {escape(ps.attach_path)} [dim]({escape(ps.how)})[/dim]")
+            out.print(f"  [cyan]{_safe(t.name)}[/cyan] kind={t.kind} digest={ps.digest}")
+            out.print(f"    attach: {_safe(ps.attach_path)} [dim]({_safe(ps.how)})[/dim]")
             for h in ps.hooks:
-                out.print(f"      {escape(h.symbol)} on {h.on}")
+                out.print(f"      {_safe(h.symbol)} on {h.on}")
             if ps.missing_optional:
-                out.print(f"    [dim]absent (optional): {', '.join(ps.missing_optional)}[/dim]")
+                out.print(f"    [dim]absent (optional): {_safe(', '.join(ps.missing_optional))}[/dim]")
             f = t.filters
             filt = ", ".join(f"{k}={list(v)}" for k, v in (("pids", f.pids), ("uids", f.uids), ("comm", f.comm),
                                                            ("ports", f.ports)) if v) or "none"
-            out.print(f"    filters: {escape(filt)}")
+            out.print(f"    filters: {_safe(filt)}")
             if ps.scope_paths:
-                out.print(f"    scope: processes executing {escape(', '.join(ps.scope_paths))} (and their children)")
+                out.print(f"    scope: processes executing {_safe(', '.join(ps.scope_paths))} (and their children)")
             pids = _matching_now(ps)
             out.print(f"    running now: {', '.join(map(str, pids[:20])) or 'none'}"
                       f"{' …' if len(pids) > 20 else ''}")
         for fl in failed:
             ok = False
-            out.print(f"  [red]{escape(fl.target.name)}: cannot attach: {escape(fl.message)}[/red]")
+            out.print(f"  [red]{_safe(fl.target.name)}: cannot attach: {_safe(fl.message)}[/red]")
     _print_diff_against_running(out, profiles)
     raise typer.Exit(0 if ok else EXIT_INVALID)
 
@@ -163,7 +168,7 @@ def _print_diff_against_running(out, profiles) -> None:
                 note = " [dim](filter values only: through its express lane, no compile)[/dim]"
         else:
             verdict = "[dim]unchanged[/dim]"
-        out.print(f"  {verdict} {escape(key)}{note}")
+        out.print(f"  {verdict} {_safe(key)}{note}")
 
 
 def _matching_now(ps) -> list[int]:
@@ -248,21 +253,21 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the raw sta
     for p in answer["profiles"]:
         colour = {"ok": "green", "degraded": "yellow"}.get(p["state"], "red")
         reload = time.strftime("%H:%M:%S", time.localtime(p["last_reload"])) if p["last_reload"] else "-"
-        out.print(f"[bold]{escape(str(p['profile']))}[/bold] [{colour}]{p['state']}[/{colour}] "
-                  f"[dim]{escape(p['file'])}; last reload {reload} ({p['reload_ms']} ms)[/dim]")
+        out.print(f"[bold]{_safe(str(p['profile']))}[/bold] [{colour}]{p['state']}[/{colour}] "
+                  f"[dim]{_safe(p['file'])}; last reload {reload} ({p['reload_ms']} ms)[/dim]")
         if p["last_error"]:
-            out.print(f"  [red]last error:[/red] {escape(p['last_error'])}")
+            out.print(f"  [red]last error:[/red] {_safe(p['last_error'])}")
         for t in p["targets"]:
             if t["state"] == "failed" and "generation" not in t:
-                out.print(f"  [red]{escape(t['name'])} failed[/red]: {escape(t['last_error'])}")
+                out.print(f"  [red]{_safe(t['name'])} failed[/red]: {_safe(t['last_error'])}")
                 continue
-            out.print(f"  [cyan]{escape(t['name'])}[/cyan] {t['state']} gen {t['generation']} "
+            out.print(f"  [cyan]{_safe(t['name'])}[/cyan] {t['state']} gen {t['generation']} "
                       f"events={t['events']} losses={t['losses']}")
-            out.print(f"    filters {escape(t['filters'])}; express lane {escape(t['express_lane'])}")
-            out.print(f"    {escape(t['library'])}: {escape(', '.join(t['symbols']))}; pids: "
-                      f"{escape(str(t['pid_scope']))}")
+            out.print(f"    filters {_safe(t['filters'])}; express lane {_safe(t['express_lane'])}")
+            out.print(f"    {_safe(t['library'])}: {_safe(', '.join(t['symbols']))}; pids: "
+                      f"{_safe(str(t['pid_scope']))}")
             if t["last_error"]:
-                out.print(f"    [yellow]kept last good generation:[/yellow] {escape(t['last_error'])}")
+                out.print(f"    [yellow]kept last good generation:[/yellow] {_safe(t['last_error'])}")
 
 
 def _print_summary(summary: dict) -> None:
@@ -272,7 +277,7 @@ def _print_summary(summary: dict) -> None:
     _say(f"stopped after {summary['seconds']} s: {events} event(s); records: {recs}")
     if losses:
         for (profile, target, stage), n in sorted(losses.items()):
-            err.print(f"[red]loss:[/red] {escape(profile)}/{escape(target)} {escape(stage)}: {n}")
+            err.print(f"[red]loss:[/red] {_safe(profile)}/{_safe(target)} {_safe(stage)}: {n}")
     else:
         _say("losses: 0")
     if summary["failed_targets"]:
