@@ -3,11 +3,19 @@ routes each to its connection's worker and hands the records to the profile's si
 
 Pollers block when its queue is full, so overload backs up into the kernel ring
 buffer, whose drops are counted there; nothing is dropped here without a count.
+
+A sink that cannot write (a full disk, ...) costs only its own records: the other sinks of the
+profile keep receiving everything. Its failed records are counted as losses at stage
+`sink.<kind>` (per target), told to the other sinks as `loss` records about once a second,
+and to the sink itself, ahead of its next records, once it writes again. Failures are counted
+per sink and error kind, and warned about at most once per WARN_INTERVAL_NS per sink.
 """
 from __future__ import annotations
 
 import collections
+import errno
 import queue
+import sys
 import threading
 import time
 
@@ -15,6 +23,8 @@ from orchestrator.bpf import layout
 from orchestrator.pipeline import connections, events
 
 IDLE_EVICT_NS = 60 * 1_000_000_000
+WARN_INTERVAL_NS = 10 * 1_000_000_000        # at most one warning line per failing sink this often
+LOSS_REPORT_NS = 1_000_000_000               # sink losses go out as `loss` records this often
 
 
 class Stats:
@@ -28,7 +38,8 @@ class Stats:
 
 
 class Dispatcher:
-    def __init__(self, sinks_for, clock=time.time_ns, idle_evict_ns: int = IDLE_EVICT_NS, max_batches: int = 4096):
+    def __init__(self, sinks_for, clock=time.time_ns, idle_evict_ns: int = IDLE_EVICT_NS, max_batches: int = 4096,
+                 warn=None, warn_interval_ns: int = WARN_INTERVAL_NS):
         self._sinks_for = sinks_for              # profile name → list of sinks
         self._clock = clock
         self._idle_evict_ns = idle_evict_ns
@@ -39,7 +50,11 @@ class Dispatcher:
         self._last_sweep = 0
         self.stats = Stats()
         self.periodic = []                       # callables run about once a second on this thread
-        self.sink_errors: list[str] = []
+        self.warn = warn or _stderr_warn         # one line for people (rate-limited per sink)
+        self._warn_interval_ns = warn_interval_ns
+        self._sink_health: dict = {}             # sink object → _SinkHealth, only for sinks that failed
+        self._sink_totals: dict = {}             # (profile, sink label, error kind) → [failures, records, last]
+        self._sink_reported = 0                  # clock of the last `loss` records about sinks
 
     # ---- producer side (poller threads)
     def submit(self, batch: list) -> None:
@@ -97,6 +112,8 @@ class Dispatcher:
         for fn in list(self.periodic):
             fn()
         self.evict_idle(now)
+        if self._sink_health:
+            self._sink_housekeeping(now)
 
     def process(self, batch: list) -> None:
         by_profile: dict[str, list] = {}
@@ -117,14 +134,19 @@ class Dispatcher:
         self.stats.events.update(per_source)
         for records in by_profile.values():
             self.stats.records.update(r.type for r in records)
+        health = self._sink_health
         for profile, records in by_profile.items():
             if records:
                 for sink in self._sinks_for(profile):
+                    if health and sink in health:
+                        self._write_failing(profile, sink, records, now)
+                        continue
                     try:
                         sink.write(records)
                     except Exception as exc:   # a full disk must not stop capture: count it
-                        self.stats.losses[(profile, "*", f"sink.{type(sink).__name__}")] += len(records)
-                        self.sink_errors.append(f"{profile}: {type(sink).__name__}: {exc}")
+                        self._sink_failed(profile, sink, records, exc, now)
+        if health and now - self._sink_reported >= LOSS_REPORT_NS:
+            self._sink_housekeeping(now)
 
     def _route(self, ev: events.Event, out: list, now: int) -> None:
         if ev.record == layout.RECORD_DATA:
@@ -158,10 +180,155 @@ class Dispatcher:
         self._workers.clear()
         if out:
             self.process(out)
+        if self._sink_health:
+            self._report_sink_losses(self._clock())
+
+    # ---- sinks that fail
+    @property
+    def sink_errors(self) -> list[str]:
+        """One line per profile, sink and error kind (bounded however long a sink keeps failing)."""
+        return [f"{profile}: {label}: {kind} x{failures}, {records} record(s) not written (last: {last})"
+                for (profile, label, kind), (failures, records, last) in sorted(self._sink_totals.items())]
+
+    def _sink_failed(self, profile, sink, records, exc, now) -> None:
+        h = self._sink_health.get(sink)
+        if h is None:
+            h = self._sink_health[sink] = _SinkHealth(profile, sink)
+        kind = _error_kind(exc)
+        last = str(exc) or type(exc).__name__
+        total = self._sink_totals.setdefault((profile, h.label, kind), [0, 0, ""])
+        total[0] += 1
+        total[1] += len(records)
+        total[2] = last
+        h.failing = True
+        h.last_error = f"{kind}: {last}"
+        h.failures_since[kind] += 1
+        per_target = collections.Counter(
+            r.event.source.target.name if r.event is not None else r.fields.get("target", "*") for r in records)
+        h.lacking.update(per_target)
+        h.unreported.update(per_target)
+        h.records_since += len(records)
+        for target, n in per_target.items():
+            self.stats.losses[(profile, target, h.stage)] += n
+        self._maybe_warn(h, now)
+
+    def _write_failing(self, profile, sink, records, now) -> None:
+        """A sink that failed before: the loss record for what it lacks goes first, in the same write."""
+        h = self._sink_health[sink]
+        if not h.failing:
+            try:
+                sink.write(records)
+            except Exception as exc:
+                self._sink_failed(profile, sink, records, exc, now)
+            return
+        told = [events.Record("loss", None, {"profile": profile, "target": target, "stage": h.stage, "count": n,
+                                             "sink": h.label})
+                for target, n in h.lacking.items()]
+        try:
+            sink.write(told + records)
+        except Exception as exc:
+            self._sink_failed(profile, sink, records, exc, now)
+            return
+        self.stats.records["loss"] += len(told)
+        h.lacking.clear()
+        h.failing = False
+        h.recovered = True
+        self._maybe_warn(h, now)
+
+    def _maybe_warn(self, h, now, force: bool = False) -> None:
+        if not (h.failures_since or h.recovered):
+            return
+        if h.last_warn is not None and now - h.last_warn < self._warn_interval_ns and not force:
+            return
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(h.failures_since.items()))
+        failures = sum(h.failures_since.values())
+        since = "since the last message" if h.last_warn is not None else "so far"
+        if h.failing:
+            line = (f"{h.profile}: sink {h.label} cannot write ({h.last_error}): {failures} failed write(s) "
+                    f"({kinds}), {h.records_since} record(s) lost {since}; the other sinks keep capturing")
+        elif failures:
+            line = (f"{h.profile}: sink {h.label} writes again; {failures} failed write(s) ({kinds}), "
+                    f"{h.records_since} record(s) lost {since} (last error {h.last_error})")
+        else:
+            line = f"{h.profile}: sink {h.label} writes again"
+        h.last_warn = now
+        h.failures_since.clear()
+        h.records_since = 0
+        h.recovered = False
+        try:
+            self.warn(line)
+        except Exception:
+            pass
+
+    def _report_sink_losses(self, now) -> None:
+        """`loss` records about failing sinks, to the profile's other sinks."""
+        self._sink_reported = now
+        by_profile: dict = {}
+        for h in self._sink_health.values():
+            if h.unreported:
+                recs = by_profile.setdefault(h.profile, [])
+                for target, n in h.unreported.items():
+                    recs.append((h.sink, events.Record("loss", None, {"profile": h.profile, "target": target,
+                                                                      "stage": h.stage, "count": n,
+                                                                      "sink": h.label})))
+                h.unreported.clear()
+        for profile, pairs in by_profile.items():
+            sinks = self._sinks_for(profile)
+            for sink in sinks:
+                recs = [r for about, r in pairs if about is not sink]
+                if not recs:
+                    continue
+                h = self._sink_health.get(sink)
+                if h is not None and h.failing:
+                    continue   # it will get what it lacks as one loss record when it writes again
+                try:
+                    sink.write(recs)
+                except Exception as exc:
+                    self._sink_failed(profile, sink, recs, exc, now)
+                    continue
+                self.stats.records["loss"] += len(recs)
+
+    def _sink_housekeeping(self, now) -> None:
+        self._report_sink_losses(now)
+        live = {id(s) for p in {h.profile for h in self._sink_health.values()} for s in self._sinks_for(p)}
+        for sink, h in list(self._sink_health.items()):
+            self._maybe_warn(h, now)
+            if id(sink) not in live and not h.unreported:      # replaced or closed by a reload
+                del self._sink_health[sink]
 
     @property
     def worker_count(self) -> int:
         return len(self._workers)
+
+
+class _SinkHealth:
+    """What one sink lacks and what has not been said about it yet."""
+
+    def __init__(self, profile, sink):
+        self.profile = profile
+        self.sink = sink
+        kind = getattr(sink, "kind", None) or type(sink).__name__.lower().removesuffix("sink") or "sink"
+        path = getattr(sink, "path", None)
+        self.stage = f"sink.{kind}"
+        self.label = f"{kind} {path}" if path else kind
+        self.failing = False
+        self.recovered = False
+        self.last_error = ""
+        self.lacking = collections.Counter()         # target → records the sink lacks since it failed
+        self.unreported = collections.Counter()      # target → lost records not yet told to the other sinks
+        self.failures_since = collections.Counter()  # error kind → failed writes since the last warning
+        self.records_since = 0
+        self.last_warn = None
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        return errno.errorcode[exc.errno]
+    return type(exc).__name__
+
+
+def _stderr_warn(line: str) -> None:
+    print(f"ecapture: {line}", file=sys.stderr, flush=True)
 
 
 def _scalar(raw: int, typ: str) -> int:

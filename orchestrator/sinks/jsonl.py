@@ -19,11 +19,34 @@ class JsonlSink:
         self._encode = msgspec.json.Encoder().encode
 
     def write(self, records) -> None:
+        """Append one batch whole or not at all, with os.write on the raw fd (no Python buffer).
+
+        On a short write or an error (ENOSPC, EFBIG, EIO, ...) the file is truncated back to its
+        size before the batch and the error is raised: the dispatcher counts the batch as lost
+        and the next batch is tried again, so writing resumes by itself once space is freed.
+        Buffering failed batches for a retry was rejected: while a disk stays full that memory
+        grows without bound, and the records would reach the file late and out of order.
+        """
         encode = self._encode
-        self._file.write(b"\n".join([encode(r.to_dict()) for r in records]) + b"\n")
-        self._file.flush()
+        data = b"\n".join([encode(r.to_dict()) for r in records]) + b"\n"
+        fd = self._file.fileno()
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                n = os.write(fd, view[done:])
+                if n <= 0:
+                    import errno
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+        except BaseException:
+            if done:
+                # The offset sits right after our bytes (O_APPEND or not): cut them off again.
+                start = os.lseek(fd, 0, os.SEEK_CUR) - done
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            raise
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.flush()
-            self._file.close()
+            self._file.close()      # nothing is buffered: write() bypasses the file object
