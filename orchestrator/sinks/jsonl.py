@@ -1,20 +1,20 @@
-"""JSON Lines sink: one record per line (DESIGN.md event contract), one write+flush per batch, mode 0600."""
+"""JSON Lines sink: one record per line (DESIGN.md event contract), one write+flush per batch.
+
+The file is opened by `safefile.open_private` (mode 0600, no links followed, folders checked).
+"""
 from __future__ import annotations
 
 import os
 
 import msgspec
 
+from orchestrator import safefile
+
 
 class JsonlSink:
     def __init__(self, path: str):
         self.path = path
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        os.fchmod(fd, 0o600)   # an existing file keeps no wider mode than ours
-        self._file = os.fdopen(fd, "ab", buffering=1 << 16)
+        self._file = os.fdopen(safefile.open_private(path), "ab", buffering=1 << 16)
         # msgspec encodes ~6x faster than the json module; UTF-8 out, keys in insertion order.
         self._encode = msgspec.json.Encoder().encode
 
