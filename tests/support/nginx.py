@@ -256,7 +256,31 @@ class NginxServer:
             start_new_session=True,
         )
 
+    def restart(self) -> None:
+        """Stop nginx (master and workers, gracefully) and start the same binary again with the same
+        config, port, certificate and files: the new master and workers have new pids."""
+        if self.proc is None:
+            raise RuntimeError("nginx not started")
+        self._stop_processes()
+        self.proc = None
+        self._known_workers = set()
+        self._launch()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self) -> None:
+        self._stop_processes()
+        if getattr(self, "_stderr", None) is not None:
+            self._stderr.close()
+            self._stderr = None
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+    def _stop_processes(self) -> None:
         proc = self.proc
         if proc is not None:
             if proc.poll() is None:
@@ -285,12 +309,6 @@ class NginxServer:
                         os.kill(w, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-        if getattr(self, "_stderr", None) is not None:
-            self._stderr.close()
-            self._stderr = None
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
 
     # ---- introspection -----------------------------------------------------
     def worker_pids(self) -> list[int]:
