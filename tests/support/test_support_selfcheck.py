@@ -83,6 +83,18 @@ def test_nginx_http2_and_ec_key_and_access_log():
 
 
 @needs_nginx
+def test_nginx_restart_same_port_new_pids():
+    with NginxServer() as srv:
+        port, master, workers = srv.port, srv.master_pid, srv.worker_pids()
+        srv.restart()
+        assert srv.port == port and srv.master_pid != master
+        assert not pid_alive(master) and all(not pid_alive(w) for w in workers)
+        assert not set(srv.worker_pids()) & set(workers)
+        r = curl(srv.url + "/", "-w", "%{http_code}")
+        assert r.returncode == 0 and r.stdout == ROOT_BODY + "200", r.stderr
+
+
+@needs_nginx
 def test_nginx_fixed_port_conflict_reports_error_log():
     with NginxServer() as a:
         with pytest.raises(RuntimeError, match="error.log"):
