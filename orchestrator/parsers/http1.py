@@ -21,7 +21,9 @@ Design notes
 * Bodies are kept up to ``max_body`` bytes; the rest is consumed and counted
   (`body_len`) and the message is marked ``truncated``.
 * Trailer fields of a chunked body are appended to ``headers`` after the
-  header fields.
+  header fields.  `header_fields` turns those pairs into the record's
+  ``headers`` object (HTTP/2 uses it too): a field sent more than once keeps
+  every value, as a list, since joining with ", " mangles Set-Cookie.
 * Responses without a body: 1xx, 204, 304 and responses to HEAD.  The
   response direction cannot see requests, so the caller calls
   `Http1Parser.expect_head_response` once per HEAD request it saw; each final
@@ -48,6 +50,7 @@ __all__ = [
     "ParseError",
     "Event",
     "Http1Parser",
+    "header_fields",
     "looks_like_http1",
     "KNOWN_METHODS",
     "MAX_HEADER_BYTES",
@@ -171,6 +174,28 @@ def looks_like_http1(data: bytes) -> bool:
         return _classify_start(bytes(data[:_START_WINDOW])) > 0
     except Exception:
         return False
+
+
+def header_fields(pairs: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """The ``headers`` object of an http.request / http.response record.
+
+    A field sent once maps its name to its value; a field sent more than once
+    maps to the list of its values in order (Set-Cookie values contain commas,
+    so they cannot be joined).  Names are matched case-insensitively and kept
+    as first sent.
+    """
+    out: dict[str, str | list[str]] = {}
+    spelling: dict[str, str] = {}
+    for name, value in pairs:
+        key = spelling.setdefault(name.lower(), name)
+        prev = out.get(key)
+        if prev is None:
+            out[key] = value
+        elif type(prev) is list:
+            prev.append(value)
+        else:
+            out[key] = [prev, value]
+    return out
 
 
 def _split_lines(text: str) -> list[str]:

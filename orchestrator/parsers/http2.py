@@ -30,8 +30,9 @@ Design notes
   ``http.response`` (server's END_STREAM, or RST_STREAM / GOAWAY for
   either half still open, flagged ``"reset": True`` with ``error_code``).
   1xx informational header blocks are skipped.  Trailers are appended to
-  ``headers``.  Repeated fields are joined with ", " (``cookie`` with "; ",
-  RFC 9113 section 8.2.3).  Field names and values are decoded as latin-1,
+  ``headers``.  A repeated field becomes a list of its values, as for
+  HTTP/1 (`http1.header_fields`); only ``cookie`` fields are joined with
+  "; " (RFC 9113 section 8.2.3: one cookie header split for compression).  Field names and values are decoded as latin-1,
   like the HTTP/1 parser.
 * Bodies are kept up to ``max_body`` bytes (the rest is counted in
   ``body_len``; ``"truncated": True``); UTF-8 bodies are given as text,
@@ -55,6 +56,8 @@ import struct
 from dataclasses import dataclass
 
 import hpack
+
+from orchestrator.parsers import http1
 
 __all__ = [
     "Message",
@@ -214,14 +217,11 @@ def _text(b: bytes) -> str:
     return b.decode("latin-1")
 
 
-def _join_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        prev = out.get(name)
-        if prev is None:
-            out[name] = value
-        else:
-            out[name] = prev + ("; " if name == "cookie" else ", ") + value
+def _join_headers(pairs: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    out = http1.header_fields(pairs)
+    cookie = out.get("cookie")
+    if type(cookie) is list:
+        out["cookie"] = "; ".join(cookie)
     return out
 
 

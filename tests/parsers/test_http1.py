@@ -19,6 +19,7 @@ from orchestrator.parsers.http1 import (
     ParseError,
     Request,
     Response,
+    header_fields,
     looks_like_http1,
 )
 
@@ -654,3 +655,22 @@ def test_role_detection_and_locking():
     assert p.role == "response"
     out = p.feed(b"GET / HTTP/1.1\r\n\r\n")  # a request on a response stream
     assert len(out) == 1 and isinstance(out[0], ParseError)
+
+
+# ------------------------------------------------------------ repeated header fields
+
+COOKIES = ("a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/",
+           "b=2; Expires=Thu, 22 Oct 2026 07:28:00 GMT; Secure")
+
+
+def test_repeated_set_cookie_stays_a_list_of_values_in_order():
+    raw = ("HTTP/1.1 200 OK\r\nSet-Cookie: %s\r\nServer: x\r\nset-cookie: %s\r\n"
+           "Content-Length: 0\r\n\r\n" % COOKIES).encode()
+    (msg,) = Http1Parser().feed(raw)
+    assert header_fields(msg.headers) == {"Set-Cookie": list(COOKIES), "Server": "x", "Content-Length": "0"}
+
+
+def test_single_headers_stay_plain_strings_and_three_repeats_make_one_list():
+    assert header_fields([("Host", "x"), ("A", "1"), ("a", "2"), ("A", "3, 4")]) == \
+        {"Host": "x", "A": ["1", "2", "3, 4"]}
+    assert header_fields([]) == {}

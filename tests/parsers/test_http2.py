@@ -675,3 +675,25 @@ def test_capture_starting_mid_connection():
     out = p.feed("write", mid, 0)
     assert [m.type for m in out] == ["parse_error"] and p.failed
     assert "first frame is not SETTINGS" in out[0].fields["reason"]
+
+
+# ------------------------------------------------------------ repeated header fields
+
+COOKIES = ("a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT; Path=/",
+           "b=2; Expires=Thu, 22 Oct 2026 07:28:00 GMT; Secure")
+
+
+def test_repeated_set_cookie_stays_a_list_of_values_in_order():
+    p = Http2Parser()
+    p.feed("write", CLIENT_START + _frame(1, 5, 1, _hpack(*GET, ("accept", "a"), ("accept", "b"))), 0)
+    p.feed("read", _settings(), 0)
+    out = p.feed("read", _frame(1, 5, 1, _hpack((":status", "200"), ("set-cookie", COOKIES[0]),
+                                                ("server", "x"), ("set-cookie", COOKIES[1]))), MS)
+    assert out[0].fields["headers"] == {"set-cookie": list(COOKIES), "server": "x"}
+
+
+def test_split_cookie_crumbs_are_joined_back_with_semicolons():
+    p = Http2Parser()
+    out = p.feed("write", CLIENT_START + _frame(1, 5, 1, _hpack(*GET, ("cookie", "a=1"), ("accept", "a"),
+                                                                ("cookie", "b=2"), ("accept", "b"))), 0)
+    assert out[0].fields["headers"] == {"cookie": "a=1; b=2", "accept": ["a", "b"]}
