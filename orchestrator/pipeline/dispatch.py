@@ -195,13 +195,13 @@ class Dispatcher:
         if h is None:
             h = self._sink_health[sink] = _SinkHealth(profile, sink)
         kind = _error_kind(exc)
-        last = str(exc) or type(exc).__name__
+        last = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
         total = self._sink_totals.setdefault((profile, h.label, kind), [0, 0, ""])
         total[0] += 1
         total[1] += len(records)
         total[2] = last
         h.failing = True
-        h.last_error = f"{kind}: {last}"
+        h.last_error = f"{last} ({kind})" if kind != type(exc).__name__ else f"{kind}: {last}"
         h.failures_since[kind] += 1
         per_target = collections.Counter(
             r.event.source.target.name if r.event is not None else r.fields.get("target", "*") for r in records)
@@ -235,22 +235,25 @@ class Dispatcher:
         h.recovered = True
         self._maybe_warn(h, now)
 
-    def _maybe_warn(self, h, now, force: bool = False) -> None:
+    def _maybe_warn(self, h, now) -> None:
         if not (h.failures_since or h.recovered):
             return
-        if h.last_warn is not None and now - h.last_warn < self._warn_interval_ns and not force:
-            return
-        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(h.failures_since.items()))
+        if h.last_warn is not None and now - h.last_warn < self._warn_interval_ns:
+            return      # said later, with the counts of everything in between
         failures = sum(h.failures_since.values())
-        since = "since the last message" if h.last_warn is not None else "so far"
-        if h.failing:
-            line = (f"{h.profile}: sink {h.label} cannot write ({h.last_error}): {failures} failed write(s) "
-                    f"({kinds}), {h.records_since} record(s) lost {since}; the other sinks keep capturing")
+        counts = (f"{failures} failed write(s) ({', '.join(f'{k} x{n}' for k, n in sorted(h.failures_since.items()))})"
+                  f", {h.records_since} record(s) lost")
+        if h.failing and not h.announced:
+            line = (f"{h.profile}: sink {h.label} cannot write: {h.last_error}; {h.records_since} record(s) lost so "
+                    f"far (counted as losses at {h.stage}), the other sinks keep capturing")
+        elif h.failing:
+            line = f"{h.profile}: sink {h.label} still cannot write: {h.last_error}; {counts} since the last message"
         elif failures:
-            line = (f"{h.profile}: sink {h.label} writes again; {failures} failed write(s) ({kinds}), "
-                    f"{h.records_since} record(s) lost {since} (last error {h.last_error})")
+            line = f"{h.profile}: sink {h.label} writes again; before that {counts} since the last message " \
+                   f"(last error: {h.last_error})"
         else:
             line = f"{h.profile}: sink {h.label} writes again"
+        h.announced = h.failing
         h.last_warn = now
         h.failures_since.clear()
         h.records_since = 0
@@ -295,6 +298,9 @@ class Dispatcher:
             self._maybe_warn(h, now)
             if id(sink) not in live and not h.unreported:      # replaced or closed by a reload
                 del self._sink_health[sink]
+            elif not (h.failing or h.unreported or h.failures_since or h.recovered or h.last_warn is None) \
+                    and now - h.last_warn >= self._warn_interval_ns:
+                del self._sink_health[sink]                     # healthy again and all said: fast path
 
     @property
     def worker_count(self) -> int:
@@ -314,6 +320,7 @@ class _SinkHealth:
         self.failing = False
         self.recovered = False
         self.last_error = ""
+        self.announced = False                       # this failure was warned about
         self.lacking = collections.Counter()         # target → records the sink lacks since it failed
         self.unreported = collections.Counter()      # target → lost records not yet told to the other sinks
         self.failures_since = collections.Counter()  # error kind → failed writes since the last warning

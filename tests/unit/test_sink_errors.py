@@ -161,6 +161,25 @@ def test_recovery_is_said_once_space_is_back():
     assert len(warnings) == 2 and "writes again" in warnings[1] and "3 record(s) lost" in warnings[0] + warnings[1]
 
 
+def test_a_new_failure_after_a_quiet_recovery_is_warned_again():
+    clock = Clock()
+    bad, good = FlakySink(), ListSink()
+    d, warnings = _dispatcher(bad, good, clock=clock)
+    d.process(_recs(1))
+    bad.full = False
+    for _ in range(30):                    # healthy for 30 s
+        clock.now += SEC
+        d.process(_recs(1))
+    bad.full = True
+    d.process(_recs(2))
+    assert [("cannot write" in w, "writes again" in w) for w in warnings] == [(True, False), (False, True),
+                                                                             (True, False)]
+    assert "2 record(s) lost so far" in warnings[-1]
+    d.stop()
+    # the file that failed twice got one loss record each time it came back (here: once, it is still full)
+    assert [r["count"] for r in bad.records if r["type"] == "loss"] == [1]
+
+
 def test_a_sink_failing_alone_still_counts_its_losses():
     bad = FlakySink()
     d, _ = _dispatcher(bad)
