@@ -7,12 +7,14 @@ whichever generation is installed. This module is the single Python owner of
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from dataclasses import dataclass, field
 
-from orchestrator.bpf import discovery, layout, render, ringreader, state, trampoline
+from orchestrator.bpf import discovery, layout, owner, render, ringreader, state, trampoline
 from orchestrator.plan import model as plan_model
+
+
+EXPRESS_TABLES = ("filter_gate", "filter_conf", "filter_uids", "filter_comms", "filter_ports")
 
 
 class LoadError(Exception):
@@ -35,6 +37,7 @@ class LoadedTarget:
     express: bool = False    # the express-lane variant: uid/comm/port filters read from maps
     bpf: object = None
     program_fds: dict = field(default_factory=dict)   # trampoline table index → program fd
+    tables: dict = field(default_factory=dict)        # name → bcc table, looked up at load
     reader: ringreader.RingReader | None = None
     losses_seen: dict = field(default_factory=dict)   # stage → kernel counter already reported
     _closed: bool = False
@@ -42,37 +45,34 @@ class LoadedTarget:
 
     def load(self) -> "LoadedTarget":
         """Compile and load every program, seed the scope, open the ring buffer; all or nothing."""
-        import bcc  # Debian's python3-bpfcc; imported late so pure commands work without it
-
         ps = self.probe_set
         try:
             state.shared()    # the extern tables must exist before the program that uses them
-        except Exception as exc:
-            raise LoadError(f"cannot create the shared kernel state: {_first_line(exc)}") from None
-        quiet = _quiet_stderr()
+        except owner.BccError as exc:
+            raise LoadError(f"cannot create the shared kernel state: {exc}") from None
+        text = render.program(ps.express if self.express else ps.rendered, self.slot, self.generation)
         try:
-            with quiet:
-                text = render.program(ps.express if self.express else ps.rendered, self.slot, self.generation)
-                self.bpf = bcc.BPF(text=text.encode(), cflags=render.cflags())
-                for i, hook in enumerate(ps.hooks):
-                    for idx, name in trampoline.program_names(i, hook):
-                        kind = bcc.BPF.TRACEPOINT if hook.probe == "syscall" else bcc.BPF.KPROBE
-                        self.program_fds[idx] = self.bpf.load_func(name.encode(), kind).fd
-        except Exception as exc:  # bcc raises bare Exception on compile/load errors
-            self.close()
-            errors = [ln for ln in getattr(quiet, "text", "").splitlines() if "error" in ln]
-            raise LoadError(f"compile failed: {'; '.join(errors[:3]) or _first_line(exc)}") from None
+            self.bpf = owner.compile(text, render.cflags())
+        except owner.BccError as exc:
+            raise LoadError(f"compile failed: {exc}") from None
         try:
+            for i, hook in enumerate(ps.hooks):
+                for idx, name in trampoline.program_names(i, hook):
+                    self.program_fds[idx] = owner.load_func(self.bpf, name, tracepoint=hook.probe == "syscall")
+            # Looked up once here, as the owner: element operations later need no lock.
+            names = ["events", "lost"] + (["scope"] if ps.scope_paths else []) + \
+                (list(EXPRESS_TABLES) if self.express else [])
+            self.tables = {name: owner.table(self.bpf, name) for name in names}
             if ps.scope_paths:
                 self._seed_scope()
-            self.reader = ringreader.RingReader(self.bpf[b"events"].map_fd, ps.target.ring_buffer_kib * 1024)
+            self.reader = ringreader.RingReader(self.tables["events"].map_fd, ps.target.ring_buffer_kib * 1024)
         except Exception as exc:
             self.close()
-            raise LoadError(f"load failed: {_first_line(exc)}") from None
+            raise LoadError(f"load failed: {owner.first_line(exc)}") from None
         return self
 
     def _seed_scope(self):
-        table = self.bpf[b"scope"]
+        table = self.tables["scope"]
         for pid in discovery.running_instances(self.probe_set.scope_real):
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
@@ -83,7 +83,7 @@ class LoadedTarget:
         for name, key_field, wanted in (("filter_uids", "uid", values["uids"]),
                                         ("filter_comms", "comm", [bytes(c) for c in values["comm"]]),
                                         ("filter_ports", "port", values["ports"])):
-            table = self.bpf[name.encode()]
+            table = self.tables[name]
             for key in [k for k in table.keys() if k.slot == slot]:
                 del table[key]
             for value in wanted:
@@ -91,7 +91,7 @@ class LoadedTarget:
                 key.slot = slot
                 setattr(key, key_field, value)
                 table[key] = ctypes.c_uint8(1)
-        confs = self.bpf[b"filter_conf"]
+        confs = self.tables["filter_conf"]
         conf = confs.Leaf()
         conf.slot, conf.gen = slot, generation & 0xFFFFFFFF
         conf.uids, conf.comm, conf.ports = bool(values["uids"]), bool(values["comm"]), bool(values["ports"])
@@ -100,23 +100,23 @@ class LoadedTarget:
     def open_gate(self, slot: int) -> None:
         """Express lane: every hit from now on reads configuration `slot` (one map write)."""
         assert self.express and slot in (0, 1)
-        self.bpf[b"filter_gate"][ctypes.c_int(0)] = ctypes.c_uint32(slot)
+        self.tables["filter_gate"][ctypes.c_int(0)] = ctypes.c_uint32(slot)
 
     def losses(self) -> dict[str, int]:
         """Kernel-side loss counters, summed over CPUs, by stage."""
-        if self.bpf is None:
-            return {}
-        table = self.bpf[b"lost"]
-        out = {}
-        for slot, stage in layout.LOSS_STAGES.items():
-            out[stage] = sum(int(v) for v in table.getvalue(ctypes.c_int(slot)))
-        return out
+        with self._lock:     # a closed module's fd numbers may already name something else
+            table = self.tables.get("lost")
+            if table is None or self._closed:
+                return {}
+            return {stage: sum(int(v) for v in table.getvalue(ctypes.c_int(slot)))
+                    for slot, stage in layout.LOSS_STAGES.items()}
 
     def drain(self, take) -> int:
         """`take(bytes)` for every record waiting in the ring buffer, in order."""
-        if self.reader is None or self._closed:
-            return 0
-        return self.reader.read(take)
+        with self._lock:
+            if self.reader is None or self._closed:
+                return 0
+            return self.reader.read(take)
 
     def close(self) -> None:
         with self._lock:
@@ -127,43 +127,4 @@ class LoadedTarget:
             if self.reader is not None:
                 self.reader.close()
                 self.reader = None
-            try:
-                self.bpf.cleanup()
-            except Exception:
-                pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0] if len(text.splitlines()) == 1 else text.splitlines()[-1]
-
-
-class _quiet_stderr:
-    """bcc and LLVM print warnings straight to fd 2; keep them off the user's terminal.
-
-    Captured text is kept on `.text` for error messages. It redirects the whole process's fd 2
-    (one compile at a time: the lock), so `ecapture apply` prints its own messages to a copy of
-    fd 2 made at start (cli.apply).
-    """
-    _lock = threading.Lock()
-
-    def __enter__(self):
-        if os.environ.get("ECAPTURE_BCC_DEBUG"):
-            return self
-        self._lock.acquire()
-        import tempfile
-        self._tmp = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._tmp.fileno(), 2)
-        return self
-
-    def __exit__(self, *exc):
-        if os.environ.get("ECAPTURE_BCC_DEBUG"):
-            return False
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._tmp.seek(0)
-        self.text = self._tmp.read().decode(errors="replace")
-        self._tmp.close()
-        self._lock.release()
-        return False
+            owner.cleanup(self.bpf)

@@ -156,5 +156,10 @@ def program(rendered: Rendered, slot: int, generation: int) -> str:
     return prelude(slot, generation) + rendered.text
 
 
+def kernel_template(name: str, **context) -> str:
+    """Render another kernel template of templates/kern (trampolines, shared state)."""
+    return _env().get_template(name).render(**context)
+
+
 def cflags() -> list[str]:
     return [f"-I{KERN_DIR}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from orchestrator.bpf import render
+from orchestrator.bpf import owner, render
 
 TEMPLATE = "state.c.j2"
 
@@ -15,17 +15,11 @@ _state = None
 
 class SharedState:
     def __init__(self):
-        import bcc
-
-        from orchestrator.bpf import loader
-        text = render._env().get_template(TEMPLATE).render()
-        quiet = loader._quiet_stderr()
-        with quiet:
-            self.bpf = bcc.BPF(text=text.encode(), cflags=render.cflags())
+        self.bpf = owner.compile(render.kernel_template(TEMPLATE), render.cflags())
 
 
 def shared() -> SharedState:
-    """The process's shared state, created on first use (needs root and bcc)."""
+    """The process's shared state, created on first use (needs root and bcc); raises owner.BccError."""
     global _state
     with _lock:
         if _state is None:
@@ -38,5 +32,5 @@ def close() -> None:
     global _state
     with _lock:
         if _state is not None:
-            _state.bpf.cleanup()
+            owner.cleanup(_state.bpf)
             _state = None
