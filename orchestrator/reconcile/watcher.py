@@ -9,6 +9,8 @@ import time
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from orchestrator import workdir
+
 DEBOUNCE_S = 0.025
 
 
@@ -40,7 +42,7 @@ class Watcher:
         self._stop = threading.Event()
         dirs = set()
         for p in paths:
-            p = os.path.abspath(p)
+            p = workdir.absolute(p)
             dirs.add(p if os.path.isdir(p) else os.path.dirname(p))
         for d in sorted(dirs):
             self._observer.schedule(_Handler(self), d, recursive=False)
