@@ -13,12 +13,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator import preflight, termtext
+from orchestrator import preflight, termtext, workdir
 from orchestrator.bpf import discovery
 from orchestrator.bpf import render as render_mod
 from orchestrator.plan import build
 from orchestrator.reconcile import control
-from orchestrator.spec import errors, load
+from orchestrator.spec import errors, load, trust
 
 EXIT_INVALID, EXIT_USAGE, EXIT_PRECONDITION = 1, 2, 3
 
@@ -69,6 +69,10 @@ def validate(paths: List[Path] = PathsArg) -> None:
     Prints one [bold]file:line:col: field.path: message[/bold] line per problem and exits 1 if there is any.
     """
     profiles, ok = _load_all(paths)
+    for path in load.discover(paths):
+        for problem in trust.problems(path):
+            err.print(f"[yellow]warning:[/yellow] {_safe(workdir.shown(path))}:1:1: {_safe(problem)} "
+                      f"(apply refuses it without --insecure-profiles)")
     for profile in profiles:
         _, failed = build.plan_profile(profile)
         for f in failed:
@@ -198,6 +202,11 @@ def apply(paths: List[Path] = PathsArg,
                                                         "compiled in the background, that reads its uid/comm/port "
                                                         "filters from maps) so that filter edits apply in "
                                                         "milliseconds instead of after a compile."),
+          insecure_profiles: bool = typer.Option(False, "--insecure-profiles",
+                                                 help="Apply profiles even when the file or a folder above it is "
+                                                      "writable by group or others or owned by another user "
+                                                      "(like sshd's StrictModes, they are refused by default: a "
+                                                      "profile decides what root probes and where it writes)."),
           ) -> None:
     """Capture: attach every target of the profiles and stream records to their sinks until stopped.
 
@@ -221,8 +230,8 @@ def apply(paths: List[Path] = PathsArg,
     # bcc/clang warnings are kept off the terminal by pointing fd 2 elsewhere while they compile,
     # which background compiles do at any time: our own messages go to a copy of fd 2.
     err.file = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
-    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(escape(line)), watch=watch,
-                                    express_lanes=express_lanes)
+    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(_safe(line)), watch=watch,
+                                    express_lanes=express_lanes, insecure_profiles=insecure_profiles)
 
     def on_signal(signum, _frame):
         sess.stop_event.set()
@@ -230,7 +239,7 @@ def apply(paths: List[Path] = PathsArg,
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        started = sess.run(duration=duration, ready_file=str(ready_file) if ready_file else None)
+        started = sess.run(duration=duration, ready_file=workdir.absolute(ready_file) if ready_file else None)
     finally:
         summary = sess.shutdown()
     if not started:

@@ -22,13 +22,6 @@ CONNECTION_PARSERS = (
 )
 
 
-def _headers(pairs) -> dict:
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        out[name] = f"{out[name]}, {value}" if name in out else value
-    return out
-
-
 def _body_fields(body: bytes, body_len: int, truncated: bool) -> dict:
     text, enc = events.text_or_base64(body)
     d = {"body": text, "body_len": body_len}
@@ -174,12 +167,12 @@ class ConnectionWorker:
                 if isinstance(other, http1.Http1Parser):
                     other.expect_head_response()
             fields = {"direction": DIRECTIONS.get(ev.direction, "?"), "method": msg.method, "path": msg.path,
-                      "version": msg.version, "headers": _headers(msg.headers)}
+                      "version": msg.version, "headers": http1.header_fields(msg.headers)}
             fields.update(_body_fields(msg.body, msg.body_len, msg.truncated))
             return events.Record("http.request", ev, fields, self.conn)
         if isinstance(msg, http1.Response):
             fields = {"direction": DIRECTIONS.get(ev.direction, "?"), "status": msg.status, "reason": msg.reason,
-                      "version": msg.version, "headers": _headers(msg.headers)}
+                      "version": msg.version, "headers": http1.header_fields(msg.headers)}
             if self.pending and msg.status >= 200:
                 req_ts, method, path = self.pending.popleft()
                 fields.update(request={"method": method, "path": path},

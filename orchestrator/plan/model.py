@@ -1,7 +1,8 @@
-"""What one target needs in the kernel, and its identity for diffing."""
+"""What one target needs in the kernel, and its identity for diffing (including the inode it attaches to)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 from orchestrator.spec import errors, models
@@ -20,6 +21,14 @@ class ProbeSet:
     how: str = ""
     missing_optional: tuple[str, ...] = ()
     parsers: tuple[str, ...] | None = None   # userspace only, but a change still makes a new generation
+    attach_file: tuple[int, int] = (0, 0)    # (st_dev, st_ino) of attach_path when planned
+
+    def attach_changed(self) -> bool:
+        """Was the attached file replaced on disk since (a package upgrade writes a new inode)?
+        Its uprobes stay on the old inode, which new processes no longer map."""
+        if self.attach_file == (0, 0):
+            return False
+        return file_identity(self.attach_path) not in (self.attach_file, (0, 0))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -30,8 +39,17 @@ class ProbeSet:
         """Same digest ⇔ same program attached at the same places."""
         points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
         pids = ",".join(map(str, self.target.filters.pids))
-        text = f"{self.rendered.digest}|{self.attach_path}|{points}|{pids}|{self.parsers}"
+        text = f"{self.rendered.digest}|{self.attach_path}|{self.attach_file}|{points}|{pids}|{self.parsers}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_identity(path: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of `path`, or (0, 0) when it cannot be read (gone for a moment mid-upgrade)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
 
 
 @dataclass(frozen=True)

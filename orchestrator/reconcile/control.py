@@ -10,16 +10,19 @@ import os
 import socket
 import threading
 
+from orchestrator import workdir
+
 DEFAULT_PATH = "/run/ecapture/apply.sock"
+MAX_REQUEST = 4096      # bytes of one request line
 
 
 def socket_path() -> str:
-    return os.environ.get("ECAPTURE_SOCKET", DEFAULT_PATH)
+    return workdir.absolute(os.environ.get("ECAPTURE_SOCKET", DEFAULT_PATH))
 
 
 class ControlServer:
     def __init__(self, handlers: dict, path: str | None = None):
-        self.path = path or socket_path()
+        self.path = workdir.absolute(path) if path else socket_path()
         self.handlers = handlers
         self._sock = None
 
@@ -49,17 +52,30 @@ class ControlServer:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                return
+                return           # closed
             with conn:
                 try:
                     conn.settimeout(5)
-                    line = conn.makefile("rb").readline()
-                    cmd = json.loads(line or b"{}").get("cmd", "")
-                    handler = self.handlers.get(cmd)
-                    answer = {"ok": True, "result": handler()} if handler else {"ok": False, "error": f"unknown {cmd!r}"}
-                    conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
-                except (OSError, ValueError):
+                    conn.sendall(json.dumps(self.answer(conn.makefile("rb").readline(MAX_REQUEST)),
+                                            default=str).encode() + b"\n")
+                except OSError:
                     continue
+
+    def answer(self, line: bytes) -> dict:
+        """The answer to one request line. Never raises: a bad request or a failing handler is one
+        error answer, and the server goes on serving."""
+        try:
+            request = json.loads(line or b"{}")
+        except ValueError:
+            return {"ok": False, "error": "not JSON"}
+        cmd = request.get("cmd") if isinstance(request, dict) else None
+        handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        try:
+            return {"ok": True, "result": handler()}
+        except Exception as exc:    # a bug in one answer must not end the server
+            return {"ok": False, "error": f"{cmd} failed: {type(exc).__name__}: {exc}"}
 
     def close(self) -> None:
         if self._sock is not None:

@@ -1,116 +1,195 @@
 """The reconciler: profile files on disk → running generations, one profile at a time.
 
-Each pass re-reads the watched paths. Per profile file: an unchanged file is left
-alone; a new, edited or deleted one is planned and diffed (pure) against what runs, and
-the changes are applied as one transaction: every new generation is loaded first, held,
-and only if all load are the gates flipped; otherwise all of them are discarded and the
-last good generations keep running. Invalid files never stop what runs.
+Each pass re-reads the watched paths. Per profile file: an unchanged file is left alone; a
+new, edited or deleted one is loaded and planned (outside the runtime lock: nothing slow or
+hostile runs under it), diffed (pure) against what runs, and the changes are applied as one
+transaction: every new generation is loaded first, held, and only if all load are the gates
+flipped; otherwise all of them are discarded and the last good generations keep running.
+
+Errors are permanent or temporary, as in kopf. An invalid file is permanent: only an edit can
+fix it, so it waits for one. Everything about the world is temporary and retried with backoff
+without an edit: a binary or library not there yet, no running process to find a library in,
+a compile or sink that failed, an untrusted folder being fixed. A target whose library is
+replaced on disk (a package upgrade: new inode) is re-planned and re-attached.
 """
 from __future__ import annotations
 
-import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
+from orchestrator import workdir
 from orchestrator.plan import build, diff
 from orchestrator.sinks import factory
-from orchestrator.spec import errors, load
+from orchestrator.spec import errors, load, trust
+
+PLAN_RETRY_CAP_S = 2.0       # cheap to retry (ELF and /proc reads): a process that appears is seen soon
+LOAD_RETRY_CAP_S = 30.0      # a failed compile or sink: back off further
 
 
 @dataclass
 class ProfileState:
     path: str
     name: str | None = None
-    state: str = "pending"                # ok | error | degraded (some targets failed)
+    state: str = "pending"                # pending | loading | ok | error | degraded (some targets failed)
     last_error: str = ""
     last_reload: float = 0.0
     reload_ms: float = 0.0
+    fingerprint: tuple = ()               # os.stat of the file when last read
     source_digest: str = ""
     sink_specs: tuple = ()
     failed_targets: dict = field(default_factory=dict)   # target name → message
+    attempts: int = 0                     # consecutive temporary failures
+    retry_at: float = 0.0                 # monotonic time of the next retry; 0: none due
+
+    def schedule_retry(self, cap_s: float, now: float) -> None:
+        self.attempts += 1
+        self.retry_at = now + min(cap_s, 0.25 * 2 ** self.attempts)
+
+    def succeeded(self) -> None:
+        self.attempts, self.retry_at = 0, 0.0
+
+
+@dataclass
+class _Prepared:
+    """One file read, loaded and planned outside the runtime lock."""
+    st: ProfileState
+    profile: object = None
+    sets: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    error: str = ""                       # the file cannot be applied now
+    temporary: bool = False               # ... but may be later without an edit
 
 
 class Reconciler:
-    def __init__(self, paths, runtime, dispatcher, log, warn, planner=build.plan_profile):
-        self.paths = [os.path.abspath(p) for p in paths]
+    def __init__(self, paths, runtime, dispatcher, log, warn, planner=build.plan_profile,
+                 insecure_profiles: bool = False, clock=time.monotonic):
+        self.paths = [workdir.absolute(p) for p in paths]
         self.runtime = runtime
         self.dispatcher = dispatcher
         self.log = log
         self.warn = warn
         self.plan = planner
+        self.insecure_profiles = insecure_profiles
+        self.clock = clock
         self.files: dict[str, ProfileState] = {}
         self.sinks: dict[str, list] = {}      # profile name → sink objects (read by the dispatcher)
-        self.lock = runtime.lock     # the runtime's background lane work excludes reconcile passes
+        self.lock = runtime.lock     # the runtime's background lane work excludes applying changes
+        self._pass_lock = threading.Lock()    # one pass at a time (watcher, retries)
         self.passes = 0
 
     # ---------------------------------------------------------------- one pass
     def reconcile(self) -> None:
-        with self.lock:
-            self.passes += 1
-            present = set(load.discover(self.paths))
-            for path in sorted(set(self.files) - present):
-                self._remove_file(path)
-            for path in sorted(present):
-                self._reconcile_file(path)
+        with self._pass_lock:
+            present = load.discover(self.paths)
+            prepared = [p for p in (self._prepare(path) for path in present) if p is not None]
+            with self.lock:
+                self.passes += 1
+                for path in sorted(set(self.files) - set(present)):
+                    self._remove_file(path)
+                for item in prepared:
+                    self._commit(item)
 
-    def _read(self, path: str) -> bytes | None:
+    def retry_due(self) -> bool:
+        """A temporary failure waits for its retry, or a running target's file changed on disk."""
+        now = self.clock()
+        for st in list(self.files.values()):
+            if st.retry_at and st.retry_at <= now:
+                return True
+        return any(rt.probe_set.attach_changed() for rt in list(self.runtime.targets.values()))
+
+    def _fingerprint(self, path: str) -> tuple:
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            st = os.stat(path)     # through a ConfigMap's `..data` links: their swap changes it
         except OSError:
-            return None
+            return ()
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def _reconcile_file(self, path: str) -> None:
+    def _prepare(self, path: str) -> _Prepared | None:
         st = self.files.setdefault(path, ProfileState(path))
-        raw = self._read(path)
-        if raw is None:
-            return
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest == st.source_digest:
-            return
-        first = not st.source_digest
-        st.source_digest = digest
-        t0 = time.monotonic()
+        fingerprint = self._fingerprint(path)
+        due = bool(st.retry_at) and st.retry_at <= self.clock()
+        replaced_on_disk = st.name is not None and any(
+            rt.probe_set.attach_changed() for key, rt in list(self.runtime.targets.items()) if key[0] == st.name)
+        if fingerprint == st.fingerprint and not due and not replaced_on_disk:
+            return None
+        st.fingerprint = fingerprint
+        item = _Prepared(st)
+        untrusted = [] if self.insecure_profiles else trust.problems(path)
+        if untrusted:
+            item.error = "\n".join(f"{workdir.shown(path)}:1:1: {m} (or run apply with --insecure-profiles)"
+                                    for m in untrusted)
+            item.temporary = True
+            return item
         try:
-            profile = load.load_file(path)
+            item.profile = load.load_file(path)
         except errors.ProfileError as exc:
-            self._error(st, "\n".join(str(i) for i in exc.issues),
-                        "keeping the last good generation" if st.name else "not applied")
+            item.error = "\n".join(str(i) for i in exc.issues)
+            return item
+        if item.profile.source_digest == st.source_digest and not due and not replaced_on_disk:
+            return None            # saved again unchanged
+        item.sets, item.failed = self.plan(item.profile)
+        return item
+
+    def _commit(self, item: _Prepared) -> None:
+        st, profile = item.st, item.profile
+        now = self.clock()
+        if item.error:
+            st.source_digest = ""
+            self._error(st, item.error, "keeping the last good generation" if st.name else "not applied")
+            if item.temporary:
+                st.schedule_retry(PLAN_RETRY_CAP_S, now)
+            else:
+                st.retry_at = 0.0        # waits for an edit
             return
-        owner = next((p for p, s in self.files.items() if p != path and s.name == profile.name), None)
+        owner = next((p for p, s in list(self.files.items()) if p != st.path and s.name == profile.name), None)
         if owner:
             self._error(st, f"{profile.path}:1:1: metadata.name: profile {profile.name!r} is also defined in "
-                            f"{os.path.relpath(owner)}", "not applied")
+                            f"{workdir.shown(owner)}", "not applied")
+            st.schedule_retry(PLAN_RETRY_CAP_S, now)     # until the other file goes
             return
-        if st.name and st.name != profile.name:
-            self._stop_profile(st.name)       # renamed: the old name's targets go
-        summary = self._apply(st, profile)
+        first = not st.name
+        renamed_from = st.name if st.name and st.name != profile.name else None
+        st.source_digest = profile.source_digest
+        st.state = "loading"
+        t0 = time.monotonic()
+        summary = self._apply(st, profile, item.sets, item.failed)
+        if summary is not None and renamed_from:
+            self._stop_profile(renamed_from)     # only once the new name runs: a failed load keeps it
+            summary = f"renamed from {renamed_from}; {summary}"
         st.reload_ms = (time.monotonic() - t0) * 1000
         st.last_reload = time.time()
+        if summary is None:
+            st.schedule_retry(LOAD_RETRY_CAP_S, now)
+        elif item.failed:
+            st.schedule_retry(PLAN_RETRY_CAP_S, now)
+        else:
+            st.succeeded()
         if summary is not None:
-            self.log(f"{'applied' if first else 'reloaded'} {profile.name} ({os.path.relpath(path)}) in "
+            self.log(f"{'applied' if first else 'reloaded'} {profile.name} ({workdir.shown(st.path)}) in "
                      f"{st.reload_ms:.0f} ms: {summary or 'no change'}")
 
     def _error(self, st: ProfileState, message: str, consequence: str) -> None:
         st.state, st.last_error = "error", message
         for line in message.splitlines():
             self.warn(line)
-        self.warn(f"{os.path.relpath(st.path)}: {consequence}")
+        self.warn(f"{workdir.shown(st.path)}: {consequence}")
 
     # ---------------------------------------------------------------- the transaction
-    def _apply(self, st: ProfileState, profile) -> str | None:
-        sets, failed = self.plan(profile)
+    def _apply(self, st: ProfileState, profile, sets, failed) -> str | None:
         failed_names = {f.target.name for f in failed}
         running = [rt for key, rt in self.runtime.targets.items() if key[0] == profile.name]
         # A target that cannot be planned now keeps its last good generation, if it has one.
         keep = [rt for rt in running if rt.key[1] in failed_names]
         changes = diff.diff(sets, [rt for rt in running if rt.key[1] not in failed_names])
-        st.failed_targets = {}
+        previous, st.failed_targets = st.failed_targets, {}
         for f in failed:
             kept = any(rt.key[1] == f.target.name for rt in keep)
             st.failed_targets[f.target.name] = f.message
-            self.warn(f"{f.issue()} ({'keeping its last good generation' if kept else 'target not started'})")
+            if previous.get(f.target.name) != f.message:     # retries repeat it: say it once
+                self.warn(f"{f.issue()} ({'keeping its last good generation' if kept else 'target not started'}"
+                          f"; retrying)")
 
         new_sinks = None
         if profile.sinks != st.sink_specs or profile.name not in self.sinks:
@@ -139,7 +218,7 @@ class Reconciler:
                     s.close()
             st.state = "error"
             st.last_error = "; ".join(f"{b.probe_set.target.name}: {b.last_error}" for b in broken)
-            self.warn(f"{os.path.relpath(st.path)}: change rolled back; "
+            self.warn(f"{workdir.shown(st.path)}: change rolled back; "
                       f"{'the last good generation keeps running' if running else 'nothing started'}")
             return None
         pairs = loaded
@@ -166,7 +245,7 @@ class Reconciler:
         st = self.files.pop(path)
         if st.name:
             self._stop_profile(st.name)
-            self.log(f"removed {st.name} ({os.path.relpath(path)}): its targets are detached")
+            self.log(f"removed {st.name} ({workdir.shown(path)}): its targets are detached")
 
     def _stop_profile(self, name: str) -> None:
         for key in [k for k in self.runtime.targets if k[0] == name]:
@@ -179,36 +258,40 @@ class Reconciler:
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict:
-        with self.lock:
-            stats = self.dispatcher.stats
-            out = []
-            for path, st in sorted(self.files.items()):
-                targets = []
-                for key, rt in sorted(self.runtime.targets.items()):
-                    if key[0] != st.name:
-                        continue
-                    ps = rt.probe_set
-                    targets.append({
-                        "name": key[1], "kind": ps.target.kind, "state": rt.state, "generation": rt.generation,
-                        "filters": "express lane" if rt.lane is not None else "compiled in",
-                        "filters_in_force": _filter_values(ps.target.filters),
-                        "express_lane": self._lane_state(key),
-                        "digest": ps.digest, "library": ps.attach_path,
-                        "symbols": [f"{h.symbol}:{h.on}" for h in ps.hooks],
-                        "pid_scope": list(ps.target.filters.pids) or (
-                            f"processes of {ps.scope_real}" if ps.scope_paths else "all"),
-                        "events": stats.events.get(key, 0),
-                        "losses": sum(n for (p, t, _), n in stats.losses.items() if (p, t) == key),
-                        "last_error": st.failed_targets.get(key[1], ""),
-                        "since": rt.started_at,
-                    })
-                for name, msg in st.failed_targets.items():
-                    if not any(t["name"] == name for t in targets):
-                        targets.append({"name": name, "state": "failed", "last_error": msg})
-                out.append({"file": path, "profile": st.name, "state": st.state, "last_error": st.last_error,
-                            "last_reload": st.last_reload, "reload_ms": round(st.reload_ms, 1),
-                            "targets": targets})
-            return {"profiles": out, "passes": self.passes}
+        """Answered without the runtime lock, from copies: a reload that takes seconds shows as
+        `loading` instead of making `status` wait for it."""
+        stats = self.dispatcher.stats
+        running = sorted(list(self.runtime.targets.items()))
+        losses = list(stats.losses.items())
+        out = []
+        for path, st in sorted(list(self.files.items())):
+            targets = []
+            for key, rt in running:
+                if key[0] != st.name:
+                    continue
+                ps = rt.probe_set
+                targets.append({
+                    "name": key[1], "kind": ps.target.kind, "state": rt.state, "generation": rt.generation,
+                    "filters": "express lane" if rt.lane is not None else "compiled in",
+                    "filters_in_force": _filter_values(ps.target.filters),
+                    "express_lane": self._lane_state(key),
+                    "digest": ps.digest, "library": ps.attach_path,
+                    "symbols": [f"{h.symbol}:{h.on}" for h in ps.hooks],
+                    "pid_scope": list(ps.target.filters.pids) or (
+                        f"processes of {ps.scope_real}" if ps.scope_paths else "all"),
+                    "events": stats.events.get(key, 0),
+                    "losses": sum(n for (p, t, _), n in losses if (p, t) == key),
+                    "last_error": st.failed_targets.get(key[1], ""),
+                    "since": rt.started_at,
+                })
+            for name, msg in list(st.failed_targets.items()):
+                if not any(t["name"] == name for t in targets):
+                    targets.append({"name": name, "state": "failed", "last_error": msg})
+            out.append({"file": path, "profile": st.name, "state": st.state, "last_error": st.last_error,
+                        "last_reload": st.last_reload, "reload_ms": round(st.reload_ms, 1),
+                        "retrying_in_s": round(max(0.0, st.retry_at - self.clock()), 1) if st.retry_at else None,
+                        "targets": targets})
+        return {"profiles": out, "passes": self.passes}
 
     def _lane_state(self, key) -> str:
         lane = self.runtime.lanes.get(key)
@@ -218,13 +301,11 @@ class Reconciler:
         return f"unavailable: {error}" if error else ("building" if self.runtime.express_lanes else "off")
 
     def digests(self) -> dict:
-        with self.lock:
-            return {f"{k[0]}/{k[1]}": rt.digest for k, rt in self.runtime.targets.items()}
+        return {f"{k[0]}/{k[1]}": rt.digest for k, rt in list(self.runtime.targets.items())}
 
     def lanes(self) -> dict:
         """Per target with an express lane: what an edit must keep to go through it (see ExpressLane.fits)."""
-        with self.lock:
-            return {f"{k[0]}/{k[1]}": lane.fit_key for k, lane in self.runtime.lanes.items()}
+        return {f"{k[0]}/{k[1]}": lane.fit_key for k, lane in list(self.runtime.lanes.items())}
 
 
 def _filter_values(filters) -> dict:

@@ -6,26 +6,31 @@ import os
 import threading
 import time
 
+from orchestrator import safefile
 from orchestrator.bpf import state
 from orchestrator.pipeline import dispatch
 from orchestrator.reconcile import control, reconciler, runtime, watcher
 
 
 SIGNAL_CHECK_S = 0.2
+RETRY_CHECK_S = 0.5     # how often temporary failures and replaced libraries are looked at
 
 
 class ApplySession:
-    def __init__(self, paths, log, warn, watch: bool = True, express_lanes: bool = True):
+    def __init__(self, paths, log, warn, watch: bool = True, express_lanes: bool = True,
+                 insecure_profiles: bool = False):
         self.log = log
         self.warn = warn
         self.dispatcher = dispatch.Dispatcher(lambda name: self.reconciler.sinks.get(name, ()))
         self.runtime = runtime.Runtime(self.dispatcher, log, warn, express_lanes=express_lanes)
-        self.reconciler = reconciler.Reconciler(paths, self.runtime, self.dispatcher, log, warn)
+        self.reconciler = reconciler.Reconciler(paths, self.runtime, self.dispatcher, log, warn,
+                                                insecure_profiles=insecure_profiles)
         self.watcher = watcher.Watcher(paths, self._on_change) if watch else None
         self.control = control.ControlServer({"ping": lambda: "pong", "status": self.reconciler.status,
                                               "digests": self.reconciler.digests, "lanes": self.reconciler.lanes})
         self.stop_event = threading.Event()
         self.started = time.time()
+        self._retrier = threading.Thread(target=self._retry_loop, name="ecapture-retry", daemon=True)
 
     def _on_change(self) -> None:
         try:
@@ -33,12 +38,18 @@ class ApplySession:
         except Exception as exc:   # a reconcile bug must not end capture; say it and keep running
             self.warn(f"reconcile failed: {type(exc).__name__}: {exc}")
 
+    def _retry_loop(self) -> None:
+        while not self.stop_event.wait(RETRY_CHECK_S):
+            if self.reconciler.retry_due():
+                self._on_change()
+
     def run(self, duration: float | None = None, ready_file: str | None = None) -> bool:
         """Returns False when no profile could be applied at start."""
         self.dispatcher.start()
         if self.watcher is not None:
             self.watcher.start()      # before the first pass, so no edit in between is missed
-        self.reconciler.reconcile()
+        self._on_change()    # guarded like every later pass: one bad file must not stop the start
+        self._retrier.start()
         watching_a_dir = self.watcher is not None and any(os.path.isdir(p) for p in self.reconciler.paths)
         if not watching_a_dir and not any(st.name for st in self.reconciler.files.values()):
             return False   # nothing valid to run, and no directory where a profile may appear
@@ -46,7 +57,11 @@ class ApplySession:
         if reason:
             self.warn(reason)
         if ready_file:
-            fd = os.open(ready_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                fd = safefile.open_private(ready_file, truncate=True)
+            except OSError as exc:
+                self.warn(f"--ready-file: {exc}")
+                return False
             os.write(fd, b"ready\n")
             os.close(fd)
         self._wait(duration)
@@ -63,6 +78,9 @@ class ApplySession:
                 return
 
     def shutdown(self) -> dict:
+        self.stop_event.set()
+        if self._retrier.is_alive():
+            self._retrier.join(60)     # a retry pass may be compiling
         if self.watcher is not None:
             self.watcher.stop()
         self.control.close()
