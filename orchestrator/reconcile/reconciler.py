@@ -180,6 +180,7 @@ class Reconciler:
     def _apply(self, st: ProfileState, profile, sets, failed) -> str | None:
         failed_names = {f.target.name for f in failed}
         running = [rt for key, rt in self.runtime.targets.items() if key[0] == profile.name]
+        last_good = bool(running) or st.name is not None     # under this name, or the one it replaces
         # A target that cannot be planned now keeps its last good generation, if it has one.
         keep = [rt for rt in running if rt.key[1] in failed_names]
         changes = diff.diff(sets, [rt for rt in running if rt.key[1] not in failed_names])
@@ -197,7 +198,7 @@ class Reconciler:
                 new_sinks = [factory.build(s) for s in profile.sinks]
             except (OSError, ValueError) as exc:
                 self._error(st, f"{profile.path}:1:1: spec.sinks: cannot open sink: {exc}",
-                            "keeping the last good generation" if running else "not applied")
+                            "keeping the last good generation" if last_good else "not applied")
                 return None
 
         loaded, pairs = [], []
@@ -219,7 +220,7 @@ class Reconciler:
             st.state = "error"
             st.last_error = "; ".join(f"{b.probe_set.target.name}: {b.last_error}" for b in broken)
             self.warn(f"{workdir.shown(st.path)}: change rolled back; "
-                      f"{'the last good generation keeps running' if running else 'nothing started'}")
+                      f"{'the last good generation keeps running' if last_good else 'nothing started'}")
             return None
         pairs = loaded
         if new_sinks is not None:
