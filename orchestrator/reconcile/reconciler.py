@@ -276,7 +276,7 @@ class Reconciler:
                     "filters": "express lane" if rt.lane is not None else "compiled in",
                     "filters_in_force": _filter_values(ps.target.filters),
                     "express_lane": self._lane_state(key),
-                    "digest": ps.digest, "library": ps.attach_path,
+                    "digest": ps.digest, "library": ps.attach_path, "library_inode": ps.attach_file[1],
                     "symbols": [f"{h.symbol}:{h.on}" for h in ps.hooks],
                     "pid_scope": list(ps.target.filters.pids) or (
                         f"processes of {ps.scope_real}" if ps.scope_paths else "all"),
