@@ -249,3 +249,12 @@ def test_jsonl_lines_are_the_records_dicts(tmp_path):
         assert json.loads(line) == r.to_dict()
         assert list(json.loads(line)) == list(r.to_dict())      # same key order
     assert "héllo wörld" in path.read_text(encoding="utf-8")     # UTF-8, not \u escapes
+
+
+def test_repeated_http1_headers_stay_a_list_in_records():
+    cookies = ["a=1; Expires=Wed, 21 Oct 2026 07:28:00 GMT", "b=2; Expires=Thu, 22 Oct 2026 07:28:00 GMT"]
+    resp = ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + "".join(f"Set-Cookie: {c}\r\n" for c in cookies)
+            + "\r\n").encode()
+    recs = _run([_raw(REQ, seq=0), _raw(resp, seq=1, hook=0, direction=layout.DIR_WRITE)], _probe_set())
+    assert recs[1]["headers"]["Set-Cookie"] == cookies       # not joined with ", " (the dates hold commas)
+    assert recs[1]["headers"]["Content-Length"] == "0"
