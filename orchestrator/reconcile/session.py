@@ -21,7 +21,7 @@ class ApplySession:
                  insecure_profiles: bool = False):
         self.log = log
         self.warn = warn
-        self.dispatcher = dispatch.Dispatcher(lambda name: self.reconciler.sinks.get(name, ()))
+        self.dispatcher = dispatch.Dispatcher(lambda name: self.reconciler.sinks.get(name, ()), warn=warn)
         self.runtime = runtime.Runtime(self.dispatcher, log, warn, express_lanes=express_lanes)
         self.reconciler = reconciler.Reconciler(paths, self.runtime, self.dispatcher, log, warn,
                                                 insecure_profiles=insecure_profiles)
