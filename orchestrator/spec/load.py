@@ -5,10 +5,13 @@ issues of a file are reported together in one `ProfileError`.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import os
+import re
+import stat
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +21,7 @@ from orchestrator.spec import errors, models, yamlmarks
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "profile.schema.json"
 PROFILE_SUFFIXES = (".yaml", ".yml")
+MAX_PROFILE_BYTES = 1 << 20     # a profile is a few KiB; anything bigger is a mistake or an attack
 
 
 @functools.cache
@@ -30,8 +34,23 @@ def _validator() -> jsonschema.Draft202012Validator:
     # JSON Schema calls 1024.0 an integer; C constants must be real ints.
     checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _c, v: isinstance(v, int) and not isinstance(v, bool))
-    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker,
+                                       validators={"pattern": _ecma_pattern})
     return cls(schema())
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern:
+    # JSON Schema patterns are ECMA-262: a final `$` matches only at the very end, while Python's `$`
+    # also matches before a trailing newline ("curl\n"). Read a final `$` as Python's `\Z`.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _ecma_pattern(_validator, pattern, instance, schema):
+    if isinstance(instance, str) and not _compiled(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 def discover(paths) -> list[str]:
@@ -51,27 +70,92 @@ def discover(paths) -> list[str]:
 
 def load_file(path: str) -> models.Profile:
     display = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    data = _read_bounded(path, display)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise errors.ProfileError([errors.Issue(display, 1, 1, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise errors.ProfileError([errors.Issue(display, 1, 1, "", f"cannot read: {exc}")]) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _file_error(display, f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line, col) from None
     return load_text(text, display)
+
+
+def _file_error(display: str, message: str, line: int = 1, col: int = 1) -> errors.ProfileError:
+    return errors.ProfileError([errors.Issue(display, line, col, "", message)])
+
+
+def _read_bounded(path: str, display: str, cap: int = MAX_PROFILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `cap` bytes, read without following a final symlink and
+    without blocking on FIFOs or devices."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _file_error(display, "no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise _file_error(display, "is a symbolic link; name the file itself") from None
+        if exc.errno == errno.ENXIO:
+            raise _file_error(display, "not a regular file") from None
+        raise _file_error(display, f"cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _file_error(display, "not a regular file" + (" (a directory)" if stat.S_ISDIR(st.st_mode) else ""))
+        if st.st_size > cap:
+            raise _file_error(display, f"file too large ({st.st_size} bytes; at most {cap})")
+        chunks, size = [], 0
+        while size <= cap:
+            chunk = os.read(fd, cap + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > cap:
+            raise _file_error(display, f"file too large (more than {cap} bytes)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _file_error(display, f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def load_text(text: str, filename: str) -> models.Profile:
     try:
         doc, marks = yamlmarks.load(text, filename)
     except yamlmarks.YamlError as exc:
-        raise errors.ProfileError([errors.Issue(filename, exc.line, exc.col, "", exc.message)]) from None
+        raise errors.ProfileError([errors.Issue(filename, exc.line, exc.col, errors.field_path(exc.path),
+                                                exc.message)]) from None
     issues = [_schema_issue(e, filename, marks) for e in _validator().iter_errors(doc)]
+    reported = {i.field for i in issues}
+    issues += [i for i in _control_issues(doc, filename, marks) if i.field not in reported]
     if issues:
         raise errors.ProfileError(_sorted_unique(issues))
     issues = _semantic_issues(doc, filename, marks)
     if issues:
         raise errors.ProfileError(_sorted_unique(issues))
     return _build(doc, filename, marks, hashlib.sha256(text.encode()).hexdigest())
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _control_issues(doc, filename, marks, path=()) -> list[errors.Issue]:
+    """Control characters (newline, tab, ESC, NUL, ...) in any key or string: never meant, and a
+    trailing newline would otherwise slip past patterns whose `$` matches before it."""
+    out = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _control_issues(k, filename, marks, path + (k,)) + _control_issues(v, filename, marks, path + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _control_issues(v, filename, marks, path + (i,))
+    elif isinstance(doc, str):
+        m = _CONTROL.search(doc)
+        if m:
+            line, col = yamlmarks.mark_for(marks, path)
+            out.append(errors.Issue(filename, line, col, errors.field_path(path),
+                                    f"{_short(doc)} contains control character U+{ord(m.group()):04X}"))
+    return out
 
 
 def _sorted_unique(issues):

@@ -222,3 +222,188 @@ def test_field_path_and_issue_format():
     assert errors.field_path(("spec", "targets", 0, "filters", "pids", 2)) == "spec.targets[0].filters.pids[2]"
     assert errors.field_path(()) == ""
     assert str(errors.Issue("f.yaml", 3, 5, "", "bad")) == "f.yaml:3:5: bad"
+
+
+# ------------------------------------------------------------------ YAML 1.2 scalars (issue 8, item 7)
+
+def _values(text):
+    from orchestrator.spec import yamlmarks
+    return yamlmarks.load(text, "v.yaml")[0]
+
+
+@pytest.mark.parametrize("written, value", [
+    ("443", 443), ("-5", -5), ("+7", 7), ("0", 0), ("0o17", 15), ("0x1F", 31),
+    ("1.5", 1.5), ("1e3", 1000.0), (".5", 0.5), ("-.inf", float("-inf")),
+    ("true", True), ("False", False),
+    ("yes", "yes"), ("no", "no"), ("on", "on"), ("off", "off"), ("y", "y"),
+    ("1:20", "1:20"), ("0b101", "0b101"), ("1_000", "1_000"), ("2024-01-01", "2024-01-01"),
+    ("2001-12-14t21:59:43.10-05:00", "2001-12-14t21:59:43.10-05:00"), ("=", "="), ("<<", "<<"),
+    ("~", None), ("null", None), ("", None), ("'0443'", "0443"),
+    ("!!str 12", "12"), ("!!int '12'", 12), ("!!float 1", 1.0),
+])
+def test_yaml_1_2_core_scalars(written, value):
+    assert _values(f"v: {written}\n") == {"v": value}
+
+
+def test_nan_is_a_float():
+    v = _values("v: .nan\n")["v"]
+    assert v != v
+
+
+@pytest.mark.parametrize("written, message", [
+    ("0443", "ambiguous number '0443': write 443 or 0o443"),
+    ("-0100", "ambiguous number '-0100': write -100 or -0o100"),
+    ("089", "ambiguous number '089': write 89 (a leading zero"),
+    ("1" * 41, "number too large (41 digits; at most 40)"),
+    ("1" * 5000, "number too large (5000 digits"),
+    ("!!int abc", "'abc' is not an integer"),
+    ("!!bool yes", "'yes' is not a boolean"),
+    ("!!binary aGk=", "unsupported tag 'tag:yaml.org,2002:binary'"),
+    ("!!timestamp 2024-01-01", "unsupported tag 'tag:yaml.org,2002:timestamp'"),
+    ("!!python/object:os.system {}", "unsupported tag 'tag:yaml.org,2002:python/object:os.system' on a mapping"),
+    ("!!set {a: null}", "unsupported tag 'tag:yaml.org,2002:set' on a mapping"),
+    ("!!omap [a: 1]", "unsupported tag 'tag:yaml.org,2002:omap' on a list"),
+    ("!foo bar", "unsupported tag '!foo'"),
+])
+def test_refused_scalars_name_their_place(written, message):
+    from orchestrator.spec import yamlmarks
+    with pytest.raises(yamlmarks.YamlError) as info:
+        yamlmarks.load(f"a:\n  v: {written}\n", "v.yaml")
+    assert message in info.value.message
+    assert (info.value.line, info.value.col, info.value.path) == (2, 6, ("a", "v"))
+
+
+def test_keys_are_the_text_written():
+    assert _values("on: 1\ntrue: 2\n1: 3\nnull: 4\n") == {"on": 1, "true": 2, "1": 3, "null": 4}
+
+
+def test_quoted_and_plain_keys_are_duplicates():
+    from orchestrator.spec import yamlmarks
+    with pytest.raises(yamlmarks.YamlError, match="duplicate key 'a'"):
+        yamlmarks.load('a: 1\n"a": 2\n')
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: \x07\n", "character U+0007 is not allowed"),
+    ("a: b\x1b\n", "character U+001B is not allowed"),
+    ("a: b\x00\n", "character U+0000 is not allowed"),
+    ("a: b\x7f\n", "character U+007F is not allowed"),
+    ("[" * 500 + "]" * 500, "nested too deeply"),
+    ("a:\n" + "".join("  " * i + "- \n" for i in range(1, 300)), "nested too deeply"),
+    ("a: &a [*a]\n", "an alias refers to the node that contains it"),
+    ("a: &a\n  b: *a\n", "an alias refers to the node that contains it"),
+    ("a: *nope\n", "found undefined alias"),
+    ("a: 1\n---\nb: 2\n", "expected a single document"),
+])
+def test_hostile_yaml_is_a_yaml_error(text, message):
+    from orchestrator.spec import yamlmarks
+    with pytest.raises(yamlmarks.YamlError) as info:
+        yamlmarks.load(text, "h.yaml")
+    assert message in info.value.message and info.value.line >= 1 and info.value.col >= 1
+
+
+def test_control_character_position():
+    from orchestrator.spec import yamlmarks
+    with pytest.raises(yamlmarks.YamlError) as info:
+        yamlmarks.load("a: 1\nbb: x\x1by\n")
+    assert (info.value.line, info.value.col) == (2, 6)
+
+
+def test_billion_laughs_is_refused_quickly():
+    import time
+
+    from orchestrator.spec import yamlmarks
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    start = time.monotonic()
+    with pytest.raises(yamlmarks.YamlError, match="document too large"):
+        yamlmarks.load("\n".join(lines) + "\n")
+    assert time.monotonic() - start < 5
+
+
+# ------------------------------------------------------------------ patterns read the ECMA-262 way
+
+@pytest.mark.parametrize("field, good", [
+    ("metadata.name", "demo"), ("name", "web"), ("binary", "/bin/true"), ("comm", "curl"),
+    ("symbol", "SSL_read"), ("arg", "fd"), ("path", "/tmp/x.jsonl"),
+])
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", "\x1b", "\t"])
+def test_patterns_refuse_trailing_newline_and_controls(field, good, suffix):
+    """Python's `$` also matches before a final newline; the schema means ECMA `$` (end only)."""
+    def text(v):
+        v = json.dumps(v)
+        t = MINIMAL.replace("kind: openssl", "kind: uprobe")
+        t = t.replace("binary: /bin/true\n", "binary: /bin/true\n      symbol: SSL_read\n"
+                      "      args: [{index: 0, name: fd, type: int}]\n      filters: {comm: [curl]}\n")
+        t += "  sinks: [{type: jsonl, path: /tmp/x.jsonl}]\n"
+        return {"metadata.name": t.replace("name: demo", f"name: {v}"),
+                "name": t.replace("name: web", f"name: {v}"),
+                "binary": t.replace("binary: /bin/true", f"binary: {v}"),
+                "comm": t.replace("comm: [curl]", f"comm: [{v}]"),
+                "symbol": t.replace("symbol: SSL_read", f"symbol: {v}"),
+                "arg": t.replace("name: fd", f"name: {v}"),
+                "path": t.replace("path: /tmp/x.jsonl", f"path: {v}")}[field]
+    load.load_text(text(good), "ok.yaml")
+    with pytest.raises(errors.ProfileError) as info:
+        load.load_text(text(good + suffix), "bad.yaml")
+    (issue,) = info.value.issues
+    assert "is not allowed" in issue.message or "control character" in issue.message
+
+
+def test_duplicate_target_names_differing_by_newline():
+    text = MINIMAL + '    - name: "web\\n"\n      kind: bash\n'
+    with pytest.raises(errors.ProfileError) as info:
+        load.load_text(text, "dup.yaml")
+    (issue,) = info.value.issues
+    assert issue.field == "spec.targets[1].name" and "is not allowed" in issue.message
+
+
+def test_dates_in_labels_stay_the_text_written():
+    p = load.load_text(MINIMAL.replace("name: demo", "name: demo\n  labels: {released: 2024-01-01}"), "d.yaml")
+    assert p.name == "demo"
+
+
+def test_hex_and_octal_integers_load():
+    p = load.load_text(MINIMAL + "      max_bytes: 0x4000\n      filters: {uids: [0o1750]}\n", "h.yaml")
+    assert p.targets[0].max_bytes == 16384 and p.targets[0].filters.uids == (1000,)
+
+
+# ------------------------------------------------------------------ load_file reads safely (issue 8, item 6)
+
+def test_load_file_refuses_non_regular_files(tmp_path):
+    os_ = __import__("os")
+    fifo = tmp_path / "fifo.yaml"
+    os_.mkfifo(fifo)
+    (tmp_path / "dir.yaml").mkdir()
+    for path, message in [(fifo, "not a regular file"), (tmp_path / "dir.yaml", "not a regular file"),
+                          ("/dev/zero", "not a regular file")]:
+        with pytest.raises(errors.ProfileError) as info:
+            load.load_file(str(path))
+        (issue,) = info.value.issues
+        assert (issue.line, issue.col, issue.field) == (1, 1, "") and message in issue.message
+
+
+def test_load_file_refuses_a_final_symlink(tmp_path):
+    (tmp_path / "p.yaml").write_text(MINIMAL)
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "p.yaml")
+    with pytest.raises(errors.ProfileError, match="is a symbolic link"):
+        load.load_file(str(tmp_path / "link.yaml"))
+
+
+def test_load_file_size_cap(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(MINIMAL.encode() + b"#" * load.MAX_PROFILE_BYTES)
+    with pytest.raises(errors.ProfileError, match=r"file too large \(\d+ bytes; at most 1048576\)"):
+        load.load_file(str(big))
+    ok = tmp_path / "ok.yaml"
+    ok.write_bytes(MINIMAL.encode() + b"#" * (load.MAX_PROFILE_BYTES - len(MINIMAL)))
+    assert load.load_file(str(ok)).name == "demo"
+
+
+def test_load_file_invalid_utf8_names_its_place(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(MINIMAL.encode().replace(b"name: web", b"name: w\xffb"))
+    with pytest.raises(errors.ProfileError) as info:
+        load.load_file(str(p))
+    (issue,) = info.value.issues
+    assert (issue.line, issue.col) == (7, 14) and "not UTF-8 text (byte 0xff)" in issue.message
