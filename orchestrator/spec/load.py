@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jsonschema
 
+from orchestrator import workdir
 from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.spec import errors, models, yamlmarks
 
@@ -69,8 +70,11 @@ def discover(paths) -> list[str]:
 
 
 def load_file(path: str) -> models.Profile:
-    display = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
-    data = _read_bounded(path, display)
+    display = workdir.shown(path)
+    # A profile may be reached through symbolic links (a Kubernetes ConfigMap's `..data/p.yaml`):
+    # the file actually read is the link's target, opened without following any further link.
+    # Who may change what it points to is trust.problems()' business (it checks both paths).
+    data = _read_bounded(os.path.realpath(workdir.absolute(path)), display)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -85,8 +89,8 @@ def _file_error(display: str, message: str, line: int = 1, col: int = 1) -> erro
 
 
 def _read_bounded(path: str, display: str, cap: int = MAX_PROFILE_BYTES) -> bytes:
-    """The bytes of a regular file of at most `cap` bytes, read without following a final symlink and
-    without blocking on FIFOs or devices."""
+    """The bytes of a regular file of at most `cap` bytes, read without following a final symlink (the
+    caller resolved the ones it accepts) and without blocking on FIFOs or devices."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:

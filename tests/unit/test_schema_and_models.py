@@ -383,11 +383,20 @@ def test_load_file_refuses_non_regular_files(tmp_path):
         assert (issue.line, issue.col, issue.field) == (1, 1, "") and message in issue.message
 
 
-def test_load_file_refuses_a_final_symlink(tmp_path):
-    (tmp_path / "p.yaml").write_text(MINIMAL)
-    (tmp_path / "link.yaml").symlink_to(tmp_path / "p.yaml")
-    with pytest.raises(errors.ProfileError, match="is a symbolic link"):
-        load.load_file(str(tmp_path / "link.yaml"))
+def test_load_file_reads_through_configmap_links_but_never_into_a_fifo_or_device(tmp_path):
+    # Kubernetes mounts a ConfigMap as p.yaml -> ..data/p.yaml, ..data -> ..2026_01 (a folder).
+    (tmp_path / "..2026_01").mkdir()
+    (tmp_path / "..2026_01" / "p.yaml").write_text(MINIMAL)
+    (tmp_path / "..data").symlink_to("..2026_01")
+    (tmp_path / "p.yaml").symlink_to("..data/p.yaml")
+    profile = load.load_file(str(tmp_path / "p.yaml"))
+    assert profile.name == "demo" and profile.path.endswith("p.yaml") and ".." not in profile.path
+    __import__("os").mkfifo(tmp_path / "fifo")
+    for target in (tmp_path / "fifo", "/dev/zero"):
+        (tmp_path / "link.yaml").unlink(missing_ok=True)
+        (tmp_path / "link.yaml").symlink_to(target)
+        with pytest.raises(errors.ProfileError, match="not a regular file"):
+            load.load_file(str(tmp_path / "link.yaml"))
 
 
 def test_load_file_size_cap(tmp_path):
