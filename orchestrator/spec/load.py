@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jsonschema
 
-from orchestrator import workdir
+from orchestrator import safefile, workdir
 from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.spec import errors, models, yamlmarks
 
@@ -81,7 +81,7 @@ def load_file(path: str) -> models.Profile:
         line = data.count(b"\n", 0, exc.start) + 1
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise _file_error(display, f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line, col) from None
-    return load_text(text, display)
+    return load_text(text, display, base_dir=os.path.dirname(workdir.absolute(path)))
 
 
 def _file_error(display: str, message: str, line: int = 1, col: int = 1) -> errors.ProfileError:
@@ -123,7 +123,8 @@ def _read_bounded(path: str, display: str, cap: int = MAX_PROFILE_BYTES) -> byte
         os.close(fd)
 
 
-def load_text(text: str, filename: str) -> models.Profile:
+def load_text(text: str, filename: str, base_dir: str = workdir.START) -> models.Profile:
+    """`base_dir`: where relative output paths of the profile are (the folder holding its file)."""
     try:
         doc, marks = yamlmarks.load(text, filename)
     except yamlmarks.YamlError as exc:
@@ -134,10 +135,10 @@ def load_text(text: str, filename: str) -> models.Profile:
     issues += [i for i in _control_issues(doc, filename, marks) if i.field not in reported]
     if issues:
         raise errors.ProfileError(_sorted_unique(issues))
-    issues = _semantic_issues(doc, filename, marks)
+    issues = _semantic_issues(doc, filename, marks, base_dir)
     if issues:
         raise errors.ProfileError(_sorted_unique(issues))
-    return _build(doc, filename, marks, hashlib.sha256(text.encode()).hexdigest())
+    return _build(doc, filename, marks, hashlib.sha256(text.encode()).hexdigest(), base_dir)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -219,7 +220,7 @@ def _describe(err, path):
 
 # ---------------------------------------------------------------- semantic checks
 
-def _semantic_issues(doc, filename, marks) -> list[errors.Issue]:
+def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
     issues: list[errors.Issue] = []
 
     def add(path, message, key=False):
@@ -242,11 +243,8 @@ def _semantic_issues(doc, filename, marks) -> list[errors.Issue]:
             if s["path"] in paths:
                 add(("spec", "sinks", i, "path"), f"same file as sinks[{paths[s['path']]}]")
             paths.setdefault(s["path"], i)
-            parent = os.path.dirname(s["path"])
-            if os.path.exists(s["path"]) and os.path.isdir(s["path"]):
-                add(("spec", "sinks", i, "path"), "is a directory")
-            elif parent and os.path.exists(parent) and not os.path.isdir(parent):
-                add(("spec", "sinks", i, "path"), f"{parent} is not a directory")
+            for problem in safefile.problems(os.path.normpath(os.path.join(base_dir, s["path"]))):
+                add(("spec", "sinks", i, "path"), problem)      # what apply would refuse to open
     return issues
 
 
@@ -282,7 +280,14 @@ def _check_uprobe_args(t, base, add):
 
 # ---------------------------------------------------------------- model
 
-def _build(doc, filename, marks, digest) -> models.Profile:
+def _absolute_output(key: str, value, base_dir: str):
+    # Resolved once, here: later, a compile on another thread may have moved the working directory.
+    if key == "path" and isinstance(value, str):
+        return os.path.normpath(os.path.join(base_dir, value))
+    return value
+
+
+def _build(doc, filename, marks, digest, base_dir) -> models.Profile:
     spec = doc["spec"]
     targets = []
     for i, t in enumerate(spec["targets"]):
@@ -298,7 +303,8 @@ def _build(doc, filename, marks, digest) -> models.Profile:
             index=i,
             field_marks=tuple((k, *yamlmarks.mark_for(marks, ("spec", "targets", i, k))) for k in t),
         ))
-    sinks = tuple(models.Sink(s["type"], tuple(sorted((k, v) for k, v in s.items() if k != "type")))
+    sinks = tuple(models.Sink(s["type"], tuple(sorted((k, _absolute_output(k, v, base_dir))
+                                                      for k, v in s.items() if k != "type")))
                   for s in spec.get("sinks", [{"type": "stdout"}]))
     parsers = tuple(spec["parsers"]) if "parsers" in spec else None
     return models.Profile(doc["metadata"]["name"], filename, tuple(targets), parsers, sinks, digest)

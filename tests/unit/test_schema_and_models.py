@@ -416,3 +416,29 @@ def test_load_file_invalid_utf8_names_its_place(tmp_path):
         load.load_file(str(p))
     (issue,) = info.value.issues
     assert (issue.line, issue.col) == (7, 14) and "not UTF-8 text (byte 0xff)" in issue.message
+
+
+def _with_jsonl(path: str) -> str:
+    return MINIMAL + f"  sinks:\n    - type: jsonl\n      path: {path}\n"
+
+
+def test_relative_sink_path_is_resolved_once_against_the_profiles_folder(tmp_path, monkeypatch):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "p.yaml").write_text(_with_jsonl("out/records.jsonl"))
+    monkeypatch.chdir("/")     # where bcc leaves the process while it compiles, say
+    profile = load.load_file(str(tmp_path / "profiles" / "p.yaml"))
+    assert profile.sinks[0].option("path") == str(tmp_path / "profiles" / "out" / "records.jsonl")
+
+
+def test_validate_reports_a_sink_path_apply_would_refuse_at_its_line(tmp_path):
+    os_ = __import__("os")
+    os_.chmod(tmp_path, 0o700)
+    (tmp_path / "victim").write_text("root's file\n")
+    (tmp_path / "out.jsonl").symlink_to(tmp_path / "victim")
+    (tmp_path / "p.yaml").write_text(_with_jsonl(str(tmp_path / "out.jsonl")))
+    with pytest.raises(errors.ProfileError) as info:
+        load.load_file(str(tmp_path / "p.yaml"))
+    (issue,) = info.value.issues
+    assert (issue.line, issue.col, issue.field) == (12, 13, "spec.sinks[0].path")
+    assert "symbolic link" in issue.message
+    assert (tmp_path / "victim").read_text() == "root's file\n"
