@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import subprocess
+import time
 from dataclasses import dataclass
 
+from elftools.common import utils as elftools_utils
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
@@ -40,21 +43,82 @@ class Resolution:
     how: str                         # how the attach path was found, for `plan`
 
 
+MAX_SYMBOLS = 4_000_000     # symbols in all symbol tables of one file (libc has ~3 000)
+MAX_SECTIONS = 100_000      # linked programs have tens; only hostile files claim more
+MAX_ELF_SECONDS = 5.0       # wall-clock budget for reading one file's symbols
+
+
+class _Damaged(Exception):
+    """An ELF file whose tables do not fit in it (or that takes too long to read)."""
+
+
 @functools.lru_cache(maxsize=256)
 def _elf_info(path: str, mtime_ns: int):
     """(defined function symbols, DT_NEEDED) of an ELF file."""
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # a FIFO swapped in must not hang us
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _Damaged("not a regular file")
+        deadline = time.monotonic() + MAX_ELF_SECONDS
         elf = ELFFile(f)
+        _check_layout(elf, f, st.st_size, deadline)
         symbols: set[str] = set()
         needed: list[str] = []
         for section in elf.iter_sections():
+            _in_time(deadline)
             if section.header.sh_type in ("SHT_SYMTAB", "SHT_DYNSYM"):
-                for sym in section.iter_symbols():
+                for n, sym in enumerate(section.iter_symbols()):
+                    if n % 1024 == 0:
+                        _in_time(deadline)
                     if sym["st_info"]["type"] in FUNC_TYPES and sym["st_shndx"] != "SHN_UNDEF" and sym.name:
                         symbols.add(sym.name.split("@")[0])
             elif isinstance(section, DynamicSection):
-                needed += [t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+                for t in section.iter_tags():
+                    _in_time(deadline)
+                    if t.entry.d_tag == "DT_NEEDED":
+                        needed.append(t.needed)
     return frozenset(symbols), tuple(needed)
+
+
+def _in_time(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise _Damaged(f"reading it takes more than {MAX_ELF_SECONDS:g} s")
+
+
+def _check_layout(elf: ELFFile, f, size: int, deadline: float) -> None:
+    """Before iterating: the section table and every section's bytes lie inside the file, and the
+    symbol tables hold a sane number of entries (a 36 KB file may claim millions of them)."""
+    shoff, shentsize = elf["e_shoff"], elf["e_shentsize"]
+    if shoff == 0:
+        return
+    entry = elf.structs.Elf_Shdr.sizeof()
+    if shentsize != entry:
+        raise _Damaged(f"section header size {shentsize} (expected {entry})")
+    if shoff + entry > size:
+        raise _Damaged("its section table starts past the end of the file")
+    count = elf.num_sections()
+    if count > MAX_SECTIONS:
+        raise _Damaged(f"it claims {count} sections (at most {MAX_SECTIONS})")
+    if shoff + count * entry > size:
+        raise _Damaged(f"it claims {count} sections, more than fit in its {size} bytes")
+    if elf["e_shstrndx"] >= count:
+        raise _Damaged("its section-name table index is out of range")
+    symbols, sym_size = 0, elf.structs.Elf_Sym.sizeof()
+    for i in range(count):
+        _in_time(deadline)
+        h = elftools_utils.struct_parse(elf.structs.Elf_Shdr, f, stream_pos=shoff + i * entry)
+        if h["sh_type"] != "SHT_NOBITS" and h["sh_offset"] + h["sh_size"] > size:
+            raise _Damaged(f"section {i} ends at byte {h['sh_offset'] + h['sh_size']}, past the end of the file")
+        if h["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM", "SHT_DYNAMIC"):
+            if h["sh_link"] >= count:
+                raise _Damaged(f"section {i} links to section {h['sh_link']}, which does not exist")
+        if h["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            if h["sh_entsize"] != sym_size:
+                raise _Damaged(f"section {i} has symbol entries of {h['sh_entsize']} bytes (expected {sym_size})")
+            symbols += h["sh_size"] // sym_size
+            if symbols > MAX_SYMBOLS:
+                raise _Damaged(f"it claims more than {MAX_SYMBOLS} symbols")
 
 
 def elf_info(path: str):
@@ -64,6 +128,10 @@ def elf_info(path: str):
         raise DiscoveryError("", f"{path}: not an ELF file") from None
     except OSError as exc:
         raise DiscoveryError("", f"{path}: cannot read ({exc.strerror})") from None
+    except _Damaged as exc:
+        raise DiscoveryError("", f"{path}: not a usable ELF file: {exc}") from None
+    except Exception as exc:    # pyelftools raises many types (struct, construct, Unicode...) on bad input
+        raise DiscoveryError("", f"{path}: damaged ELF file ({type(exc).__name__}: {exc})"[:300]) from None
 
 
 @functools.lru_cache(maxsize=1)

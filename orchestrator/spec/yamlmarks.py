@@ -19,7 +19,7 @@ import yaml
 
 Path = tuple
 MAX_DEPTH = 64            # nesting levels
-MAX_NODES = 100_000       # values after alias expansion
+MAX_NODES = 20_000        # values, after alias expansion (a big profile has a few thousand)
 MAX_DIGITS = 40           # integer literal length, checked before int()
 
 _CORE = "tag:yaml.org,2002:"
@@ -40,11 +40,17 @@ class _Loader(yaml.SafeLoader):
 
     yaml_implicit_resolvers: dict = {}
 
+    _depth = 0
+    _composed = 0
+
     def compose_node(self, parent, index):
-        self._depth = getattr(self, "_depth", 0) + 1
+        self._depth += 1
+        self._composed += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise YamlError("nested too deeply", *_mark(self.peek_event()))
+            if self._composed > MAX_NODES:     # stop scanning early: 1 MiB of `[1,1,...` is 500 k nodes
+                raise YamlError(f"document too large (more than {MAX_NODES} values)", *_mark(self.peek_event()))
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
