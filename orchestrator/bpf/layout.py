@@ -16,9 +16,11 @@ C_OFFSETS = {"ts": 0, "seq": 8, "session": 16, "ret": 24, "args": 32, "pid": 80,
              "fd": 92, "len": 96, "cap": 100, "hook": 104, "record": 106, "direction": 107, "flags": 108, "gen": 110,
              "conn": 112, "comm": 152}
 GEN_OFFSET = C_OFFSETS["gen"]
+FLAGS_OFFSET = C_OFFSETS["flags"]
 
 RECORD_DATA, RECORD_COMMAND, RECORD_CALL = 1, 2, 3
 DIR_NONE, DIR_READ, DIR_WRITE = 0, 1, 2
 FLAG_TRUNCATED = 1
+FLAG_DEFERRED = 2       # shared.h: port filter and max_bytes left to userspace, by the record's generation
 LOSS_RINGBUF, LOSS_STASH = 0, 1
 LOSS_STAGES = {LOSS_RINGBUF: "kernel.ringbuf", LOSS_STASH: "kernel.stash"}

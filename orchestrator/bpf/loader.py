@@ -78,8 +78,14 @@ class LoadedTarget:
 
     def write_filters(self, slot: int, generation: int, values: dict) -> None:
         """Express lane: write filter configuration `slot` (0 or 1) for `generation`; nothing reads
-        it until `open_gate(slot)`. `values` come from render.filter_values (validated numbers)."""
+        it until `open_gate(slot)`. `values` come from render.lane_values (validated numbers)."""
         assert self.express and slot in (0, 1)
+        # A return probe completing a call admitted by this slot's previous configuration checks
+        # its generation before and after reading the values: invalidate it before rewriting them.
+        confs = self.tables["filter_conf"]
+        stale = confs.Leaf()
+        stale.slot, stale.gen = slot, 0
+        confs[ctypes.c_int(slot)] = stale
         for name, key_field, wanted in (("filter_uids", "uid", values["uids"]),
                                         ("filter_comms", "comm", [bytes(c) for c in values["comm"]]),
                                         ("filter_ports", "port", values["ports"])):
@@ -95,6 +101,7 @@ class LoadedTarget:
         conf = confs.Leaf()
         conf.slot, conf.gen = slot, generation & 0xFFFFFFFF
         conf.uids, conf.comm, conf.ports = bool(values["uids"]), bool(values["comm"]), bool(values["ports"])
+        conf.max_bytes = values["max_bytes"]
         confs[ctypes.c_int(slot)] = conf
 
     def open_gate(self, slot: int) -> None:

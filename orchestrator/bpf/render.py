@@ -106,6 +106,9 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
     }
 
 
+MAX_BYTES_LIMIT = 65536     # the schema's maximum of max_bytes: what an express lane is compiled with
+
+
 def filter_values(target: models.Target) -> dict:
     """The target's filters as validated numbers: compiled in, or written to an express lane's maps."""
     f = target.filters
@@ -117,15 +120,23 @@ def filter_values(target: models.Target) -> dict:
     }
 
 
+def lane_values(target: models.Target) -> dict:
+    """What an express lane's configuration holds for `target`: its filter values and max_bytes."""
+    return filter_values(target) | {"max_bytes": _int_list([target.max_bytes], 16, MAX_BYTES_LIMIT)[0]}
+
+
 def context(profile_name: str, target: models.Target, hooks, scope_paths=(), express: bool = False) -> dict:
     filters = filter_values(target)
+    max_bytes = _int_list([target.max_bytes], 16, MAX_BYTES_LIMIT)[0]
     if express:
         # The express lane reads these from maps (probes.c.j2); pids stay compiled in, as they
-        # are also where the trampolines attach.
+        # are also where the trampolines attach. Its records are sized by the configuration's
+        # max_bytes, bounded by the schema maximum (one scratch record per CPU of that size).
         filters |= {"uids": [], "comm": [], "ports": []}
+        max_bytes = MAX_BYTES_LIMIT
     return {
         "ident": {"profile": _ident(profile_name), "target": _ident(target.name)},
-        "max_bytes": _int_list([target.max_bytes], 16, 65536)[0],
+        "max_bytes": max_bytes,
         "ring_pages": _int_list([target.ring_buffer_kib // 4], 1, 16384)[0],
         "cpus": possible_cpus(),
         "filters": filters,
@@ -138,7 +149,7 @@ def context(profile_name: str, target: models.Target, hooks, scope_paths=(), exp
 
 def render(profile_name: str, target: models.Target, hooks, scope_paths=(), express: bool = False) -> Rendered:
     """The target's program; `express=True`: its express-lane variant, the same for every value of
-    the uid, comm and port filters (so its digest says which edits the lane can take)."""
+    the uid, comm and port filters and of max_bytes (so its digest says which edits the lane can take)."""
     text = _env().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths, express))
     headers = b"".join((KERN_DIR / h).read_bytes() for h in ("common.h", "shared.h"))
     return Rendered(text, hashlib.sha256(text.encode() + headers).hexdigest())

@@ -20,7 +20,7 @@ class ProbeSet:
     express: object = None          # render.Rendered of its express-lane variant (filters in maps)
     how: str = ""
     missing_optional: tuple[str, ...] = ()
-    parsers: tuple[str, ...] | None = None   # userspace only, but a change still makes a new generation
+    parsers: tuple[str, ...] | None = None   # userspace only: a change makes a generation that compiles nothing
     attach_file: tuple[int, int] = (0, 0)    # (st_dev, st_ino) of attach_path when planned
 
     def attach_changed(self) -> bool:
@@ -36,11 +36,19 @@ class ProbeSet:
 
     @property
     def digest(self) -> str:
-        """Same digest ⇔ same program attached at the same places."""
+        """Same digest ⇔ same program attached at the same places, with the same parsers."""
+        text = f"{self._kernel_text()}|{self.parsers}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def kernel_digest(self) -> str:
+        """Same ⇔ the same program attached at the same places: a change of parsers alone keeps it."""
+        return hashlib.sha256(self._kernel_text().encode()).hexdigest()[:16]
+
+    def _kernel_text(self) -> str:
         points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
         pids = ",".join(map(str, self.target.filters.pids))
-        text = f"{self.rendered.digest}|{self.attach_path}|{self.attach_file}|{points}|{pids}|{self.parsers}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return f"{self.rendered.digest}|{self.attach_path}|{self.attach_file}|{points}|{pids}"
 
 
 def file_identity(path: str) -> tuple[int, int]:

@@ -1,13 +1,19 @@
-"""A target's express lane: a loaded generation whose uid, comm and port filters are map values.
+"""A target's express lane: a loaded generation whose uid, comm and port filters and max_bytes are map values.
 
 Compiling a generation costs hundreds of milliseconds (clang), which is most of a reload. The
 lane is compiled once per target shape, in the background, and kept loaded but idle. An edit
-that changes only those filter values is applied through it without compiling: write the new
+that changes only those values is applied through it without compiling: write the new
 values into the lane's spare configuration, flip its gate (one map write: every hit reads the
 gate once, so each hit belongs to exactly one generation), and, if the lane was idle, point
 the trampolines at it. Records carry their generation (`gen` in the header), so one ring
 buffer serves any number of such switches in order. Once the filters have settled, the
 runtime compiles a generation with them built in and switches back to it (runtime.py).
+
+A call belongs to the generation that admitted it at entry, even when another generation's
+return probe completes it (probes.c.j2). When the kernel cannot apply that generation's port
+filter and max_bytes any more, it flags the record and `decode` applies them here, with the
+values of the record's own generation (`Sources`: one registry per target, shared by its
+compiled generations and its lane).
 """
 from __future__ import annotations
 
@@ -22,14 +28,62 @@ DRAIN_INTERVAL_S = 0.01
 KEPT_SOURCES = 64      # generations whose records may still be unread; far more than a drain needs
 
 
+class Sources:
+    """A target's generations whose records may still be unread: generation mod 2^16 → probe set.
+    Its compiled generations and its express lane share one, as a call entered under one of them
+    may be completed, and recorded, by another."""
+
+    def __init__(self):
+        self._by_gen: OrderedDict[int, object] = OrderedDict()
+        self._lock = threading.Lock()     # written by the reconciler, read by poll threads
+
+    def put(self, generation: int, probe_set) -> None:
+        with self._lock:
+            self._by_gen.pop(generation & 0xFFFF, None)
+            self._by_gen[generation & 0xFFFF] = probe_set
+            while len(self._by_gen) > KEPT_SOURCES:
+                self._by_gen.popitem(last=False)
+
+    def get(self, gen: int, default=None):
+        return self._by_gen.get(gen, default)
+
+    def newest(self, default=None):
+        with self._lock:
+            return next(reversed(self._by_gen.values()), default)
+
+    def __len__(self) -> int:
+        return len(self._by_gen)
+
+
+def decode(raw: bytes, sources: Sources, fallback) -> events.Event | None:
+    """Decode a record with the probe set of the generation that made it (`fallback` if unknown).
+    None: a record the kernel left to userspace that its generation's port filter rejects."""
+    source = sources.get(raw[_GEN] | raw[_GEN + 1] << 8)
+    if source is None:    # not expected: attribute it to the newest configuration
+        source = sources.newest(fallback)
+    ev = events.decode(raw, source)
+    if raw[_FLAGS] & layout.FLAG_DEFERRED:
+        target = source.target
+        ports = target.filters.ports
+        if ports and ev.family and ev.lport not in ports and ev.rport not in ports:
+            return None
+        if len(ev.payload) > target.max_bytes:
+            ev.payload = ev.payload[:target.max_bytes]
+            ev.truncated = True
+    return ev
+
+
+_GEN, _FLAGS = layout.GEN_OFFSET, layout.FLAGS_OFFSET
+
+
 class ExpressLane:
-    def __init__(self, loaded: loader.LoadedTarget, dispatcher, grace_s: float):
+    def __init__(self, loaded: loader.LoadedTarget, dispatcher, grace_s: float, sources: Sources | None = None):
         self.loaded = loaded
         self.dispatcher = dispatcher
         self.grace_s = grace_s
         ps = loaded.probe_set
         self.fit_key = fit_key(ps)
-        self.sources: OrderedDict[int, object] = OrderedDict()   # generation mod 2^16 → probe set
+        self.sources = Sources() if sources is None else sources   # the target's: see Sources
         self.live_slot = 0
         self.armed = False            # a configuration is live: records may come
         self.flipped_at = 0.0
@@ -45,7 +99,8 @@ class ExpressLane:
         return self
 
     def fits(self, probe_set) -> bool:
-        """Can this lane run `probe_set`? Same attach points and the same program but for filter values."""
+        """Can this lane run `probe_set`? Same attach points and the same program but for filter values
+        and max_bytes."""
         return fit_key(probe_set) == self.fit_key
 
     # ---- switching
@@ -57,10 +112,8 @@ class ExpressLane:
         if wait > 0:
             time.sleep(wait)
         slot = 1 - self.live_slot if self.armed else 0
-        self.sources[generation & 0xFFFF] = probe_set
-        while len(self.sources) > KEPT_SOURCES:
-            self.sources.popitem(last=False)
-        self.loaded.write_filters(slot, generation, render.filter_values(probe_set.target))
+        self.sources.put(generation, probe_set)
+        self.loaded.write_filters(slot, generation, render.lane_values(probe_set.target))
         self.loaded.open_gate(slot)
         self.live_slot, self.armed, self.flipped_at = slot, True, time.monotonic()
 
@@ -86,11 +139,9 @@ class ExpressLane:
         self.armed = False
 
     def _take(self, raw: bytes) -> None:
-        gen = raw[layout.GEN_OFFSET] | raw[layout.GEN_OFFSET + 1] << 8
-        source = self.sources.get(gen)
-        if source is None:    # not expected: attribute it to the newest configuration
-            source = next(reversed(self.sources.values()), self.loaded.probe_set)
-        self._pending.append(events.decode(raw, source))
+        ev = decode(raw, self.sources, self.loaded.probe_set)
+        if ev is not None:
+            self._pending.append(ev)
 
     def _poll(self) -> None:
         # The programs write without wakeups (probes.c.j2): drain on a timer.

@@ -11,6 +11,12 @@ Every live target also gets an express lane (express.py), compiled in the backgr
 of only its uid, comm or port filters switches through the lane in milliseconds instead of
 compiling. A generation with those filters compiled in is then built in the background once
 the edits have settled for SPECIALISE_AFTER_S, and replaces the lane the same lossless way.
+max_bytes is a lane value too.
+
+An edit of only `parsers` (userspace) compiles nothing: the running programs go on, and the
+records they stamp are decoded with the new probe set from the next drain on. Records are
+decoded by the generation stamped in them (express.Sources, one per target): a call entered
+under one generation and completed by the next belongs to the first.
 """
 from __future__ import annotations
 
@@ -45,6 +51,12 @@ class RunningTarget:
     released: threading.Event = field(default_factory=threading.Event)
     drained: threading.Event = field(default_factory=threading.Event)   # its last record is submitted
     started_at: float = 0.0
+    stamp: int = 0            # the generation compiled into its programs (records carry it); 0: `generation`
+    relabel_of: "RunningTarget | None" = None   # runs `relabel_of`'s programs with another probe set
+
+    def __post_init__(self):
+        if not self.stamp:
+            self.stamp = self.generation
 
     @property
     def key(self):
@@ -65,6 +77,7 @@ class Runtime:
         self.lane_errors: dict = {}      # key → why its lane could not be built
         self._slots: dict = {}           # key → slot number, kept for the life of the process
         self._generations: dict = {}     # key → last generation number used
+        self._sources: dict = {}         # key → express.Sources: generation → probe set, for decoding
         self._loss_lock = threading.Lock()
         self._background: list[threading.Thread] = []   # generations closing, trampolines detaching
         self.express_lanes = express_lanes
@@ -75,6 +88,11 @@ class Runtime:
         if key not in self._slots:
             self._slots[key] = len(self._slots) + 1
         return self._slots[key]
+
+    def sources(self, key) -> express.Sources:
+        if key not in self._sources:
+            self._sources[key] = express.Sources()
+        return self._sources[key]
 
     def _next_generation(self, key) -> int:
         self._generations[key] = self._generations.get(key, 0) + 1
@@ -90,12 +108,20 @@ class Runtime:
         key = probe_set.key
         live = self.targets.get(key)
         lane = self.lanes.get(key)
+        if live is not None and live.lane is None and live.state == "running" and live.loaded is not None \
+                and live.probe_set.kernel_digest == probe_set.kernel_digest:
+            # Only userspace changed (parsers): the running programs go on, with the new probe set.
+            return RunningTarget(probe_set, live.slot, self._next_generation(key), state="running",
+                                 loaded=live.loaded, trampoline=live.trampoline, thread=live.thread,
+                                 stop_flag=live.stop_flag, released=live.released, drained=live.drained,
+                                 started_at=time.time(), stamp=live.stamp, relabel_of=live)
         if live is not None and lane is not None and lane.fits(probe_set):
             rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key), state="running",
                                loaded=lane.loaded, lane=lane, trampoline=live.trampoline, started_at=time.time())
             rt.released.set()     # the lane holds its own records while the generation before drains
             return rt
         rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key))
+        self.sources(key).put(rt.generation, probe_set)
         if not hold:
             rt.released.set()
         if live is not None and live.trampoline is not None and \
@@ -128,12 +154,15 @@ class Runtime:
     def _poll(self, rt: RunningTarget) -> None:
         lt = rt.loaded
         pending: list = []
-        source = rt.probe_set
-        decode = events.decode
+        fallback = rt.probe_set
+        sources = self.sources(rt.key)     # read per record: a parsers edit relabels a generation
+        decode = express.decode
         append = pending.append
 
         def take(raw: bytes) -> None:
-            append(decode(raw, source))
+            ev = decode(raw, sources, fallback)
+            if ev is not None:
+                append(ev)
 
         # Records are written without wakeups (probes.c.j2): drain on a timer.
         while not rt.stop_flag.wait(DRAIN_INTERVAL_S):
@@ -170,6 +199,14 @@ class Runtime:
         with self.lock:
             old_trampolines, retiring, lanes_held = [], [], []
             for old, new in pairs:
+                if new.relabel_of is not None:
+                    # The same programs decoded with another probe set from the next drain on.
+                    self.sources(new.key).put(new.stamp, new.probe_set)
+                    old.state = "stopped"
+                    ps = new.probe_set
+                    self.log(f"{ps.profile}/{ps.target.name}: parsers changed, generation {new.stamp}'s "
+                             f"programs run on (no compile)")
+                    continue
                 if old is not None and old.trampoline is not new.trampoline:
                     old.trampoline.clear()        # attach points changed: the old uprobes go idle
                     old_trampolines.append(old.trampoline)
@@ -212,8 +249,8 @@ class Runtime:
 
     def discard(self, rt: RunningTarget) -> None:
         """Roll back a loaded generation that was never installed."""
-        if rt.lane is not None:
-            return          # nothing was written to the lane yet
+        if rt.lane is not None or rt.relabel_of is not None:
+            return          # nothing was written to the lane yet; or it loaded nothing
         live = self.targets.get(rt.key)
         if rt.state == "running":
             self._retire(rt)
@@ -296,7 +333,7 @@ class Runtime:
             self.lane_errors[key] = str(exc)
             self.warn(f"{ps.profile}/{ps.target.name}: no express lane, filter edits will compile: {exc}")
             return
-        lane = express.ExpressLane(lt, self.dispatcher, SWITCH_GRACE_S)
+        lane = express.ExpressLane(lt, self.dispatcher, SWITCH_GRACE_S, sources=self.sources(key))
         with self.lock:
             live = self.targets.get(key)
             if live is None or not lane.fits(live.probe_set) or \
@@ -312,6 +349,7 @@ class Runtime:
             if live is None or live.lane is None:
                 return
             ps, slot, generation = live.probe_set, live.slot, self._next_generation(key)
+            self.sources(key).put(generation, ps)
         lt = loader.LoadedTarget(ps, slot=slot, generation=generation)
         try:
             lt.load()

@@ -18,7 +18,16 @@ struct ecap_sys_enter { u64 _common; s32 nr; u32 _pad; u64 args[6]; };
 struct ecap_sys_exit { u64 _common; s32 nr; u32 _pad; s64 ret; };
 
 struct stash_key { u32 tid; u16 slot; u16 hook; };
-struct stash_val { u64 args[6]; u32 gen; u32 _pad; };
+/* gen: the generation whose entry program admitted the call (its filters decide it, and its
+ * number stamps the record, whichever generation's return program completes it); slot: the
+ * express-lane configuration that admitted it (0 for compiled filters). */
+struct stash_val { u64 args[6]; u32 gen; u32 slot; };
+
+/* Record flag: the kernel admitted the record without applying its generation's port filter and
+ * max_bytes (its call was completed by another generation, or the configuration that admitted it
+ * has since been rewritten); userspace applies them with the record's own generation's values.
+ * Mirrored by layout.FLAG_DEFERRED. */
+#define FLAG_DEFERRED 2
 struct fd_key { u32 tgid; s32 fd; };
 struct session_key { u32 tgid; u32 _pad; u64 session; };
 struct remote_key { u16 family; u16 rport; u8 raddr[16]; };

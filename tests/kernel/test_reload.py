@@ -165,10 +165,11 @@ def test_express_lane_hands_over_to_compiled_filters_losing_nothing(apply_profil
             st = _target_status("hand")
             assert (st["filters"], st["express_lane"], st["generation"]) == ("compiled in", "ready", 3)
             edit(2, ["gen-a"], ", uids: [0]")
-            # a new max_bytes is a new program: compiled now, and a new lane is built for it
-            edit(3, ["gen-a"], ", uids: [0]", "\n      max_bytes: 4096", how="compiled")
+            # a new ring buffer size is a new program: compiled now, and a new lane is built for it
+            edit(3, ["gen-a"], ", uids: [0]", "\n      ring_buffer_kib: 512", how="compiled")
             assert _wait_for(lambda: _target_status("hand")["express_lane"] == "ready", 60)
-            edit(4, ["gen-a", "other-4"], "", "\n      max_bytes: 4096")
+            # max_bytes is a lane value: with the filters, through the lane
+            edit(4, ["gen-a", "other-4"], "", "\n      ring_buffer_kib: 512\n      max_bytes: 4096")
             assert gen.proc.poll() is None, "the generator finished before the edits: make it longer"
             assert gen.wait() == count
             assert wait_records(cap, lambda rs: len([r for r in rs if r.get("comm") == "gen-a"
@@ -316,7 +317,7 @@ def test_status_and_plan_talk_to_the_running_apply(apply_profile, cert, tmp_path
     try:
         with apply_profile(profile("stat", ["gen-a"])) as cap:
             assert wait_records(cap, lambda rs: any(r.get("comm") == "gen-a" for r in rs))
-            sock = "/run/ecapture/apply.sock"
+            sock = os.environ.get("ECAPTURE_SOCKET", "/run/ecapture/apply.sock")
             assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
             assert stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode) == 0o700
             out = subprocess.run([ECAPTURE, "status", "--json"], capture_output=True, text=True, timeout=10)
@@ -337,11 +338,16 @@ def test_status_and_plan_talk_to_the_running_apply(apply_profile, cert, tmp_path
             edited.write_text(profile("stat", ["gen-b"], jsonl=str(cap.jsonl)))
             plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
             assert "replace stat/gen" in plan.stdout, plan.stdout
-            # once its express lane is built, plan says a comm edit goes through it; a max_bytes edit does not
+            # once its express lane is built, plan says a comm (and max_bytes) edit goes through it; a
+            # ring buffer size edit does not
             assert _wait_for(lambda: _target_status("stat")["express_lane"] == "ready", 60)
             plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
             assert "replace stat/gen (filter values only: through its express lane" in " ".join(plan.stdout.split())
-            edited.write_text(profile("stat", ["gen-a"], target_extra="\n      max_bytes: 4096", jsonl=str(cap.jsonl)))
+            edited.write_text(profile("stat", ["gen-b"], target_extra="\n      max_bytes: 4096", jsonl=str(cap.jsonl)))
+            plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
+            assert "through its express lane" in " ".join(plan.stdout.split()), plan.stdout
+            edited.write_text(profile("stat", ["gen-a"], target_extra="\n      ring_buffer_kib: 512",
+                                      jsonl=str(cap.jsonl)))
             plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
             assert "replace stat/gen" in plan.stdout and "express lane" not in plan.stdout, plan.stdout
         assert not os.path.exists(sock)

@@ -58,25 +58,33 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
-static __always_inline void read_bytes(struct event *ev, const void *src, s64 len) {
+/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;
     ev->h.len = len;
-    u32 cap = len;
-    if (len > MAX_BYTES) {
-        cap = MAX_BYTES;
+    u64 cap = len;
+    if (cap > limit) {
+        cap = limit;
         ev->h.flags |= FLAG_TRUNCATED;
     }
+    asm volatile("" : "+r"(cap));
+    if (cap > MAX_BYTES) cap = MAX_BYTES;   /* the bound the verifier checks */
     asm volatile("" : "+r"(cap));
     if (cap > 0 && bpf_probe_read_user(ev->payload, cap, src) == 0)
         ev->h.cap = cap;
 }
 
-static __always_inline void read_string(struct event *ev, const void *src) {
-    long n = bpf_probe_read_user_str(ev->payload, MAX_BYTES, src);
+static __always_inline void read_string(struct event *ev, const void *src, u32 limit) {
+    u64 size = limit;
+    asm volatile("" : "+r"(size));
+    if (size > MAX_BYTES) size = MAX_BYTES;
+    if (size < 1) size = 1;
+    asm volatile("" : "+r"(size));
+    long n = bpf_probe_read_user_str(ev->payload, size, src);
     if (n <= 0) return;
     ev->h.cap = n - 1;   /* without the NUL */
     ev->h.len = n - 1;
-    if (n == MAX_BYTES) ev->h.flags |= FLAG_TRUNCATED;
+    if (n == size) ev->h.flags |= FLAG_TRUNCATED;
 }
 
 static __always_inline void event_submit(struct event *ev) {
@@ -97,7 +105,7 @@ int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -115,8 +123,13 @@ int hook_0_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -131,14 +144,19 @@ int hook_0_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, 0)) return 0;
-    struct event *ev = event_start(id, 0, 1, 2, ECAP_GEN);
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 0, 1, 2, deferred ? v.gen : ECAP_GEN);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
-    read_bytes(ev, (const void *)v.args[1], ret);
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
     event_submit(ev);
     return 0;
 }
@@ -148,7 +166,7 @@ int hook_1_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -166,8 +184,13 @@ int hook_1_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -182,14 +205,19 @@ int hook_1_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, 0)) return 0;
-    struct event *ev = event_start(id, 1, 1, 1, ECAP_GEN);
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 1, 1, 1, deferred ? v.gen : ECAP_GEN);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
-    read_bytes(ev, (const void *)v.args[1], ret);
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
     event_submit(ev);
     return 0;
 }
@@ -199,7 +227,7 @@ int hook_2_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -217,8 +245,13 @@ int hook_2_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -233,16 +266,21 @@ int hook_2_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, 0)) return 0;
-    struct event *ev = event_start(id, 2, 1, 2, ECAP_GEN);
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 2, 1, 2, deferred ? v.gen : ECAP_GEN);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
     u64 n = 0;
     bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
-    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    read_bytes(ev, (const void *)v.args[1], (s64)n, limit);
     event_submit(ev);
     return 0;
 }
@@ -252,7 +290,7 @@ int hook_3_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -270,8 +308,13 @@ int hook_3_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -286,16 +329,21 @@ int hook_3_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, 0)) return 0;
-    struct event *ev = event_start(id, 3, 1, 1, ECAP_GEN);
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 3, 1, 1, deferred ? v.gen : ECAP_GEN);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
     u64 n = 0;
     bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
-    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    read_bytes(ev, (const void *)v.args[1], (s64)n, limit);
     event_submit(ev);
     return 0;
 }

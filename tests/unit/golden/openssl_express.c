@@ -1,5 +1,5 @@
 /* ecapture generated program: profile p, target web
- * 5 hook(s); max_bytes=4096; filters compiled in below. */
+ * 5 hook(s); max_bytes=65536 (the lane's bound: each configuration sets its own); filters compiled in below. */
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
@@ -7,7 +7,7 @@
  * the lines render.prelude() puts before this text. The programs are not attached: the
  * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
 
-#define MAX_BYTES 4096
+#define MAX_BYTES 65536
 #define HEADER_SIZE sizeof(struct event_header)
 
 struct event {
@@ -28,9 +28,11 @@ static __always_inline void count_loss(u32 slot) {
 
 /* Express lane (orchestrator/reconcile/express.py): the uid, comm and port filters are not
  * compiled in but read from these maps, so a filter edit switches generation with a few map
- * writes instead of a compile. Two configurations; filter_gate names the live one. Each hit
- * reads the gate once, so it is judged, and its record stamped, by exactly one generation. */
-struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 _pad; };
+ * writes instead of a compile; so is max_bytes (MAX_BYTES above is the lane's bound, the schema
+ * maximum). Two configurations; filter_gate names the live one. Each call is judged, and its
+ * record stamped, by exactly one generation: the one whose configuration was live when it was
+ * entered (a return probe finds it in the stash: see stash_val in shared.h). */
+struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 _pad; u32 max_bytes; };
 struct uid_key { u32 slot; u32 uid; };
 struct comm_key { u32 slot; char comm[16]; };
 struct port_key { u32 slot; u32 port; };
@@ -95,25 +97,33 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
-static __always_inline void read_bytes(struct event *ev, const void *src, s64 len) {
+/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;
     ev->h.len = len;
-    u32 cap = len;
-    if (len > MAX_BYTES) {
-        cap = MAX_BYTES;
+    u64 cap = len;
+    if (cap > limit) {
+        cap = limit;
         ev->h.flags |= FLAG_TRUNCATED;
     }
+    asm volatile("" : "+r"(cap));
+    if (cap > MAX_BYTES) cap = MAX_BYTES;   /* the bound the verifier checks */
     asm volatile("" : "+r"(cap));
     if (cap > 0 && bpf_probe_read_user(ev->payload, cap, src) == 0)
         ev->h.cap = cap;
 }
 
-static __always_inline void read_string(struct event *ev, const void *src) {
-    long n = bpf_probe_read_user_str(ev->payload, MAX_BYTES, src);
+static __always_inline void read_string(struct event *ev, const void *src, u32 limit) {
+    u64 size = limit;
+    asm volatile("" : "+r"(size));
+    if (size > MAX_BYTES) size = MAX_BYTES;
+    if (size < 1) size = 1;
+    asm volatile("" : "+r"(size));
+    long n = bpf_probe_read_user_str(ev->payload, size, src);
     if (n <= 0) return;
     ev->h.cap = n - 1;   /* without the NUL */
     ev->h.len = n - 1;
-    if (n == MAX_BYTES) ev->h.flags |= FLAG_TRUNCATED;
+    if (n == size) ev->h.flags |= FLAG_TRUNCATED;
 }
 
 static __always_inline void event_submit(struct event *ev) {
@@ -136,7 +146,7 @@ int hook_0_entry(struct pt_regs *ctx) {
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -154,10 +164,16 @@ int hook_0_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    struct filter_conf *fc = live_filters();
+    u32 conf_slot = v.slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -172,14 +188,20 @@ int hook_0_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, fc)) return 0;
-    struct event *ev = event_start(id, 0, 1, 2, fc->gen);
+    if (!deferred) {
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 0, 1, 2, v.gen);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
-    read_bytes(ev, (const void *)v.args[1], ret);
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
     event_submit(ev);
     return 0;
 }
@@ -191,7 +213,7 @@ int hook_1_entry(struct pt_regs *ctx) {
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -209,10 +231,16 @@ int hook_1_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    struct filter_conf *fc = live_filters();
+    u32 conf_slot = v.slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -227,14 +255,20 @@ int hook_1_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, fc)) return 0;
-    struct event *ev = event_start(id, 1, 1, 1, fc->gen);
+    if (!deferred) {
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 1, 1, 1, v.gen);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
-    read_bytes(ev, (const void *)v.args[1], ret);
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
     event_submit(ev);
     return 0;
 }
@@ -246,7 +280,7 @@ int hook_2_entry(struct pt_regs *ctx) {
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -264,10 +298,16 @@ int hook_2_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    struct filter_conf *fc = live_filters();
+    u32 conf_slot = v.slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -282,16 +322,22 @@ int hook_2_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, fc)) return 0;
-    struct event *ev = event_start(id, 2, 1, 2, fc->gen);
+    if (!deferred) {
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 2, 1, 2, v.gen);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
     u64 n = 0;
     bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
-    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    read_bytes(ev, (const void *)v.args[1], (s64)n, limit);
     event_submit(ev);
     return 0;
 }
@@ -303,7 +349,7 @@ int hook_3_entry(struct pt_regs *ctx) {
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -321,10 +367,16 @@ int hook_3_return(struct pt_regs *ctx) {
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
-    /* Completes the call whichever generation entered it; deleting claims it exactly once. */
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    struct filter_conf *fc = live_filters();
+    u32 conf_slot = v.slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -339,16 +391,22 @@ int hook_3_return(struct pt_regs *ctx) {
         struct conn_t *cp = ecap_conns.lookup(&fk);
         if (cp) c = *cp;
     }
-    if (!port_wanted(&c, fc)) return 0;
-    struct event *ev = event_start(id, 3, 1, 1, fc->gen);
+    if (!deferred) {
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 3, 1, 1, v.gen);
     if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
     ev->h.session = v.args[0];
     ev->h.fd = fd;
     ev->h.conn = c;
     u64 n = 0;
     bpf_probe_read_user(&n, sizeof(n), (const void *)v.args[3]);
-    read_bytes(ev, (const void *)v.args[1], (s64)n);
+    read_bytes(ev, (const void *)v.args[1], (s64)n, limit);
     event_submit(ev);
     return 0;
 }

@@ -54,25 +54,33 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
-static __always_inline void read_bytes(struct event *ev, const void *src, s64 len) {
+/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;
     ev->h.len = len;
-    u32 cap = len;
-    if (len > MAX_BYTES) {
-        cap = MAX_BYTES;
+    u64 cap = len;
+    if (cap > limit) {
+        cap = limit;
         ev->h.flags |= FLAG_TRUNCATED;
     }
+    asm volatile("" : "+r"(cap));
+    if (cap > MAX_BYTES) cap = MAX_BYTES;   /* the bound the verifier checks */
     asm volatile("" : "+r"(cap));
     if (cap > 0 && bpf_probe_read_user(ev->payload, cap, src) == 0)
         ev->h.cap = cap;
 }
 
-static __always_inline void read_string(struct event *ev, const void *src) {
-    long n = bpf_probe_read_user_str(ev->payload, MAX_BYTES, src);
+static __always_inline void read_string(struct event *ev, const void *src, u32 limit) {
+    u64 size = limit;
+    asm volatile("" : "+r"(size));
+    if (size > MAX_BYTES) size = MAX_BYTES;
+    if (size < 1) size = 1;
+    asm volatile("" : "+r"(size));
+    long n = bpf_probe_read_user_str(ev->payload, size, src);
     if (n <= 0) return;
     ev->h.cap = n - 1;   /* without the NUL */
     ev->h.len = n - 1;
-    if (n == MAX_BYTES) ev->h.flags |= FLAG_TRUNCATED;
+    if (n == size) ev->h.flags |= FLAG_TRUNCATED;
 }
 
 static __always_inline void event_submit(struct event *ev) {
@@ -94,12 +102,13 @@ int hook_0_entry(struct pt_regs *ctx) {
     if (!process_wanted(id >> 32, 0)) return 0;
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
     s64 ret = 0;
+    u32 limit = MAX_BYTES;
     struct event *ev = event_start(id, 0, 3, 0, ECAP_GEN);
     if (!ev) return 0;
     ev->h.ret = ret;
     ev->h.args[0] = v.args[0];
     ev->h.args[2] = v.args[2];
-    read_string(ev, (const void *)v.args[1]);
+    read_string(ev, (const void *)v.args[1], limit);
     event_submit(ev);
     return 0;
 }
