@@ -178,3 +178,49 @@ def test_a_blocking_read_belongs_to_the_generation_that_admitted_it(apply_profil
     assert cap.records("loss") == []
     conns = {r["conn"]["local"] for r in cap.records("data") if r["comm"] == "cg-srv"}
     assert conns == {f"127.0.0.1:{port}"}
+
+
+def test_max_bytes_and_parsers_edits_compile_nothing(apply_profile, cert, tmp_path):
+    """max_bytes is an express-lane value; an edit of only `parsers` (userspace) keeps the running
+    programs, compiled filters included."""
+    port = free_port()
+    path = tmp_path / "profile.yaml"
+
+    def edit(text: str, n: int) -> str:
+        path.write_text(text.replace("{jsonl}", str(cap.jsonl)))
+        assert _wait_for(lambda: cap.stderr.count("reloaded callgen") == n, 20), cap.stderr
+        return [ln for ln in cap.stderr.splitlines() if "reloaded callgen" in ln][-1]
+
+    long = "x" * 100
+    with apply_profile(profile(port)) as cap:
+        assert _wait_for(lambda: _target_status("callgen")["express_lane"] == "ready", 60), cap.stderr
+        peers = Peers(tmp_path, cert, port)
+        try:
+            peers.expect("accepted")
+            peers.blocked_read()
+            peers.send("m0-" + long)
+            assert cap.wait_for(lambda rs: "m0-" + long in reads(cap)), cap.stderr
+            line = edit(profile(port).replace("      filters:", "      max_bytes: 32\n      filters:"), 1)
+            assert "express lane, no compile" in line, line
+            peers.blocked_read()
+            peers.send("m1-" + long)
+            assert cap.wait_for(lambda rs: any(d.startswith("m1-") for d in reads(cap))), cap.stderr
+            (m1,) = [r for r in cap.records("data") if r["comm"] == "cg-srv" and r["data"].startswith("m1-")]
+            assert (m1["data"], m1["len"], m1["truncated"]) == (("m1-" + long)[:32], 103, True)
+            # once compiled in, a parsers edit keeps the compiled generation's programs
+            assert _wait_for(lambda: "has its filters compiled in" in cap.stderr, 30), cap.stderr
+            assert _target_status("callgen")["filters"] == "compiled in"
+            line = edit(profile(port).replace("      filters:", "      max_bytes: 32\n      filters:")
+                        .replace("parsers: []", "parsers: [http1]"), 2)
+            assert "parsers changed, generation 3's programs run on (no compile)" in cap.stderr, cap.stderr
+            assert _target_status("callgen")["generation"] == 4
+            peers.blocked_read()
+            peers.send("m2-" + long)
+            assert cap.wait_for(lambda rs: any(d.startswith("m2-") for d in reads(cap))), cap.stderr
+            time.sleep(0.3)
+        finally:
+            peers.close()
+    got = [d[:3] for d in reads(cap)]
+    assert got == ["m0-", "m1-", "m2-"]
+    assert [len(d) for d in reads(cap)] == [103, 32, 32]
+    assert "compile failed" not in cap.stderr and cap.records("loss") == []
