@@ -72,9 +72,13 @@ def discover(paths) -> list[str]:
 def load_file(path: str) -> models.Profile:
     display = workdir.shown(path)
     # A profile may be reached through symbolic links (a Kubernetes ConfigMap's `..data/p.yaml`):
-    # the file actually read is the link's target, opened without following any further link.
-    # Who may change what it points to is trust.problems()' business (it checks both paths).
-    data = _read_bounded(os.path.realpath(workdir.absolute(path)), display)
+    # the file actually read is the link's target, opened without following any further link, and
+    # only if it is named like a profile, so a link to /etc/shadow is never parsed (its lines would
+    # come back in the error messages). Who may change the links is trust.problems()' business.
+    real = os.path.realpath(workdir.absolute(path))
+    if real != workdir.absolute(path) and os.path.lexists(real) and not real.endswith(PROFILE_SUFFIXES):
+        raise _file_error(display, f"is a symbolic link to {real}, which is not a *.yaml/*.yml file")
+    data = _read_bounded(real, display)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

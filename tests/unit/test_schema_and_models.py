@@ -391,11 +391,12 @@ def test_load_file_reads_through_configmap_links_but_never_into_a_fifo_or_device
     (tmp_path / "p.yaml").symlink_to("..data/p.yaml")
     profile = load.load_file(str(tmp_path / "p.yaml"))
     assert profile.name == "demo" and profile.path.endswith("p.yaml") and ".." not in profile.path
-    __import__("os").mkfifo(tmp_path / "fifo")
-    for target in (tmp_path / "fifo", "/dev/zero"):
+    __import__("os").mkfifo(tmp_path / "fifo.yaml")
+    for target, message in ((tmp_path / "fifo.yaml", "not a regular file"),
+                            ("/dev/zero", "not a \\*.yaml/\\*.yml file"), ("/etc/shadow", "not a \\*.yaml")):
         (tmp_path / "link.yaml").unlink(missing_ok=True)
         (tmp_path / "link.yaml").symlink_to(target)
-        with pytest.raises(errors.ProfileError, match="not a regular file"):
+        with pytest.raises(errors.ProfileError, match=message):
             load.load_file(str(tmp_path / "link.yaml"))
 
 
