@@ -302,11 +302,34 @@ def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str
         path = mapped_library(pid, prefixes)
         if path and os.path.exists(path):
             return path, f"mapped by running pid {pid}"
+    # Not linked, not running: a program that loads its TLS library with a module at run time
+    # (python3's _ssl). Attach to the library its loader would find; the probes are scoped to the
+    # program's processes by exec, so one started later is captured from its first call.
+    system = _system_library(prefixes)
+    if system:
+        return system, (f"{os.path.basename(system)} from the loader's cache: the library its modules load at "
+                        f"run time (set `library:` to choose another)")
     raise DiscoveryError(
         "binary",
         f"{binary}: no {'/'.join(p + '*' for p in prefixes)} among its DT_NEEDED and no running instance maps one;"
         " set `library:` to the library it loads",
     )
+
+
+def _system_library(prefixes: tuple[str, ...]) -> str | None:
+    """The newest library of the loader's cache whose name starts with one of `prefixes`
+    (libssl.so.3 before libssl.so.1.1)."""
+    names = [n for n in _ld_cache() if n.startswith(prefixes) and _version_key(n)]   # not the -dev link
+    for name in sorted(names, key=_version_key, reverse=True):
+        path = find_library(name)
+        if path:
+            return path
+    return None
+
+
+def _version_key(soname: str) -> tuple:
+    version = soname.partition(".so.")[2]
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
 def processes_mapping(path: str) -> list[int]:
