@@ -13,7 +13,14 @@ express (the default set-up, edits 0.3 s apart), settled (edits 1.6 s apart, so 
 get compiled in between and each edit starts from a compiled generation) and compiled
 (`--no-express-lanes`: every edit compiles).
 
+A fourth series, mixed, runs edits of every kind in turn under two writers (gen-a, gen-c, both
+selected by every version): filters and max_bytes together, parsers only, sinks only, and one
+that changes attach points (the pid scope). Each is timed from the file write to the moment
+`apply` logs the reload (the new generation is live when it logs); both writers' records must
+be exactly their writes.
+
     .venv/bin/python bench/reload.py [--reloads 30] [--interval 0.002] [--pause 0.3] [--series express,...]
+    .venv/bin/python bench/reload.py --series mixed [--mixed-rounds 10] [--mixed-pause 0.5]
 """
 from __future__ import annotations
 
@@ -81,7 +88,151 @@ SERIES = {
     "express": ((), None, "edits in quick succession: each is a gate flip in the live express lane"),
     "settled": ((), 1.6, "edits after the filters settled: compiled filters live, each edit switches to the lane"),
     "compiled": (("--no-express-lanes",), None, "no express lanes: every edit compiles a generation"),
+    "mixed": ((), None, "every kind of edit in turn under 2 writers; file written -> reload logged"),
 }
+MIXED_KINDS = ("filters+max_bytes", "parsers", "sinks", "attach")
+
+
+def mixed_profile(state: dict, jsonl: str, jsonl2: str) -> str:
+    pids = f", pids: [{', '.join(map(str, state['pids']))}]" if state["pids"] else ""
+    sink2 = f"\n    - {{type: jsonl, path: \"{jsonl2}\"}}" if state["sink2"] else ""
+    return f"""apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata: {{name: reload-bench}}
+spec:
+  targets:
+    - name: gen
+      kind: openssl
+      binary: {PYTHON}
+      library: {LIBSSL}
+      max_bytes: {state['max_bytes']}
+      filters: {{comm: [gen-a, gen-c, other-{state['other']}]{pids}}}
+  parsers: [{state['parsers']}]
+  sinks:
+    - {{type: jsonl, path: "{jsonl}"}}{sink2}
+"""
+
+
+def run_mixed(args, cert: tuple[str, str], tmp: Path) -> dict | None:
+    tmp = tmp / "mixed"
+    tmp.mkdir()
+    jsonl, jsonl2, prof, ready = tmp / "out.jsonl", tmp / "out2.jsonl", tmp / "profile.yaml", tmp / "ready"
+    stops = {c: tmp / f"stop-{c}" for c in ("gen-a", "gen-c")}
+    state = {"other": 0, "max_bytes": 16384, "parsers": "", "sink2": False, "pids": ()}
+    gens = {}
+    for comm in ("gen-a", "gen-c"):
+        gens[comm] = subprocess.Popen([PYTHON, GENERATOR, "--comm", comm, "--count", "0", "--interval",
+                                       str(args.interval), "--cert", cert[0], "--key", cert[1],
+                                       "--stop", str(stops[comm])], stdout=subprocess.PIPE, text=True)
+    pids = tuple(int(gens[c].stdout.readline().split()[1]) for c in ("gen-a", "gen-c"))
+    prof.write_text(mixed_profile(state, str(jsonl), str(jsonl2)))
+    err_path = tmp / "stderr.txt"
+    apply = subprocess.Popen([ECAPTURE, "apply", str(prof), "--ready-file", str(ready)],
+                             stdout=subprocess.DEVNULL, stderr=open(err_path, "w"))
+    applied: dict = {k: [] for k in MIXED_KINDS}
+    logged: dict = {k: [] for k in MIXED_KINDS}
+    hows: dict = {k: {} for k in MIXED_KINDS}
+    try:
+        while not ready.exists():
+            if apply.poll() is not None:
+                print(err_path.read_text())
+                return None
+            time.sleep(0.05)
+        tail = Tail(jsonl)
+        deadline = time.time() + 20
+        while not any(r.get("comm") == "gen-a" for r in tail.read()) and time.time() < deadline:
+            time.sleep(0.01)
+        # the first edits should find the express lane built, as they would a second after start
+        deadline = time.time() + 30
+        while _lane_state() != "ready" and time.time() < deadline:
+            time.sleep(0.1)
+        n = 0
+        for rnd in range(args.mixed_rounds):
+            for kind in args.mixed_kinds.split(","):
+                if kind == "filters+max_bytes":
+                    state["other"] += 1
+                    state["max_bytes"] = 8192 if state["max_bytes"] == 16384 else 16384
+                elif kind == "parsers":
+                    state["parsers"] = "" if state["parsers"] else "http1"
+                elif kind == "sinks":
+                    state["sink2"] = not state["sink2"]
+                else:
+                    state["pids"] = () if state["pids"] else pids
+                n += 1
+                written = time.monotonic()
+                prof.write_text(mixed_profile(state, str(jsonl), str(jsonl2)))
+                line = None
+                deadline = written + 30
+                while line is None and time.monotonic() < deadline:
+                    lines = [ln for ln in err_path.read_text().splitlines() if "reloaded reload-bench" in ln]
+                    if len(lines) >= n:
+                        line = lines[n - 1]
+                    else:
+                        time.sleep(0.002)
+                if line is None:
+                    print(f"mixed: edit {n} ({kind}) not applied within 30 s\n{err_path.read_text()[-2000:]}")
+                    return None
+                applied[kind].append((time.monotonic() - written) * 1000)
+                logged[kind].append(float(line.split(" in ")[1].split(" ms")[0]))
+                how = ("express lane" if "express lane" in line else "compiled" if "compiled" in line
+                       else "no change" if "unchanged" in line or "no change" in line else "other")
+                hows[kind][how] = hows[kind].get(how, 0) + 1
+                time.sleep(args.mixed_pause)
+        for stop in stops.values():
+            stop.touch()
+        written = {c: int(g.communicate(timeout=30)[0].split()[-1]) for c, g in gens.items()}
+        time.sleep(0.5)
+    finally:
+        for g in gens.values():
+            if g.poll() is None:
+                g.kill()
+        apply.send_signal(signal.SIGINT)
+        apply.wait(60)
+    records = Tail(jsonl).read()
+    writers = {}
+    for comm in ("gen-a", "gen-c"):
+        idx = [int(r["data"].split(":")[1]) for r in records
+               if r.get("comm") == comm and r.get("type") == "data" and r.get("direction") == "write"]
+        first = idx[0] if idx else 0
+        writers[comm] = {"written": written[comm] - first, "captured": len(idx), "dup": len(idx) - len(set(idx)),
+                         "lost": len(set(range(first, written[comm])) - set(idx)), "ordered": idx == sorted(idx)}
+    return {"applied": applied, "logged": logged, "hows": hows, "writers": writers,
+            "loss_records": sum(1 for r in records if r["type"] == "loss"), "stderr": err_path.read_text()}
+
+
+def _lane_state() -> str:
+    out = subprocess.run([ECAPTURE, "status", "--json"], capture_output=True, text=True, timeout=10)
+    try:
+        (target,) = [t for p in json.loads(out.stdout)["profiles"] for t in p["targets"]]
+        return target.get("express_lane", "")
+    except (ValueError, KeyError):
+        return ""
+
+
+def report_mixed(args, r: dict) -> bool:
+    print(f"mixed: {args.mixed_rounds} rounds of {len(MIXED_KINDS)} edit kinds, {args.mixed_pause} s apart, under "
+          f"2 writers x {1 / args.interval:.0f} writes/s; file written -> reload logged (the new generation live)")
+    print(f"{'edit':18} {'n':>3} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'logged p50':>10}  how")
+    ok = True
+    for kind in args.mixed_kinds.split(","):
+        a, lg = r["applied"][kind], r["logged"][kind]
+        hows = ", ".join(f"{k} {v}" for k, v in sorted(r["hows"][kind].items()))
+        print(f"{kind:18} {len(a):>3} {statistics.median(a):7.0f} {pct(a, 99):7.0f} {max(a):7.0f} "
+              f"{statistics.median(lg):10.0f}  {hows}")
+        p99_limit = 1500 if kind == "attach" else 1000
+        good = pct(a, 99) <= p99_limit and (kind == "attach" or statistics.median(a) <= 300)
+        ok &= good
+        print(f"  {'PASS' if good else 'FAIL'}  " + (f"p99 <= {p99_limit} ms" if kind == "attach"
+                                                    else f"p50 <= 300 ms, p99 <= {p99_limit} ms"))
+    print(f"  parsers-only edits that kept a compiled generation's programs (no compile): "
+          f"{r['stderr'].count('programs run on (no compile)')}; compiled generations built after lane edits "
+          f"settled: {r['stderr'].count('has its filters compiled in')}")
+    for comm, w in r["writers"].items():
+        print(f"  {comm}: {w['captured']}/{w['written']} writes captured: lost {w['lost']}, duplicated {w['dup']}, "
+              f"{'in order' if w['ordered'] else 'OUT OF ORDER'}")
+    clean = all(w["lost"] == 0 and w["dup"] == 0 for w in r["writers"].values()) and not r["loss_records"]
+    print(f"{'PASS' if clean else 'FAIL'}  0 lost, 0 duplicated (loss records: {r['loss_records']})")
+    return ok and clean
 
 
 def run_series(name: str, args, cert: tuple[str, str], tmp: Path) -> dict | None:
@@ -167,7 +318,11 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.002, help="seconds between a generator's writes")
     ap.add_argument("--pause", type=float, default=0.3, help="seconds between a reload landing and the next edit "
                                                               "(the settled series waits longer)")
-    ap.add_argument("--series", default=",".join(SERIES), help=f"comma-separated subset of {','.join(SERIES)}")
+    ap.add_argument("--series", default="express,settled,compiled",
+                    help=f"comma-separated subset of {','.join(SERIES)}")
+    ap.add_argument("--mixed-rounds", type=int, default=10, help="mixed series: rounds of one edit of each kind")
+    ap.add_argument("--mixed-pause", type=float, default=0.5, help="mixed series: seconds between edits")
+    ap.add_argument("--mixed-kinds", default=",".join(MIXED_KINDS), help="mixed series: the kinds of edit, in turn")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ecap-reload-"))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
@@ -175,11 +330,21 @@ def main() -> int:
                    check=True, capture_output=True)
     cert = (str(tmp / "c.pem"), str(tmp / "k.pem"))
     results = {}
+    mixed = None
     for name in args.series.split(","):
+        if name == "mixed":
+            mixed = run_mixed(args, cert, tmp)
+            if mixed is None:
+                return 1
+            continue
         result = run_series(name, args, cert, tmp)
         if result is None:
             return 1
         results[name] = result
+    if mixed is not None:
+        report_mixed(args, mixed)
+    if not results:
+        return 0
     print(f"reload: {args.reloads} reloads of a comm filter per series, under 3 generators x "
           f"{1 / args.interval:.0f} writes/s; file written -> first record under the new filter")
     print(f"{'series':9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'visible p50':>11} {'via lane':>8} "

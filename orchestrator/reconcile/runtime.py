@@ -197,7 +197,7 @@ class Runtime:
         generations' records released: per-connection order holds.
         """
         with self.lock:
-            old_trampolines, retiring, lanes_held = [], [], []
+            old_trampolines, retiring, lanes_held, clear_after = [], [], [], []
             for old, new in pairs:
                 if new.relabel_of is not None:
                     # The same programs decoded with another probe set from the next drain on.
@@ -208,7 +208,14 @@ class Runtime:
                              f"programs run on (no compile)")
                     continue
                 if old is not None and old.trampoline is not new.trampoline:
-                    old.trampoline.clear()        # attach points changed: the old uprobes go idle
+                    # Attach points changed: the old uprobes go idle. Emptying a program table takes
+                    # the kernel ~5 ms per entry (tail-call sites are re-patched), so hits between
+                    # clearing the old table and filling the new one would be lost: when the two
+                    # sets of uprobes record each call exactly once anyway, fill first, then clear.
+                    if _overlap_safe(old.probe_set, new.probe_set):
+                        clear_after.append(old.trampoline)
+                    else:
+                        old.trampoline.clear()
                     old_trampolines.append(old.trampoline)
                 lane_was_live = old is not None and new.lane is not None and old.lane is new.lane
                 if lane_was_live:
@@ -222,6 +229,8 @@ class Runtime:
                 new.trampoline.install(new.loaded)
                 if old is not None and old.state == "running":
                     retiring.append(old)
+            for tramp in clear_after:
+                tramp.clear()
             if retiring:
                 time.sleep(SWITCH_GRACE_S)
             for old in retiring:
@@ -389,6 +398,16 @@ class Runtime:
                                                                 "stage": stage, "count": delta}))
         if records:
             self.dispatcher.submit_records(records)
+
+
+def _overlap_safe(old_ps, new_ps) -> bool:
+    """Can both trampolines run for a moment without recording a call twice? Yes when every hook
+    records at return (the shared stash entry is claimed once, by whichever return probe runs
+    first) or records nothing, and both have the same hooks in the same order (the stash is keyed
+    by hook index): attach points that differ only by pid scope or library file."""
+    points = [(h.symbol, h.on, h.probe) for h in old_ps.hooks]
+    return points == [(h.symbol, h.on, h.probe) for h in new_ps.hooks] and \
+        all(h.on == "return" or h.record == 0 for h in new_ps.hooks)
 
 
 class _Jobs:
