@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.kernel.conftest import ECAPTURE
-from tests.kernel.test_reload import LIBSSL, PYTHON, Generator, cert  # noqa: F401  (fixture)
+from tests.kernel.test_reload import Generator, cert, profile  # noqa: F401  (fixture)
 
 CYCLES = 20
 COMMS = ("owner-a", "owner-b")     # names no other test's writers use
@@ -27,21 +27,7 @@ KERNEL_SOURCE = Path(f"/lib/modules/{os.uname().release}/source")
 
 
 def _profile(comm: list[str], max_bytes: int) -> str:
-    return f"""apiVersion: ecapture/v1
-kind: CaptureProfile
-metadata: {{name: stress}}
-spec:
-  targets:
-    - name: gen
-      kind: openssl
-      binary: {PYTHON}
-      library: {LIBSSL}
-      max_bytes: {max_bytes}
-      filters: {{comm: [{', '.join(comm)}]}}
-  parsers: []
-  sinks:
-    - {{type: jsonl, path: out/records.jsonl}}
-"""
+    return profile("stress", comm, jsonl="out/records.jsonl", target_extra=f"\n      max_bytes: {max_bytes}")
 
 
 def _wait(pred, timeout: float) -> bool:
