@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.kernel.conftest import ECAPTURE
-from tests.kernel.test_reload import Generator, cert, profile  # noqa: F401  (fixture)
+from tests.kernel.test_reload import Generator, _wait_for, cert, profile  # noqa: F401  (fixture)
 
 CYCLES = 20
 COMMS = ("owner-a", "owner-b")     # names no other test's writers use
@@ -28,15 +28,6 @@ KERNEL_SOURCE = Path(f"/lib/modules/{os.uname().release}/source")
 
 def _profile(comm: list[str], max_bytes: int) -> str:
     return profile("stress", comm, jsonl="out/records.jsonl", target_extra=f"\n      max_bytes: {max_bytes}")
-
-
-def _wait(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _contiguous(datas: list[str]) -> bool:
@@ -54,9 +45,9 @@ def _cycle(workdir: Path, i: int, pids: list[int]) -> None:
                                 cwd=workdir, stdout=subprocess.DEVNULL, stderr=err)
     out = workdir / "out" / "records.jsonl"
     try:
-        assert _wait(lambda: (workdir / "ready").exists() or proc.poll() is not None, 60), err_path.read_text()
+        assert _wait_for(lambda: (workdir / "ready").exists() or proc.poll() is not None, 60), err_path.read_text()
         assert proc.poll() is None, err_path.read_text()
-        assert _wait(lambda: out.exists() and out.stat().st_size > 0, 20), err_path.read_text()
+        assert _wait_for(lambda: out.exists() and out.stat().st_size > 0, 20), err_path.read_text()
         # The express lane starts compiling now. Edit at once (a filter edit that must compile or
         # go through a lane just built), then a max_bytes edit, then stop while the background
         # work of both is under way: at a different moment in each cycle.
