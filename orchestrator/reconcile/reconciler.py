@@ -171,7 +171,10 @@ class Reconciler:
                      f"{st.reload_ms:.0f} ms: {summary or 'no change'}")
 
     def _error(self, st: ProfileState, message: str, consequence: str) -> None:
+        repeated = st.state == "error" and st.last_error == message     # a retry failing the same way
         st.state, st.last_error = "error", message
+        if repeated:
+            return
         for line in message.splitlines():
             self.warn(line)
         self.warn(f"{workdir.shown(st.path)}: {consequence}")

@@ -196,6 +196,10 @@ def test_untrusted_profile_is_refused_unless_insecure(setup, tmp_path):
     rec.reconcile()
     assert runtime.targets == {}
     assert any("writable by" in ln and "--insecure-profiles" in ln for ln in lines)
+    said = len(lines)
+    clock.now += 60
+    rec.reconcile()                          # retried (someone may be fixing it), said only once
+    assert runtime.targets == {} and len(lines) == said
     rec.insecure_profiles = True
     clock.now += 60
     rec.reconcile()
