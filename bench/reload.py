@@ -190,9 +190,10 @@ def run_mixed(args, cert: tuple[str, str], tmp: Path) -> dict | None:
         apply.wait(60)
     records = Tail(jsonl).read()
     writers = {}
-    for comm in ("gen-a", "gen-c"):
-        idx = [int(r["data"].split(":")[1]) for r in records
-               if r.get("comm") == comm and r.get("type") == "data" and r.get("direction") == "write"]
+    for comm, pid in zip(("gen-a", "gen-c"), pids):
+        # by pid too: other tests on this machine run generators with the same names
+        idx = [int(r["data"].split(":")[1]) for r in records if r.get("comm") == comm and r.get("pid") == pid
+               and r.get("type") == "data" and r.get("direction") == "write"]
         first = idx[0] if idx else 0
         writers[comm] = {"written": written[comm] - first, "captured": len(idx), "dup": len(idx) - len(set(idx)),
                          "lost": len(set(range(first, written[comm])) - set(idx)), "ordered": idx == sorted(idx)}

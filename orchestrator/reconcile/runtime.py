@@ -34,6 +34,11 @@ DRAIN_INTERVAL_S = express.DRAIN_INTERVAL_S    # the same cadence for compiled g
 SWITCH_GRACE_S = 0.02
 # Filters edited through the express lane get compiled in once they have been left alone this long.
 SPECIALISE_AFTER_S = 1.0
+# Trampolines left idle by an edit of attach points stay attached this long, so that an edit back
+# reuses them. Detaching them holds bcc's lock while the kernel waits a grace period per uprobe
+# (1-4 s for a target), which would stall an edit arriving meanwhile; and an idle uprobe still
+# traps, so not longer.
+PARKED_CLOSE_S = 3.0
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Runtime:
         self._slots: dict = {}           # key → slot number, kept for the life of the process
         self._generations: dict = {}     # key → last generation number used
         self._sources: dict = {}         # key → express.Sources: generation → probe set, for decoding
+        self._parked: dict = {}          # key → {trampoline identity: idle Trampoline}, see PARKED_CLOSE_S
         self._loss_lock = threading.Lock()
         self._background: list[threading.Thread] = []   # generations closing, trampolines detaching
         self.express_lanes = express_lanes
@@ -104,10 +110,17 @@ class Runtime:
         table). Nothing runs it until `switch`/`start` installs it. A failed load leaves nothing.
 
         When the target's express lane can run `probe_set`, nothing is compiled: the generation is
-        the lane with `probe_set`'s filter values, written when `switch` makes it live."""
+        the lane with `probe_set`'s filter values, written when `switch` makes it live. When it
+        cannot (attach points or the program changed), the replacement is compiled as the target's
+        new express lane, so that the edits that follow need no compile either; its filters get
+        compiled in once they settle, as after any lane edit."""
         key = probe_set.key
         live = self.targets.get(key)
         lane = self.lanes.get(key)
+        if live is not None and self._jobs is not None:
+            # A compile for filters that are about to change would only delay this one (bcc
+            # compiles one at a time): the switch queues what the new generation needs.
+            self._jobs.cancel(key)
         if live is not None and live.lane is None and live.state == "running" and live.loaded is not None \
                 and live.probe_set.kernel_digest == probe_set.kernel_digest:
             # Only userspace changed (parsers): the running programs go on, with the new probe set.
@@ -124,14 +137,31 @@ class Runtime:
         self.sources(key).put(rt.generation, probe_set)
         if not hold:
             rt.released.set()
+        with self.lock:      # the close timer takes it too
+            parked = self._parked.get(key, {}).pop(trampoline.identity(probe_set), None)
         if live is not None and live.trampoline is not None and \
                 live.trampoline.identity == trampoline.identity(probe_set):
             rt.trampoline = live.trampoline
+            if parked is not None:
+                self._in_background(parked.close)
+        elif parked is not None:
+            rt.trampoline = parked          # attach points edited back: its uprobes are still there
         else:
             try:
                 rt.trampoline = trampoline.Trampoline(probe_set).attach()
             except loader.LoadError as exc:
                 rt.state, rt.last_error = "failed", str(exc)
+                return rt
+        if self.express_lanes and live is not None and probe_set.express is not None:
+            lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=1, express=True)
+            try:
+                lt.load()
+            except loader.LoadError:
+                pass           # compiled filters below: the lane is an optimisation
+            else:
+                rt.lane = express.ExpressLane(lt, self.dispatcher, SWITCH_GRACE_S, sources=self.sources(key)).start()
+                rt.loaded, rt.state, rt.started_at = lt, "running", time.time()
+                rt.released.set()     # the lane holds its own records while the generation before drains
                 return rt
         lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=rt.generation)
         try:
@@ -197,7 +227,7 @@ class Runtime:
         generations' records released: per-connection order holds.
         """
         with self.lock:
-            old_trampolines, retiring, lanes_held, clear_after = [], [], [], []
+            old_trampolines, retiring, lanes_held, clear_after, lanes_replaced = [], [], [], [], []
             for old, new in pairs:
                 if new.relabel_of is not None:
                     # The same programs decoded with another probe set from the next drain on.
@@ -216,13 +246,19 @@ class Runtime:
                         clear_after.append(old.trampoline)
                     else:
                         old.trampoline.clear()
-                    old_trampolines.append(old.trampoline)
+                    old_trampolines.append((new.key, old.trampoline))
                 lane_was_live = old is not None and new.lane is not None and old.lane is new.lane
                 if lane_was_live:
                     new.lane.arm(new.probe_set, new.generation)   # the gate flip is the whole switch
                     old.state = "stopped"
                     continue
                 if new.lane is not None:
+                    previous = self.lanes.get(new.key)
+                    if previous is not new.lane:          # a lane compiled as this replacement
+                        self.lanes[new.key] = new.lane
+                        self.lane_errors.pop(new.key, None)
+                        if previous is not None:
+                            lanes_replaced.append(previous)
                     new.lane.hold()
                     new.lane.arm(new.probe_set, new.generation)
                     lanes_held.append(new.lane)
@@ -235,14 +271,39 @@ class Runtime:
                 time.sleep(SWITCH_GRACE_S)
             for old in retiring:
                 self._retire(old)
+            for lane in lanes_replaced:
+                self._in_background(lane.close)
             for lane in lanes_held:
                 lane.release()
             for old, new in pairs:
                 new.released.set()
                 self.targets[new.key] = new
                 self._after_switch(new)
-            for tramp in old_trampolines:
-                self._in_background(tramp.close)
+            for key, tramp in old_trampolines:
+                self._park(key, tramp)
+
+    def _park(self, key, tramp) -> None:
+        """Keep an idle (cleared) trampoline attached for PARKED_CLOSE_S, then close it."""
+        parked = self._parked.setdefault(key, {})
+        previous = parked.pop(tramp.identity, None)
+        if previous is not None and previous is not tramp:
+            self._in_background(previous.close)
+        parked[tramp.identity] = tramp
+
+        def close_if_still_parked():
+            with self.lock:
+                if self._parked.get(key, {}).get(tramp.identity) is not tramp:
+                    return
+                del self._parked[key][tramp.identity]
+            tramp.close()
+
+        timer = threading.Timer(PARKED_CLOSE_S, close_if_still_parked)
+        timer.daemon = True
+        timer.start()
+
+    def _close_parked(self, key) -> None:
+        for tramp in self._parked.pop(key, {}).values():
+            self._in_background(tramp.close)
 
     def _after_switch(self, rt: RunningTarget) -> None:
         if self._jobs is None:
@@ -258,16 +319,23 @@ class Runtime:
 
     def discard(self, rt: RunningTarget) -> None:
         """Roll back a loaded generation that was never installed."""
-        if rt.lane is not None or rt.relabel_of is not None:
-            return          # nothing was written to the lane yet; or it loaded nothing
         live = self.targets.get(rt.key)
-        if rt.state == "running":
+        if live is not None and self._jobs is not None and live.state == "running":
+            self._after_switch(live)     # what `load` cancelled for it
+        if rt.relabel_of is not None:
+            return          # it loaded nothing
+        if rt.lane is not None:
+            # nothing was written to the lane yet; one compiled for this replacement goes
+            if self.lanes.get(rt.key) is not rt.lane:
+                self._in_background(rt.lane.close)
+        elif rt.state == "running":
             self._retire(rt)
         if rt.trampoline is not None and (live is None or rt.trampoline is not live.trampoline):
             self._in_background(rt.trampoline.close)
 
     def stop(self, key) -> None:
         with self.lock:
+            self._close_parked(key)
             rt = self.targets.pop(key, None)
             lane = self.lanes.pop(key, None)
             if self._jobs is not None:
@@ -313,6 +381,8 @@ class Runtime:
                 self.stop(key)
             for key in list(self.lanes):
                 self._in_background(self.lanes.pop(key).close)
+            for key in list(self._parked):
+                self._close_parked(key)
         for t in self._background:
             t.join(60)
         self._background.clear()
