@@ -174,7 +174,10 @@ def run_mixed(args, cert: tuple[str, str], tmp: Path) -> dict | None:
                     return None
                 applied[kind].append((time.monotonic() - written) * 1000)
                 logged[kind].append(float(line.split(" in ")[1].split(" ms")[0]))
-                how = ("express lane" if "express lane" in line else "compiled" if "compiled" in line
+                how = ("compiled as lane" if "compiled as its new express lane" in line
+                       else "express lane" if "express lane" in line
+                       else "parsers only" if "parsers only" in line
+                       else "compiled" if "compiled" in line
                        else "no change" if "unchanged" in line or "no change" in line else "other")
                 hows[kind][how] = hows[kind].get(how, 0) + 1
                 time.sleep(args.mixed_pause)

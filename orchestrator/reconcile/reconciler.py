@@ -317,5 +317,4 @@ def _filter_values(filters) -> dict:
 
 
 def _replaced(rt) -> str:
-    how = "express lane, no compile" if rt.lane is not None else "compiled"
-    return f"{rt.key[1]} (gen {rt.generation}, {how})"
+    return f"{rt.key[1]} (gen {rt.generation}, {rt.how})"

@@ -58,6 +58,7 @@ class RunningTarget:
     started_at: float = 0.0
     stamp: int = 0            # the generation compiled into its programs (records carry it); 0: `generation`
     relabel_of: "RunningTarget | None" = None   # runs `relabel_of`'s programs with another probe set
+    how: str = "compiled"     # how this generation came to be, for the reload log
 
     def __post_init__(self):
         if not self.stamp:
@@ -127,10 +128,12 @@ class Runtime:
             return RunningTarget(probe_set, live.slot, self._next_generation(key), state="running",
                                  loaded=live.loaded, trampoline=live.trampoline, thread=live.thread,
                                  stop_flag=live.stop_flag, released=live.released, drained=live.drained,
-                                 started_at=time.time(), stamp=live.stamp, relabel_of=live)
+                                 started_at=time.time(), stamp=live.stamp, relabel_of=live,
+                                 how="parsers only, no compile")
         if live is not None and lane is not None and lane.fits(probe_set):
             rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key), state="running",
-                               loaded=lane.loaded, lane=lane, trampoline=live.trampoline, started_at=time.time())
+                               loaded=lane.loaded, lane=lane, trampoline=live.trampoline, started_at=time.time(),
+                               how="express lane, no compile")
             rt.released.set()     # the lane holds its own records while the generation before drains
             return rt
         rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key))
@@ -161,6 +164,7 @@ class Runtime:
             else:
                 rt.lane = express.ExpressLane(lt, self.dispatcher, SWITCH_GRACE_S, sources=self.sources(key)).start()
                 rt.loaded, rt.state, rt.started_at = lt, "running", time.time()
+                rt.how = "compiled as its new express lane"
                 rt.released.set()     # the lane holds its own records while the generation before drains
                 return rt
         lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=rt.generation)

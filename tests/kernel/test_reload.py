@@ -167,7 +167,7 @@ def test_express_lane_hands_over_to_compiled_filters_losing_nothing(apply_profil
             edit(2, ["gen-a"], ", uids: [0]")
             # a new ring buffer size is a new program: compiled now, as the target's new lane (so the
             # edits that follow compile nothing), and compiled in once settled
-            edit(3, ["gen-a"], ", uids: [0]", "\n      ring_buffer_kib: 512")
+            edit(3, ["gen-a"], ", uids: [0]", "\n      ring_buffer_kib: 512", how="compiled as its new express lane")
             assert _wait_for(lambda: cap.stderr.count("has its filters compiled in") == 2, 30), cap.stderr
             assert _wait_for(lambda: _target_status("hand")["express_lane"] == "ready", 60)
             # max_bytes is a lane value: with the filters, through the lane

@@ -28,6 +28,7 @@ class FakeRunning:
     last_error: str = ""
     lane: object = None
     started_at: float = 0.0
+    how: str = "compiled"
 
     @property
     def key(self):
