@@ -19,6 +19,8 @@ import errno
 import os
 import stat
 
+from orchestrator import workdir
+
 REFUSED_TREES = ("proc", "sys", "dev")
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -79,7 +81,7 @@ def problems(path: str) -> list[str]:
 def _absolute(path: str) -> str:
     if not path or str(path).endswith("/"):
         raise UnsafePathError(f"{path!r} is not a file path: name a file, e.g. /var/log/ecapture/out.jsonl")
-    full = os.path.abspath(path)
+    full = workdir.absolute(path)
     top = full.split("/")[1]
     if top in REFUSED_TREES:
         raise UnsafePathError(f"{full} is under /{top}: ecapture writes regular files only, "

@@ -58,7 +58,7 @@ def discover(paths) -> list[str]:
     """Profile files named by `paths` (files, or directories scanned for *.yaml/*.yml, sorted)."""
     found: list[str] = []
     for p in paths:
-        p = os.path.abspath(p)
+        p = workdir.absolute(p)
         if os.path.isdir(p):
             for name in sorted(os.listdir(p)):
                 full = os.path.join(p, name)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import stat
 
+from orchestrator import workdir
+
 
 def problems(path: str) -> list[str]:
-    path = os.path.abspath(path)
+    path = workdir.absolute(path)
     found: list[str] = []
     walks = [path]
     real = os.path.realpath(path)

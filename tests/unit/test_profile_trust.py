@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from orchestrator import workdir
 from orchestrator.spec import trust
 
 NOBODY = 65534
@@ -136,7 +137,8 @@ def test_symlink_owned_by_someone_else(safe_dir):
 
 
 def test_relative_path_and_missing_file(safe_dir, monkeypatch):
-    monkeypatch.chdir(safe_dir)
+    # Relative to the directory the command started in (workdir), whatever bcc did to the cwd since.
+    monkeypatch.setattr(workdir, "START", str(safe_dir))
     _profile(safe_dir)
     assert trust.problems("p.yaml") == []
     (msg,) = trust.problems("missing.yaml")
