@@ -89,11 +89,24 @@ def attach_tracepoint(module, tracepoint: str, fn_name: str) -> None:
 
 
 def cleanup(module) -> None:
-    """Detach everything `module` attached and free it (best effort; once)."""
+    """Detach everything `module` attached and free it (best effort; once).
+
+    Detaching a uprobe waits out a kernel grace period (0.1 s or more each), which under the
+    lock would hold every compile back for seconds. Its two calls are plain perf-event and
+    tracefs syscalls that never touch bcc's shared storage, so they run first, unlocked."""
+    from bcc.libbcc import lib
+
     with _lock:
         if module not in _live:
             return
         _live.remove(module)
+        uprobes = dict(module.uprobe_fds)
+        for ev_name in uprobes:         # forgotten by the module (its cleanup skips them) and by
+            module._del_uprobe_fd(ev_name)   # bcc's count of open probes (capped at 1000)
+    for ev_name, fd in uprobes.items():
+        lib.bpf_close_perf_event_fd(fd)
+        lib.bpf_detach_uprobe(ev_name)
+    with _lock:
         try:
             module.cleanup()
         except Exception:
