@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.bpf import render  # noqa: E402
 from orchestrator.plan import build  # noqa: E402
-from orchestrator.spec import load  # noqa: E402
+from orchestrator.profile import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
 
 MODES = ("bare", "floor", "ecapture", "sslsniff")

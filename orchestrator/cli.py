@@ -18,7 +18,7 @@ from orchestrator.bpf import discovery
 from orchestrator.bpf import render as render_mod
 from orchestrator.plan import build
 from orchestrator.reconcile import control
-from orchestrator.spec import errors, load, trust
+from orchestrator.profile import errors, load, trust
 
 EXIT_INVALID, EXIT_USAGE, EXIT_PRECONDITION = 1, 2, 3
 

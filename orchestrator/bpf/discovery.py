@@ -17,7 +17,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from orchestrator.bpf import hooks as hooks_mod
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 FUNC_TYPES = ("STT_FUNC", "STT_GNU_IFUNC")
 SYSCALLS = "syscalls"      # the attach "file" of syscall-tracepoint kinds

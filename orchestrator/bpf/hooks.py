@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 RET = models.RET
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from orchestrator.bpf import hooks as hooks_mod
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 KERN_DIR = Path(__file__).resolve().parents[2] / "templates" / "kern"
 TEMPLATE = "probes.c.j2"

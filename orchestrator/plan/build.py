@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from orchestrator.bpf import discovery, render
 from orchestrator.plan import model
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 
 def plan_profile(profile: models.Profile, resolve=discovery.resolve):

@@ -5,7 +5,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from orchestrator.spec import errors, models
+from orchestrator.profile import errors, models
 
 
 @dataclass(frozen=True)

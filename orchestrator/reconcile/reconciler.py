@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from orchestrator import workdir
 from orchestrator.plan import build, diff
 from orchestrator.sinks import factory
-from orchestrator.spec import errors, load, trust
+from orchestrator.profile import errors, load, trust
 
 PLAN_RETRY_CAP_S = 2.0       # cheap to retry (ELF and /proc reads): a process that appears is seen soon
 LOAD_RETRY_CAP_S = 30.0      # a failed compile or sink: back off further

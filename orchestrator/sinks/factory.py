@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from orchestrator.sinks import jsonl, stdout
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 
 def build(spec: models.Sink):

@@ -10,7 +10,7 @@ import time
 import pytest
 from orchestrator.bpf import loader, state, trampoline
 from orchestrator.plan import build
-from orchestrator.spec import load
+from orchestrator.profile import load
 from tests.kernel.conftest import ECAPTURE, perf_event_fds, uprobe_events_of
 from tests.support.nginx import curl
 

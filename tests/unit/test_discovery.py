@@ -5,7 +5,7 @@ import os
 import shutil
 
 from orchestrator.bpf import discovery
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 
 def test_a_program_that_loads_libssl_at_run_time_gets_the_loaders_libssl(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.plan import build
-from orchestrator.spec import load, models
+from orchestrator.profile import load, models
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "profiles").glob("*.yaml")) + sorted((ROOT / "profiles").glob("*.yml"))

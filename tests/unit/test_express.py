@@ -12,7 +12,7 @@ import pytest
 from orchestrator.bpf import layout, render
 from orchestrator.plan import build
 from orchestrator.reconcile import express, runtime
-from orchestrator.spec import models
+from orchestrator.profile import models
 from tests.unit.test_pipeline import _raw
 from tests.unit.test_plan_diff import WEB, _profile, fake_resolve
 

@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.bpf import discovery
 from orchestrator.plan import build
-from orchestrator.spec import errors, load
+from orchestrator.profile import errors, load
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = Path(__file__).resolve().parent / "hostile"

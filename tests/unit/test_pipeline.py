@@ -10,7 +10,7 @@ from orchestrator.bpf import hooks, layout, render
 from orchestrator.pipeline import dispatch, events
 from orchestrator.plan import model
 from orchestrator.sinks import jsonl, stdout
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 REQ = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.bpf import discovery, hooks, render
 from orchestrator.plan import build, diff, model
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 
 @dataclass(frozen=True)

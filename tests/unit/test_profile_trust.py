@@ -9,7 +9,7 @@ import os
 import pytest
 
 from orchestrator import workdir
-from orchestrator.spec import trust
+from orchestrator.profile import trust
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

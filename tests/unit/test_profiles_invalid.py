@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.plan import build
-from orchestrator.spec import errors, load
+from orchestrator.profile import errors, load
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "invalid_profiles"

@@ -20,7 +20,7 @@ import jinja2
 import pytest
 
 from orchestrator.bpf import hooks, layout, render
-from orchestrator.spec import models
+from orchestrator.profile import models
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RET = models.RET

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from orchestrator.spec import errors, load, models
+from orchestrator.profile import errors, load, models
 
 
 def _schema() -> dict:
@@ -227,7 +227,7 @@ def test_field_path_and_issue_format():
 # ------------------------------------------------------------------ YAML 1.2 scalars (issue 8, item 7)
 
 def _values(text):
-    from orchestrator.spec import yamlmarks
+    from orchestrator.profile import yamlmarks
     return yamlmarks.load(text, "v.yaml")[0]
 
 
@@ -266,7 +266,7 @@ def test_nan_is_a_float():
     ("!foo bar", "unsupported tag '!foo'"),
 ])
 def test_refused_scalars_name_their_place(written, message):
-    from orchestrator.spec import yamlmarks
+    from orchestrator.profile import yamlmarks
     with pytest.raises(yamlmarks.YamlError) as info:
         yamlmarks.load(f"a:\n  v: {written}\n", "v.yaml")
     assert message in info.value.message
@@ -278,7 +278,7 @@ def test_keys_are_the_text_written():
 
 
 def test_quoted_and_plain_keys_are_duplicates():
-    from orchestrator.spec import yamlmarks
+    from orchestrator.profile import yamlmarks
     with pytest.raises(yamlmarks.YamlError, match="duplicate key 'a'"):
         yamlmarks.load('a: 1\n"a": 2\n')
 
@@ -296,14 +296,14 @@ def test_quoted_and_plain_keys_are_duplicates():
     ("a: 1\n---\nb: 2\n", "expected a single document"),
 ])
 def test_hostile_yaml_is_a_yaml_error(text, message):
-    from orchestrator.spec import yamlmarks
+    from orchestrator.profile import yamlmarks
     with pytest.raises(yamlmarks.YamlError) as info:
         yamlmarks.load(text, "h.yaml")
     assert message in info.value.message and info.value.line >= 1 and info.value.col >= 1
 
 
 def test_control_character_position():
-    from orchestrator.spec import yamlmarks
+    from orchestrator.profile import yamlmarks
     with pytest.raises(yamlmarks.YamlError) as info:
         yamlmarks.load("a: 1\nbb: x\x1by\n")
     assert (info.value.line, info.value.col) == (2, 6)
@@ -312,7 +312,7 @@ def test_control_character_position():
 def test_billion_laughs_is_refused_quickly():
     import time
 
-    from orchestrator.spec import yamlmarks
+    from orchestrator.profile import yamlmarks
     lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
     start = time.monotonic()

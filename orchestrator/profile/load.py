@@ -18,7 +18,7 @@ import jsonschema
 
 from orchestrator import safefile, workdir
 from orchestrator.bpf import hooks as hooks_mod
-from orchestrator.spec import errors, models, yamlmarks
+from orchestrator.profile import errors, models, yamlmarks
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "profile.schema.json"
 PROFILE_SUFFIXES = (".yaml", ".yml")
