@@ -3,7 +3,10 @@
 This module owns turning the captured bytes of ONE direction of ONE TCP
 connection into HTTP/1.x message events (`Request`, `Response`, `ParseError`).
 It never touches sockets, threads, clocks or bcc: bytes go in through
-`Http1Parser.feed`, events come out as a list.  "Need more data" is a value
+`Http1Parser.feed`, events come out as a list.  `Request` and `Response` are
+`orchestrator.parsers.base.Message`s whose ``fields`` are the record's fields,
+shaped by `orchestrator.parsers.http_shape` (the same shaper as HTTP/2);
+`ParseError` is the one parse-error message of all parsers.  "Need more data" is a value
 (an empty list), never an exception.
 
 Design notes
@@ -13,7 +16,7 @@ Design notes
   (``HTTP/1.``), and keeps that role for the rest of the stream.
 * Malformed input puts the parser into an error state: exactly one
   `ParseError` is emitted and every later call returns ``[]``.  No exception
-  escapes `feed` / `finish` for any input.
+  escapes `feed` / `finish` for any input (the guard of `base.Parser`).
 * `feed(data, missing)` accepts the number of bytes the kernel did not
   capture right after `data`.  Inside a body (Content-Length, chunk data,
   read-until-close) they are skipped and the message is marked truncated;
@@ -21,9 +24,10 @@ Design notes
 * Bodies are kept up to ``max_body`` bytes; the rest is consumed and counted
   (`body_len`) and the message is marked ``truncated``.
 * Trailer fields of a chunked body are appended to ``headers`` after the
-  header fields.  `header_fields` turns those pairs into the record's
-  ``headers`` object (HTTP/2 uses it too): a field sent more than once keeps
-  every value, as a list, since joining with ", " mangles Set-Cookie.
+  header fields.  `header_fields` (`http_shape.header_fields`) turns those
+  pairs into the record's ``headers`` object, as for HTTP/2: a field sent more
+  than once keeps every value, as a list, since joining with ", " mangles
+  Set-Cookie; only Cookie is one string, joined with "; ".
 * Responses without a body: 1xx, 204, 304 and responses to HEAD.  The
   response direction cannot see requests, so the caller calls
   `Http1Parser.expect_head_response` once per HEAD request it saw; each final
@@ -43,6 +47,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
+
+from orchestrator.parsers import base, http_shape
+from orchestrator.parsers.base import ParseError
+from orchestrator.parsers.http_shape import header_fields
 
 __all__ = [
     "Request",
@@ -58,7 +67,8 @@ __all__ = [
 
 
 @dataclass(slots=True)
-class Request:
+class Request(base.Message):
+    type: ClassVar[str] = "http.request"
     method: str
     path: str
     version: str  # "HTTP/1.1"
@@ -67,9 +77,17 @@ class Request:
     body_len: int  # true body length on the wire (may be > len(body))
     truncated: bool  # body (or part of it) not captured / cut at max_body
 
+    @property
+    def fields(self) -> dict:
+        """The http.request record's fields (without the connection's: direction, ...)."""
+        return http_shape.body_fields(
+            {"method": self.method, "path": self.path, "version": self.version,
+             "headers": header_fields(self.headers)}, self.body, self.body_len, self.truncated)
+
 
 @dataclass(slots=True)
-class Response:
+class Response(base.Message):
+    type: ClassVar[str] = "http.response"
     status: int
     reason: str
     version: str
@@ -78,11 +96,13 @@ class Response:
     body_len: int
     truncated: bool
 
+    @property
+    def fields(self) -> dict:
+        """The http.response record's fields (without the connection's: direction, request, ...)."""
+        return http_shape.body_fields(
+            {"status": self.status, "reason": self.reason, "version": self.version,
+             "headers": header_fields(self.headers)}, self.body, self.body_len, self.truncated)
 
-@dataclass(slots=True)
-class ParseError:
-    reason: str
-    offset: int  # stream offset (bytes of this direction, incl. missing) where it went wrong
 
 
 Event = Request | Response | ParseError
@@ -142,14 +162,7 @@ _ROLE_REQUEST = 1
 _ROLE_RESPONSE = 2
 
 
-class _Fail(Exception):
-    """Internal: malformed input.  Never escapes the public methods."""
-
-    __slots__ = ("reason", "offset")
-
-    def __init__(self, reason: str, offset: int) -> None:
-        self.reason = reason
-        self.offset = offset
+_Fail = base.Fail
 
 
 def _classify_start(head: bytes) -> int:
@@ -174,28 +187,6 @@ def looks_like_http1(data: bytes) -> bool:
         return _classify_start(bytes(data[:_START_WINDOW])) > 0
     except Exception:
         return False
-
-
-def header_fields(pairs: list[tuple[str, str]]) -> dict[str, str | list[str]]:
-    """The ``headers`` object of an http.request / http.response record.
-
-    A field sent once maps its name to its value; a field sent more than once
-    maps to the list of its values in order (Set-Cookie values contain commas,
-    so they cannot be joined).  Names are matched case-insensitively and kept
-    as first sent.
-    """
-    out: dict[str, str | list[str]] = {}
-    spelling: dict[str, str] = {}
-    for name, value in pairs:
-        key = spelling.setdefault(name.lower(), name)
-        prev = out.get(key)
-        if prev is None:
-            out[key] = value
-        elif type(prev) is list:
-            prev.append(value)
-        else:
-            out[key] = [prev, value]
-    return out
 
 
 def _split_lines(text: str) -> list[str]:
@@ -233,7 +224,7 @@ def _parse_content_length(values: list[str], offset: int) -> int:
     return result
 
 
-class Http1Parser:
+class Http1Parser(base.Parser):
     """Incremental parser for one direction of one HTTP/1.x connection."""
 
     __slots__ = (
@@ -241,6 +232,8 @@ class Http1Parser:
         "_msg", "_msg_start", "_remaining", "_parts", "_kept", "_body_len",
         "_trunc", "_head_pending",
     )
+
+    PROTOCOL = "http1"
 
     def __init__(self, max_body: int = 16384) -> None:
         self._max_body = max(0, int(max_body))
@@ -321,11 +314,8 @@ class Http1Parser:
                     self._skip_missing(int(missing), events)
             if self._state == _S_UPGRADED and self._buf:
                 self._release()
-        except _Fail as f:
-            self._fail(events, f.reason, f.offset)
-        except Exception as e:  # defensive: never let anything escape
-            self._fail(events, "internal parser error: %s: %s" % (type(e).__name__, e),
-                       self._base + self._pos)
+        except Exception as e:  # Fail, or anything else: never let it escape
+            self._guard(events, e, self._base + self._pos)
         return events
 
     def finish(self) -> list[Request | Response | ParseError]:
@@ -355,11 +345,8 @@ class Http1Parser:
                 self._emit(events)
             self._state = _S_CLOSED
             self._release()
-        except _Fail as f:
-            self._fail(events, f.reason, f.offset)
-        except Exception as e:  # pragma: no cover - defensive
-            self._fail(events, "internal parser error: %s: %s" % (type(e).__name__, e),
-                       self._base + self._pos)
+        except Exception as e:  # Fail, or anything else: never let it escape
+            self._guard(events, e, self._base + self._pos)
         return events
 
     # ------------------------------------------------------------ internals
@@ -371,10 +358,8 @@ class Http1Parser:
         self._msg = None
         self._parts = None
 
-    def _fail(self, events: list, reason: str, offset: int) -> None:
+    def _halt(self) -> None:
         self._state = _S_ERROR
-        events.append(ParseError(reason, offset))
-        self._release()
 
     def _emit(self, events: list) -> None:
         msg = self._msg

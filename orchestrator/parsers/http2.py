@@ -30,13 +30,14 @@ Design notes
   ``http.response`` (server's END_STREAM, or RST_STREAM / GOAWAY for
   either half still open, flagged ``"reset": True`` with ``error_code``).
   1xx informational header blocks are skipped.  Trailers are appended to
-  ``headers``.  A repeated field becomes a list of its values, as for
-  HTTP/1 (`http1.header_fields`); only ``cookie`` fields are joined with
-  "; " (RFC 9113 section 8.2.3: one cookie header split for compression).  Field names and values are decoded as latin-1,
-  like the HTTP/1 parser.
+  ``headers``.  Headers and bodies are shaped by `http_shape`, the same
+  shaper as HTTP/1's: a repeated field becomes a list of its values; only
+  ``cookie`` crumbs are joined with "; " (RFC 9113 section 8.2.3: one
+  cookie header split for compression).  Field names and values are decoded
+  as latin-1, like the HTTP/1 parser.
 * Bodies are kept up to ``max_body`` bytes (the rest is counted in
   ``body_len``; ``"truncated": True``); UTF-8 bodies are given as text,
-  others as base64 with ``"body_encoding": "base64"``.
+  others as base64 with ``"body_encoding": "base64"`` (`http_shape.body_fields`).
 * DATA payloads are streamed (never buffered whole); other frames are
   buffered, bounded by the receiver's SETTINGS_MAX_FRAME_SIZE.
 * `feed(..., missing=n)`: uncaptured bytes inside a DATA payload (or its
@@ -44,20 +45,21 @@ Design notes
   (frame header, HEADERS/CONTINUATION -- HPACK state lost --, the preface,
   other frames) the parser cannot resynchronise and fails.
 * Malformed input puts the parser into an error state: exactly one
-  ``parse_error`` {"protocol": "http2", "reason", "offset"} (offset = byte
-  offset in that direction's stream, uncaptured bytes included) and every
-  later call returns ``[]``.  No exception escapes `feed` for any input.
+  ``parse_error`` {"protocol": "http2", "reason", "offset", "direction"}
+  (offset = byte offset in that direction's stream, uncaptured bytes
+  included) and every later call returns ``[]``.  No exception escapes
+  `feed` for any input: it is `wire.TwoWayParser.feed`, the guarded feed of
+  every connection parser.
 """
 
 from __future__ import annotations
 
-import base64
 import struct
-from dataclasses import dataclass
 
 import hpack
 
-from orchestrator.parsers import http1
+from orchestrator.parsers import wire
+from orchestrator.parsers.http_shape import body_fields, header_fields, join_body
 
 __all__ = [
     "Message",
@@ -121,20 +123,8 @@ _CLIENT = 1
 _SERVER = 2
 
 
-@dataclass(slots=True)
-class Message:
-    type: str  # "http.request" | "http.response" | "parse_error"
-    fields: dict  # JSON-ready
-
-
-class _Fail(Exception):
-    """Internal: malformed input.  Never escapes the public methods."""
-
-    __slots__ = ("reason", "offset")
-
-    def __init__(self, reason: str, offset: int) -> None:
-        self.reason = reason
-        self.offset = offset
+Message = wire.Message  # type "http.request" | "http.response" | "parse_error"
+_Fail = wire.Fail
 
 
 class _Half:
@@ -196,6 +186,22 @@ class _Dir:
         self.block_frags: list[bytes] = []
         self.block_size = 0
 
+    def append(self, data: bytes) -> None:
+        buf = self.buf
+        pos = self.pos
+        if pos >= len(buf):
+            self.base += len(buf)
+            self.buf = data
+        else:
+            if type(buf) is bytes:
+                buf = bytearray(memoryview(buf)[pos:])
+                self.buf = buf
+            else:
+                del buf[:pos]
+            self.base += pos
+            buf += data
+        self.pos = 0
+
 
 def looks_like_http2(first: bytes, direction: str) -> bool:
     """True iff `first` starts with the HTTP/2 client preface (a prefix of >= 8 bytes counts).
@@ -217,32 +223,14 @@ def _text(b: bytes) -> str:
     return b.decode("latin-1")
 
 
-def _join_headers(pairs: list[tuple[str, str]]) -> dict[str, str | list[str]]:
-    out = http1.header_fields(pairs)
-    cookie = out.get("cookie")
-    if type(cookie) is list:
-        out["cookie"] = "; ".join(cookie)
-    return out
-
-
-def _body_fields(fields: dict, half: _Half) -> None:
-    parts = half.parts
-    body = b"" if not parts else parts[0] if len(parts) == 1 else b"".join(parts)
-    try:
-        fields["body"] = body.decode("utf-8")
-    except UnicodeDecodeError:
-        fields["body"] = base64.b64encode(body).decode("ascii")
-        fields["body_encoding"] = "base64"
-    fields["body_len"] = half.body_len
-    if half.trunc:
-        fields["truncated"] = True
-
-
-class Http2Parser:
+class Http2Parser(wire.TwoWayParser):
     """Incremental parser for both directions of one HTTP/2 connection."""
 
     __slots__ = ("_max_body", "_dirs", "_read", "_write", "_streams", "_max_client_sid",
-                 "_max_push_sid", "_failed")
+                 "_max_push_sid", "_phase")
+
+    PROTOCOL = "http2"
+    STOP_PHASE = ERROR_PHASE = 1  # _phase: 0 parsing, 1 failed
 
     def __init__(self, max_body: int = 16384) -> None:
         self._max_body = max(0, int(max_body))
@@ -252,14 +240,14 @@ class Http2Parser:
         self._streams: dict[int, _Stream] = {}
         self._max_client_sid = 0
         self._max_push_sid = 0
-        self._failed = False
+        self._phase = 0
 
     # ------------------------------------------------------------------ API
 
     @property
     def failed(self) -> bool:
         """True once a parse_error has been emitted (all input is then ignored)."""
-        return self._failed
+        return self._phase == self.ERROR_PHASE
 
     @property
     def client_direction(self) -> str | None:
@@ -269,65 +257,24 @@ class Http2Parser:
                 return d.name
         return None
 
-    def feed(self, direction: str, data: bytes, ts: int, missing: int = 0) -> list[Message]:
-        """Feed the next chunk of one direction ("read"/"write" as seen by the captured process).
-
-        `ts` = capture time in ns (only used as a value); `missing` = number
-        of bytes that followed `data` on the wire but were not captured.
-        Returns the messages completed by this chunk ([] = need more data).
-        """
-        if self._failed:
-            return []
-        out: list[Message] = []
-        d = None
-        try:
-            d = self._dirs.get(direction) if type(direction) is str else None
-            if d is None:
-                raise _Fail("unknown direction %r" % (direction,), 0)
-            if not isinstance(missing, int):
-                raise _Fail("missing is not an int: %r" % (missing,), d.base + len(d.buf))
-            if data:
-                if type(data) is not bytes:
-                    if not isinstance(data, (bytearray, memoryview)):
-                        raise _Fail("data is not bytes-like: %s" % type(data).__name__,
-                                    d.base + len(d.buf))
-                    data = bytes(data)
-                buf = d.buf
-                pos = d.pos
-                if pos >= len(buf):
-                    d.base += len(buf)
-                    d.buf = data
-                else:
-                    if type(buf) is bytes:
-                        buf = bytearray(memoryview(buf)[pos:])
-                        d.buf = buf
-                    else:
-                        del buf[:pos]
-                    d.base += pos
-                    buf += data
-                d.pos = 0
-                self._run(d, ts, out)
-            if missing > 0:
-                self._skip_missing(d, missing, ts, out)
-        except _Fail as f:
-            self._fail(out, f.reason, f.offset)
-        except Exception as e:  # defensive: never let anything escape
-            self._fail(out, "internal parser error: %s: %s" % (type(e).__name__, e),
-                       d.base + d.pos if d is not None else 0)
-        return out
+    # feed(direction, data, ts, missing=0) -> list[Message]: wire.TwoWayParser.feed
+    # (`ts` = capture time in ns, only used as a value).
 
     # ------------------------------------------------------------ internals
 
-    def _fail(self, out: list, reason: str, offset: int) -> None:
-        self._failed = True
-        out.append(Message("parse_error", {"protocol": "http2", "reason": reason,
-                                           "offset": offset}))
+    def _release(self) -> None:
         self._streams = {}
         for d in (self._read, self._write):
             d.buf = b""
             d.block_frags = []
             d.data_half = None
             d.decoder = None
+
+    def _pump(self, direction: str, d: _Dir, ts: int, out: list) -> None:
+        self._run(d, ts, out)
+
+    def _missing(self, direction: str, d: _Dir, missing: int, ts: int, out: list) -> None:
+        self._skip_missing(d, missing, ts, out)
 
     def _other(self, d: _Dir) -> _Dir:
         return self._write if d is self._read else self._read
@@ -687,7 +634,7 @@ class Http2Parser:
     def _emit_request(self, st: _Stream, ts: int, out: list, reset) -> None:
         half = st.req
         p = half.pseudo
-        headers = _join_headers(half.headers)
+        headers = header_fields(half.headers)
         authority = p.get(":authority")
         if authority is None:
             authority = headers.get("host")
@@ -700,7 +647,7 @@ class Http2Parser:
             "version": "HTTP/2",
             "headers": headers,
         }
-        _body_fields(fields, half)
+        body_fields(fields, join_body(half.parts), half.body_len, half.trunc)
         if st.parent:
             fields["pushed"] = True
             fields["promised_on_stream"] = st.parent
@@ -721,9 +668,9 @@ class Http2Parser:
             "stream_id": st.sid,
             "status": int(status) if status and status.isdigit() and status.isascii() else None,
             "version": "HTTP/2",
-            "headers": _join_headers(half.headers),
+            "headers": header_fields(half.headers),
         }
-        _body_fields(fields, half)
+        body_fields(fields, join_body(half.parts), half.body_len, half.trunc)
         fields["request"] = {"method": req.pseudo.get(":method"), "path": req.pseudo.get(":path")}
         fields["latency_ms"] = (round((ts - st.req_ts) / 1e6, 3) if st.req_ts is not None
                                 else None)

@@ -370,7 +370,7 @@ class MysqlParser(wire.TwoWayParser):
                  "_plugin", "_swallow_eof", "_resync")
 
     PROTOCOL = "mysql"
-    TLS_PHASE = _P_TLS
+    STOP_PHASE = _P_TLS
     ERROR_PHASE = _P_ERROR
 
     def __init__(self, max_rows: int = 5) -> None:

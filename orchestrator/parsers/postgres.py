@@ -328,7 +328,7 @@ class PostgresParser(wire.TwoWayParser):
                  "_backend_pid", "_resync", "_stmt_cols")
 
     PROTOCOL = "postgres"
-    TLS_PHASE = _P_TLS
+    STOP_PHASE = _P_TLS
     ERROR_PHASE = _P_ERROR
 
     def __init__(self, max_rows: int = 5) -> None:

@@ -1,26 +1,15 @@
-"""What the two-direction wire-protocol parsers (MySQL, PostgreSQL) share: the message type,
-the internal errors, small decoders, and the guarded `feed` that lets no exception escape."""
+"""What the two-direction connection parsers (HTTP/2, MySQL, PostgreSQL) share: the guarded
+`feed`, the internal errors and small decoders.  `Message`, `ParseError` and `Fail` come from
+`orchestrator.parsers.base` (one of each for all parsers, HTTP/1 included)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from orchestrator.parsers import base
 
 OTHER = {"read": "write", "write": "read"}
 
-
-@dataclass(slots=True)
-class Message:
-    type: str  # "mysql.query" | "mysql.result" | "pg.query" | "pg.result" | "parse_error"
-    fields: dict  # JSON-ready values only
-
-
-class Fail(Exception):
-    """Internal: malformed input.  Never escapes the public methods."""
-
-    __slots__ = ("reason", "offset")
-
-    def __init__(self, reason: str, offset: int) -> None:
-        self.reason = reason
-        self.offset = offset
+Message = base.Message
+ParseError = base.ParseError
+Fail = base.Fail
 
 
 class Bad(Exception):
@@ -38,14 +27,14 @@ def cstr(b, i: int) -> tuple[bytes, int]:
     return b[i:j], j + 1
 
 
-class TwoWayParser:
-    """Base of a connection parser fed both directions. A subclass sets PROTOCOL, TLS_PHASE and
-    ERROR_PHASE, keeps `_phase` and `_dirs` (direction → buffer with `base` and `pos`), and
-    implements `_pump`, `_missing` and `_release`."""
+class TwoWayParser(base.Parser):
+    """Base of a connection parser fed both directions. A subclass sets PROTOCOL, STOP_PHASE
+    (from it on, input is ignored: TLS, error) and ERROR_PHASE, keeps `_phase` and `_dirs`
+    (direction → buffer with `append(data)`, `base` and `pos`), and implements `_pump`,
+    `_missing` and `_release`."""
 
     __slots__ = ()
-    PROTOCOL = ""
-    TLS_PHASE = 0
+    STOP_PHASE = 0
     ERROR_PHASE = 0
 
     def feed(self, direction: str, data: bytes, ts: int, missing: int = 0) -> list[Message]:
@@ -54,29 +43,33 @@ class TwoWayParser:
         `ts` is the capture time (ns); `missing` the number of bytes that
         followed `data` on the wire but were not captured.
         Returns the messages completed by this chunk ([] = need more data).
+        No exception escapes: malformed input gives one parse_error, then [] for ever.
         """
-        if self._phase >= self.TLS_PHASE:
+        if self._phase >= self.STOP_PHASE:
             return []
         out: list[Message] = []
         d = None
         try:
-            d = self._dirs[direction]
+            d = self._dirs.get(direction) if type(direction) is str else None
+            if d is None:
+                raise Fail("unknown direction %r" % (direction,), 0)
             if data:
                 if type(data) is not bytes:
+                    if not isinstance(data, (bytearray, memoryview)):
+                        raise Fail("data is not bytes-like: %s" % type(data).__name__,
+                                   d.base + len(d.buf))
                     data = bytes(data)
                 d.append(data)
                 self._pump(direction, d, ts, out)
-            if missing and self._phase < self.TLS_PHASE and missing > 0:
-                self._missing(direction, d, int(missing), ts, out)
-        except Fail as f:
-            self._fail(out, f.reason, f.offset, direction)
-        except Exception as e:  # defensive: never let anything escape
-            self._fail(out, "internal parser error: %s: %s" % (type(e).__name__, e),
-                       d.base + d.pos if d is not None else 0, direction)
+            if missing and self._phase < self.STOP_PHASE:
+                if not isinstance(missing, int):
+                    raise Fail("missing is not an int: %r" % (missing,), d.base + len(d.buf))
+                if missing > 0:
+                    self._missing(direction, d, int(missing), ts, out)
+        except Exception as e:  # Fail, or anything else: never let it escape
+            self._guard(out, e, d.base + d.pos if d is not None else 0,
+                        direction if d is not None else None)
         return out
 
-    def _fail(self, out: list, reason: str, offset: int, direction) -> None:
+    def _halt(self) -> None:
         self._phase = self.ERROR_PHASE
-        out.append(Message("parse_error", {"protocol": self.PROTOCOL, "reason": reason, "offset": offset,
-                                           "direction": direction if direction in OTHER else None}))
-        self._release()

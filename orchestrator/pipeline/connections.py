@@ -22,16 +22,6 @@ CONNECTION_PARSERS = (
 )
 
 
-def _body_fields(body: bytes, body_len: int, truncated: bool) -> dict:
-    text, enc = events.text_or_base64(body)
-    d = {"body": text, "body_len": body_len}
-    if enc:
-        d["body_encoding"] = enc
-    if truncated:
-        d["truncated"] = True
-    return d
-
-
 class ConnectionWorker:
     """State of one connection (one TLS session or socket of one process)."""
     __slots__ = ("key", "parsers_allowed", "fd", "conn", "conn_resolved", "streams", "pending", "last_seen",
@@ -160,27 +150,27 @@ class ConnectionWorker:
         return events.Record("data", ev, fields, self.conn)
 
     def _message_record(self, msg, ev: events.Event) -> events.Record:
+        """An HTTP/1 message's record: its own fields (headers and body shaped by
+        parsers.http_shape, as for HTTP/2) after the direction, plus the request a response
+        answers and the latency."""
         if isinstance(msg, http1.Request):
             self.pending.append((ev.ts, msg.method, msg.path))
             if msg.method == "HEAD":
                 other = self.streams.get(layout.DIR_READ if ev.direction == layout.DIR_WRITE else layout.DIR_WRITE)
                 if isinstance(other, http1.Http1Parser):
                     other.expect_head_response()
-            fields = {"direction": DIRECTIONS.get(ev.direction, "?"), "method": msg.method, "path": msg.path,
-                      "version": msg.version, "headers": http1.header_fields(msg.headers)}
-            fields.update(_body_fields(msg.body, msg.body_len, msg.truncated))
-            return events.Record("http.request", ev, fields, self.conn)
+            fields = {"direction": DIRECTIONS.get(ev.direction, "?")}
+            fields.update(msg.fields)
+            return events.Record(msg.type, ev, fields, self.conn)
         if isinstance(msg, http1.Response):
-            fields = {"direction": DIRECTIONS.get(ev.direction, "?"), "status": msg.status, "reason": msg.reason,
-                      "version": msg.version, "headers": http1.header_fields(msg.headers)}
+            fields = {"direction": DIRECTIONS.get(ev.direction, "?")}
+            fields.update(msg.fields)
             if self.pending and msg.status >= 200:
                 req_ts, method, path = self.pending.popleft()
                 fields.update(request={"method": method, "path": path},
                               latency_ms=round((ev.ts - req_ts) / 1e6, 3))
-            fields.update(_body_fields(msg.body, msg.body_len, msg.truncated))
-            return events.Record("http.response", ev, fields, self.conn)
-        return events.Record("parse_error", ev, {"protocol": "http1", "reason": msg.reason, "offset": msg.offset},
-                             self.conn)
+            return events.Record(msg.type, ev, fields, self.conn)
+        return events.Record(msg.type, ev, msg.fields, self.conn)   # the parse_error
 
     def finish(self, out: list) -> None:
         """End of connection (or eviction): flush messages delimited by close."""

@@ -435,7 +435,7 @@ def test_offsets_count_across_feeds():
     p = Http1Parser()
     p.feed(b"GET / HTTP/1.1\r\n\r\n")  # 18 bytes
     out = p.feed(b"GET / HTTP/1.1\r\nbad header\r\n\r\n")
-    assert out == [ParseError(out[0].reason, 18 + 16)]
+    assert out == [ParseError("http1", out[0].reason, 18 + 16)]
 
 
 # ------------------------------------------------------------ missing bytes
@@ -493,7 +493,7 @@ def test_missing_in_chunk_size_line_is_error():
 def test_missing_between_messages_is_error():
     p = Http1Parser()
     assert p.feed(b"GET / HTTP/1.1\r\n\r\n", missing=10)[1:] == [
-        ParseError("10 uncaptured bytes outside a message body", 18)]
+        ParseError("http1", "10 uncaptured bytes outside a message body", 18)]
     p = Http1Parser()
     out = p.feed(b"", missing=3)
     assert len(out) == 1 and isinstance(out[0], ParseError) and out[0].offset == 0

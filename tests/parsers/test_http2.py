@@ -372,7 +372,8 @@ def test_missing_in_headers_is_parse_error(perspective):
     assert [m.type for m in got] == ["http.request", "http.response", "parse_error"]
     before = sum(len(c[1]) for c in chunks[:j] if c[0] == "client")
     assert got[-1].fields == {"protocol": "http2", "reason": got[-1].fields["reason"],
-                              "offset": before + off + 9 + 3}
+                              "offset": before + off + 9 + 3,
+                              "direction": direction("client", perspective)}
     assert p.failed
     assert p.feed("read", b"\x00" * 100, 0) == [] and p.feed("write", b"", 0, 5) == []
 
