@@ -1,4 +1,10 @@
-"""Python mirror of `templates/kern/common.h` (struct event_header), decoded with one precompiled Struct."""
+"""Python mirror of `templates/kern/common.h` (struct event_header), decoded with one precompiled Struct.
+
+The numbers shared with C (RECORD_*, DIR_*, FLAG_*, LOSS_*) have one copy per language: the
+#defines of common.h/shared.h (what bcc compiles) and the constants below (hooks.py uses the same
+values); tests/unit/test_render.py fails when either side has a number the other lacks or differs,
+and compiles common.h with gcc to check the offsets.
+"""
 from __future__ import annotations
 
 import struct

@@ -2,6 +2,11 @@
 
 The template context holds only validated ints, bools and byte values: no text from
 a profile reaches the C. `ecapture render` prints exactly what this returns.
+
+probes.c.j2 is a skeleton: filters.c.j2 (compiled-in and express-lane filters), scope.c.j2
+(exec/fork scope), event.h (record helpers, plain C) and hooks.c.j2 (one macro per hook shape,
+and where each probe kind's arguments are) are pulled in by Jinja include/import, so the text
+stays one self-contained program; the headers bcc itself includes are common.h and shared.h.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ class Rendered:
 
 
 @functools.cache
-def _env() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
+    """The one Jinja2 environment of the kernel templates (StrictUndefined: a missing name fails)."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(KERN_DIR)),
         undefined=jinja2.StrictUndefined,
@@ -41,7 +47,7 @@ def _env() -> jinja2.Environment:
 
 
 def path_hash(path: str) -> int:
-    """FNV-1a 64 of a path, as the kernel computes it at exec (probes.c.j2: path_hash)."""
+    """FNV-1a 64 of a path, as the kernel computes it at exec (scope.c.j2: path_hash)."""
     h = FNV_OFFSET
     for b in path.encode()[:255]:
         h ^= b
@@ -129,7 +135,7 @@ def context(profile_name: str, target: models.Target, hooks, scope_paths=(), exp
     filters = filter_values(target)
     max_bytes = _int_list([target.max_bytes], 16, MAX_BYTES_LIMIT)[0]
     if express:
-        # The express lane reads these from maps (probes.c.j2); pids stay compiled in, as they
+        # The express lane reads these from maps (filters.c.j2); pids stay compiled in, as they
         # are also where the trampolines attach. Its records are sized by the configuration's
         # max_bytes, bounded by the schema maximum (one scratch record per CPU of that size).
         filters |= {"uids": [], "comm": [], "ports": []}
@@ -150,7 +156,7 @@ def context(profile_name: str, target: models.Target, hooks, scope_paths=(), exp
 def render(profile_name: str, target: models.Target, hooks, scope_paths=(), express: bool = False) -> Rendered:
     """The target's program; `express=True`: its express-lane variant, the same for every value of
     the uid, comm and port filters and of max_bytes (so its digest says which edits the lane can take)."""
-    text = _env().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths, express))
+    text = environment().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths, express))
     headers = b"".join((KERN_DIR / h).read_bytes() for h in ("common.h", "shared.h"))
     return Rendered(text, hashlib.sha256(text.encode() + headers).hexdigest())
 
@@ -169,7 +175,7 @@ def program(rendered: Rendered, slot: int, generation: int) -> str:
 
 def kernel_template(name: str, **context) -> str:
     """Render another kernel template of templates/kern (trampolines, shared state)."""
-    return _env().get_template(name).render(**context)
+    return environment().get_template(name).render(**context)
 
 
 def cflags() -> list[str]:

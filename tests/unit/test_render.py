@@ -175,7 +175,7 @@ def test_context_holds_only_plain_typed_values():
 
 
 def test_strict_undefined_is_on():
-    env = render._env()
+    env = render.environment()
     assert env.undefined is jinja2.StrictUndefined
     template = env.get_template(render.TEMPLATE)
     ctx = render.context("p", OPENSSL, hooks.BUILTIN["openssl"])
@@ -302,11 +302,52 @@ def test_python_struct_matches_the_compiled_struct(c_offsets):
     assert set(py) == set(layout.FIELDS)
 
 
+def _abi_defines() -> dict[str, int]:
+    """The record, direction, flag and loss numbers the C defines (common.h, shared.h)."""
+    text = "".join((render.KERN_DIR / h).read_text() for h in ("common.h", "shared.h"))
+    return {k: int(v) for k, v in re.findall(r"^#define ((?:RECORD|DIR|FLAG|LOSS)_\w+)\s+(\d+)", text, re.M)}
+
+
 def test_layout_constants_match_common_h():
-    text = (render.KERN_DIR / "common.h").read_text()
-    defines = dict(re.findall(r"#define (\w+)\s+(\d+)", text))
-    for name in ("RECORD_DATA", "RECORD_COMMAND", "RECORD_CALL", "DIR_NONE", "DIR_READ", "DIR_WRITE",
-                 "FLAG_TRUNCATED", "LOSS_RINGBUF", "LOSS_STASH"):
-        assert getattr(layout, name) == int(defines[name]), name
-    assert (hooks.RECORD_DATA, hooks.RECORD_COMMAND, hooks.RECORD_CALL) == (1, 2, 3)
-    assert (hooks.DIR_NONE, hooks.DIR_READ, hooks.DIR_WRITE) == (0, 1, 2)
+    """The numbers C and Python share have one source each side, tied here: the C headers are what
+    bcc compiles and what the layout test compiles with gcc; layout.py is Python's one copy (hooks.py
+    uses the same values), so any number added on either side must be added on the other."""
+    defines = _abi_defines()
+    python = {k: v for k, v in vars(layout).items()
+              if re.fullmatch(r"(RECORD|DIR|FLAG|LOSS)_[A-Z_]+", k) and type(v) is int}
+    assert set(defines) - {"LOSS_SLOTS"} == set(python), "a number defined on one side only"
+    for name, value in python.items():
+        assert defines[name] == value, name
+    assert defines["LOSS_SLOTS"] == len(layout.LOSS_STAGES) == max(layout.LOSS_STAGES) + 1
+    for name in ("RECORD_DATA", "RECORD_COMMAND", "RECORD_CALL", "DIR_NONE", "DIR_READ", "DIR_WRITE"):
+        assert getattr(hooks, name) == getattr(layout, name), name
+    assert hooks.RECORD_NONE == 0 and "RECORD_NONE" not in defines    # a hook-only value: never in a record
+
+
+# ------------------------------------------------------------------ template split
+
+TEMPLATES = {p.name: p.read_text() for p in render.KERN_DIR.iterdir() if p.suffix in (".j2", ".h")}
+
+
+def test_event_h_is_plain_c():
+    """event.h is included verbatim: no Jinja in it, so it can become a bcc #include unchanged."""
+    text = TEMPLATES["event.h"]
+    assert not re.search(r"\{[{%#]|[}%#]\}", text)
+    assert jinja2.Environment(keep_trailing_newline=True).from_string(text).render() == text
+
+
+@pytest.mark.parametrize("needle, owner", [
+    (r"\bfilter_(conf|gate|uids|comms|ports)\b|\bfc->|struct filter_conf \*", "filters.c.j2"),
+    (r"\bscope\.(lookup|update|delete)\b|sched_process_", "scope.c.j2"),
+    (r"\bPT_REGS_|ctx->args\[|ctx->ret\b", "hooks.c.j2"),
+])
+def test_each_concern_lives_in_one_template(needle, owner):
+    """The express lane's maps, the scope table and the probe ABIs are each known to one file."""
+    users = sorted(name for name, text in TEMPLATES.items() if re.search(needle, text))
+    assert users == [owner]
+
+
+def test_probe_skeleton_stays_short():
+    body = [ln for ln in TEMPLATES["probes.c.j2"].splitlines() if ln.strip()]
+    assert len(body) < 70
+    assert len(re.findall(r"\{%", TEMPLATES["probes.c.j2"])) < 20

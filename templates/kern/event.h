@@ -1,0 +1,64 @@
+static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
+    u32 cpu = bpf_get_smp_processor_id();
+    struct event *ev = scratch.lookup(&cpu);
+    if (!ev) return 0;
+    ev->h.ts = bpf_ktime_get_ns();
+    ev->h.pid = id >> 32;
+    ev->h.tid = (u32)id;
+    ev->h.uid = (u32)bpf_get_current_uid_gid();
+    ev->h.hook = hook;
+    ev->h.record = record;
+    ev->h.direction = direction;
+    ev->h.flags = 0;
+    ev->h.gen = gen;
+    ev->h.fd = -1;
+    ev->h.session = 0;
+    ev->h.ret = 0;
+    ev->h.len = 0;
+    ev->h.cap = 0;
+    __builtin_memset(&ev->h.conn, 0, sizeof(ev->h.conn));
+    bpf_get_current_comm(&ev->h.comm, sizeof(ev->h.comm));
+    return ev;
+}
+
+/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
+    if (len < 0) len = 0;
+    ev->h.len = len;
+    u64 cap = len;
+    if (cap > limit) {
+        cap = limit;
+        ev->h.flags |= FLAG_TRUNCATED;
+    }
+    asm volatile("" : "+r"(cap));
+    if (cap > MAX_BYTES) cap = MAX_BYTES;   /* the bound the verifier checks */
+    asm volatile("" : "+r"(cap));
+    if (cap > 0 && bpf_probe_read_user(ev->payload, cap, src) == 0)
+        ev->h.cap = cap;
+}
+
+static __always_inline void read_string(struct event *ev, const void *src, u32 limit) {
+    u64 size = limit;
+    asm volatile("" : "+r"(size));
+    if (size > MAX_BYTES) size = MAX_BYTES;
+    if (size < 1) size = 1;
+    asm volatile("" : "+r"(size));
+    long n = bpf_probe_read_user_str(ev->payload, size, src);
+    if (n <= 0) return;
+    ev->h.cap = n - 1;   /* without the NUL */
+    ev->h.len = n - 1;
+    if (n == size) ev->h.flags |= FLAG_TRUNCATED;
+}
+
+static __always_inline void event_submit(struct event *ev) {
+    u32 tgid = ev->h.pid;
+    u64 zero = 0;
+    u64 *seq = ecap_seqs.lookup_or_try_init(&tgid, &zero);
+    ev->h.seq = seq ? __sync_fetch_and_add(seq, 1) : 0;
+    u64 size = HEADER_SIZE + (u64)ev->h.cap;
+    if (size > sizeof(struct event)) size = sizeof(struct event);
+    asm volatile("" : "+r"(size));   /* keep the clamped value in the register the helper gets */
+    /* No wakeup per record: the reader drains on a short timer, so a busy target costs one
+     * wakeup per batch instead of one per record. */
+    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP) != 0) count_loss(LOSS_RINGBUF);
+}
