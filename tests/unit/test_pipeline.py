@@ -258,3 +258,33 @@ def test_repeated_http1_headers_stay_a_list_in_records():
     recs = _run([_raw(REQ, seq=0), _raw(resp, seq=1, hook=0, direction=layout.DIR_WRITE)], _probe_set())
     assert recs[1]["headers"]["Set-Cookie"] == cookies       # not joined with ", " (the dates hold commas)
     assert recs[1]["headers"]["Content-Length"] == "0"
+
+
+def test_http1_and_http2_records_get_the_same_header_and_body_shaping():
+    import hpack
+
+    def frame(ftype, flags, sid, payload):
+        return struct.pack(">HBBBL", len(payload) >> 8, len(payload) & 0xFF, ftype, flags, sid) + payload
+
+    body = b"\xff\xfebinary"
+    hdrs = [("cookie", "a=1"), ("accept", "a"), ("cookie", "b=2"), ("accept", "b")]
+    h1 = ("POST /p HTTP/1.1\r\n" + "".join("%s: %s\r\n" % h for h in hdrs)
+          + "content-length: %d\r\n\r\n" % len(body)).encode() + body
+    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/p"), (":scheme", "http"),
+                                    (":authority", "x"), *hdrs, ("content-length", "8")])
+    h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"") + frame(1, 4, 1, block) + frame(0, 1, 1, body)
+    r1 = _run([_raw(h1, direction=layout.DIR_WRITE, rport=1)], _probe_set())
+    r2 = _run([_raw(h2, direction=layout.DIR_WRITE, rport=2)], _probe_set())
+    assert [r["type"] for r in r1] == [r["type"] for r in r2] == ["http.request"]
+    shaped = ("headers", "body", "body_len", "body_encoding", "truncated")
+    assert {k: r1[0].get(k) for k in shaped} == {k: r2[0].get(k) for k in shaped} == {
+        "headers": {"cookie": "a=1; b=2", "accept": ["a", "b"], "content-length": "8"}, "body": "//5iaW5hcnk=", "body_len": 8,
+        "body_encoding": "base64", "truncated": None}
+    assert r1[0]["version"] == "HTTP/1.1" and r2[0]["version"] == "HTTP/2"
+
+
+def test_http1_parse_error_record_fields_are_unchanged():
+    recs = _run([_raw(b"GET / HTTP/1.1\r\nbad header\r\n\r\n", seq=0)], _probe_set())
+    assert [r["type"] for r in recs] == ["parse_error"]
+    assert {k: recs[0][k] for k in ("protocol", "offset")} == {"protocol": "http1", "offset": 16}
+    assert "invalid header line" in recs[0]["reason"] and "direction" not in recs[0]
