@@ -11,7 +11,6 @@ import threading
 from dataclasses import dataclass, field
 
 from orchestrator.bpf import discovery, layout, owner, render, ringreader, state, trampoline
-from orchestrator.plan import model as plan_model
 
 
 EXPRESS_TABLES = ("filter_gate", "filter_conf", "filter_uids", "filter_comms", "filter_ports")
@@ -31,7 +30,7 @@ class AttachPoint:
 
 @dataclass
 class LoadedTarget:
-    probe_set: plan_model.ProbeSet
+    probe_set: object        # a plan.model.ProbeSet (bpf does not import plan)
     slot: int = 0            # the target's number: keeps its calls apart in the shared stash
     generation: int = 1
     express: bool = False    # the express-lane variant: uid/comm/port filters read from maps

@@ -17,7 +17,6 @@ from pathlib import Path
 import jsonschema
 
 from orchestrator import safefile, workdir
-from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.profile import errors, models, yamlmarks
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "profile.schema.json"
@@ -239,7 +238,7 @@ def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
         seen.setdefault(t["name"], i)
         if t["kind"] == "uprobe":
             _check_uprobe_args(t, base, add)
-        if t.get("filters", {}).get("ports") and t["kind"] not in hooks_mod.CONNECTION_KINDS:
+        if t.get("filters", {}).get("ports") and t["kind"] not in models.CONNECTION_KINDS:
             add(base + ("filters", "ports"), f"kind {t['kind']} has no connections to filter by port", key=True)
     paths: dict[str, int] = {}
     for i, s in enumerate(doc["spec"].get("sinks", [])):
