@@ -16,7 +16,7 @@ from rich.markup import escape
 from orchestrator import preflight, termtext, workdir
 from orchestrator.bpf import discovery
 from orchestrator.bpf import render as render_mod
-from orchestrator.plan import build
+from orchestrator.plan import build, diff
 from orchestrator.reconcile import control
 from orchestrator.profile import errors, load, trust
 
@@ -117,9 +117,11 @@ def plan(paths: List[Path] = PathsArg) -> None:
     apply is running) what it would add, remove, replace or leave alone."""
     profiles, ok = _load_all(paths)
     out = Console(highlight=False, soft_wrap=True)
+    planned = []
     for profile in profiles:
         out.print(f"[bold]{_safe(profile.name)}[/bold] [dim]({_safe(profile.path)})[/dim]")
         sets, failed = build.plan_profile(profile)
+        planned += sets
         for ps in sets:
             t = ps.target
             out.print(f"  [cyan]{_safe(t.name)}[/cyan] kind={t.kind} digest={ps.digest}")
@@ -140,39 +142,26 @@ def plan(paths: List[Path] = PathsArg) -> None:
         for fl in failed:
             ok = False
             out.print(f"  [red]{_safe(fl.target.name)}: cannot attach: {_safe(fl.message)}[/red]")
-    _print_diff_against_running(out, profiles)
+    _print_diff_against_running(out, {p.name for p in profiles}, planned)
     raise typer.Exit(0 if ok else EXIT_INVALID)
 
 
-def _print_diff_against_running(out, profiles) -> None:
-    running = control.request("digests")
+def _print_diff_against_running(out, names: set, planned: list) -> None:
+    """What the running apply would do with these profiles: the reconciler's own decision (plan.diff)."""
+    running = control.request("running")
     if running is None:
         out.print("[dim]no running `ecapture apply` answers: nothing to compare with[/dim]")
         return
-    from orchestrator.reconcile import express
-
-    lanes = control.request("lanes") or {}
-    desired, lane_keys = {}, {}
-    names = set()
-    for profile in profiles:
-        names.add(profile.name)
-        sets, _ = build.plan_profile(profile)
-        desired.update({f"{ps.profile}/{ps.target.name}": ps.digest for ps in sets})
-        lane_keys.update({f"{ps.profile}/{ps.target.name}": express.fit_key(ps) for ps in sets})
+    views = [diff.Running(**{**v, "key": tuple(v["key"])}) for v in running if v["key"][0] in names]
+    changes = diff.diff(planned, views, views=lambda view: view)
+    lines = [(ps.key, "[green]add[/green]", "") for ps in changes.add]
+    lines += [(view.key, "[red]remove[/red]", "") for view in changes.remove]
+    lines += [(ps.key, "[yellow]replace[/yellow]", f" [dim]({diff.WORDS[how]})[/dim]")
+              for (_, ps), how in zip(changes.replace, changes.how)]
+    lines += [(ps.key, "[dim]unchanged[/dim]", "") for ps in changes.unchanged]
     out.print("[bold]against the running apply:[/bold]")
-    for key in sorted(set(desired) | {k for k in running if k.split("/", 1)[0] in names}):
-        note = ""
-        if key not in running:
-            verdict = "[green]add[/green]"
-        elif key not in desired:
-            verdict = "[red]remove[/red]"
-        elif running[key] != desired[key]:
-            verdict = "[yellow]replace[/yellow]"
-            if lanes.get(key) is not None and lanes.get(key) == lane_keys.get(key):
-                note = " [dim](filter values only: through its express lane, no compile)[/dim]"
-        else:
-            verdict = "[dim]unchanged[/dim]"
-        out.print(f"  {verdict} {_safe(key)}{note}")
+    for key, verdict, note in sorted(lines):
+        out.print(f"  {verdict} {_safe('/'.join(key))}{note}")
 
 
 def _matching_now(ps) -> list[int]:

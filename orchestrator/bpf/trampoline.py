@@ -7,7 +7,6 @@ Attached all-or-nothing; `close()` detaches (each detach waits out a kernel grac
 from __future__ import annotations
 
 import ctypes
-import hashlib
 from dataclasses import dataclass, field
 
 from orchestrator.bpf import loader, owner, render
@@ -16,11 +15,8 @@ TEMPLATE = "trampoline.c.j2"
 
 
 def identity(probe_set) -> str:
-    """Targets with the same identity can share trampolines: same file (and inode), hooks and pid scope."""
-    points = "|".join(f"{h.symbol}:{h.on}" for h in probe_set.hooks)
-    pids = ",".join(map(str, probe_set.target.filters.pids))
-    text = f"{probe_set.attach_path}|{probe_set.attach_file}|{points}|{pids}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """Targets with the same identity can share trampolines (plan.model.ProbeSet.attach_identity)."""
+    return probe_set.attach_identity
 
 
 def program_names(index: int, hook) -> list[tuple[int, str]]:

@@ -1,7 +1,31 @@
-"""diff(desired, running) → what to add, remove, replace and leave alone. Pure."""
+"""diff(desired, running) → what to add, remove, replace and leave alone, and how to replace each. Pure.
+
+The one place that decides how a change is carried out: the reconciler loads accordingly, the
+reload log says it, and `ecapture plan` shows it against a running apply. Cheapest first:
+
+- `parsers`: only userspace changed; the running programs go on, decoded with the new probe set.
+- `express`: the target's express lane takes the new values (filters, max_bytes): map writes.
+- `compile`: a new program on the same uprobes.
+- `reattach`: new uprobes (file, inode, symbols or pid scope changed) and a new program.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+PARSERS, EXPRESS, COMPILE, REATTACH = "parsers", "express", "compile", "reattach"
+WORDS = {PARSERS: "parsers only, no compile", EXPRESS: "express lane, no compile", COMPILE: "compile",
+         REATTACH: "re-attach and compile"}
+
+
+@dataclass(frozen=True)
+class Running:
+    """What the decision needs to know of a running target."""
+    key: tuple
+    digest: str
+    kernel_digest: str
+    attach_identity: str
+    on_lane: bool = False          # its generation runs in its express lane
+    lane_key: str | None = None    # what its ready express lane can run (ProbeSet.lane_key); None: no lane
 
 
 @dataclass(frozen=True)
@@ -10,14 +34,26 @@ class Changes:
     remove: tuple
     replace: tuple        # (running, desired) pairs
     unchanged: tuple
+    how: tuple = ()       # for each replace pair: PARSERS | EXPRESS | COMPILE | REATTACH
 
     @property
     def empty(self) -> bool:
         return not (self.add or self.remove or self.replace)
 
 
-def diff(desired, running) -> Changes:
-    """`desired` and `running` are iterables of objects with `.key` and `.digest`."""
+def how_to_replace(running: Running, desired) -> str:
+    if not running.on_lane and running.kernel_digest == desired.kernel_digest:
+        return PARSERS
+    if running.lane_key is not None and running.lane_key == desired.lane_key:
+        return EXPRESS
+    if running.attach_identity == desired.attach_identity:
+        return COMPILE
+    return REATTACH
+
+
+def diff(desired, running, views=None) -> Changes:
+    """`desired` and `running` are iterables of objects with `.key` and `.digest`; with `views`
+    (running object → Running), every replacement says how it is carried out."""
     want = {d.key: d for d in desired}
     have = {r.key: r for r in running}
     add = tuple(want[k] for k in sorted(want.keys() - have.keys()))
@@ -28,4 +64,5 @@ def diff(desired, running) -> Changes:
             unchanged.append(want[k])
         else:
             replace.append((have[k], want[k]))
-    return Changes(add, remove, tuple(replace), tuple(unchanged))
+    how = tuple(how_to_replace(views(old), new) for old, new in replace) if views else ()
+    return Changes(add, remove, tuple(replace), tuple(unchanged), how)

@@ -45,6 +45,23 @@ class ProbeSet:
         """Same ⇔ the same program attached at the same places: a change of parsers alone keeps it."""
         return hashlib.sha256(self._kernel_text().encode()).hexdigest()[:16]
 
+    @property
+    def attach_identity(self) -> str:
+        """Same ⇔ the same uprobes: same file (and inode), hooks and pid scope. Targets with the same
+        identity share trampolines, so a change that keeps it attaches nothing."""
+        points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
+        pids = ",".join(map(str, self.target.filters.pids))
+        text = f"{self.attach_path}|{self.attach_file}|{points}|{pids}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def lane_key(self) -> str | None:
+        """Same ⇔ one express lane can run both: same uprobes and the same program but for the values
+        the lane reads from maps (uid, comm and port filters, max_bytes)."""
+        if self.express is None:
+            return None
+        return f"{self.attach_identity}:{self.express.digest}"
+
     def _kernel_text(self) -> str:
         points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
         pids = ",".join(map(str, self.target.filters.pids))

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from orchestrator.bpf import layout, loader, render, trampoline
+from orchestrator.bpf import layout, loader, render
 from orchestrator.pipeline import events
 
 DRAIN_INTERVAL_S = 0.01
@@ -157,6 +157,4 @@ class ExpressLane:
 
 def fit_key(probe_set) -> str | None:
     """Probe sets with equal keys can share an express lane."""
-    if probe_set.express is None:
-        return None
-    return f"{trampoline.identity(probe_set)}:{probe_set.express.digest}"
+    return probe_set.lane_key

@@ -14,6 +14,7 @@ replaced on disk (a package upgrade: new inode) is re-planned and re-attached.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -89,7 +90,7 @@ class Reconciler:
                 for path in sorted(set(self.files) - set(present)):
                     self._remove_file(path)
                 for item in prepared:
-                    self._commit(item)
+                    self._apply_prepared(item)
 
     def retry_due(self) -> bool:
         """A temporary failure waits for its retry, or a running target's file changed on disk."""
@@ -132,7 +133,7 @@ class Reconciler:
         item.sets, item.failed = self.plan(item.profile)
         return item
 
-    def _commit(self, item: _Prepared) -> None:
+    def _apply_prepared(self, item: _Prepared) -> None:
         st, profile = item.st, item.profile
         now = self.clock()
         if item.error:
@@ -181,68 +182,77 @@ class Reconciler:
 
     # ---------------------------------------------------------------- the transaction
     def _apply(self, st: ProfileState, profile, sets, failed) -> str | None:
-        failed_names = {f.target.name for f in failed}
+        """Plan → open sinks → load all → commit → summarise; None when nothing changed (rolled back)."""
         running = [rt for key, rt in self.runtime.targets.items() if key[0] == profile.name]
         last_good = bool(running) or st.name is not None     # under this name, or the one it replaces
-        # A target that cannot be planned now keeps its last good generation, if it has one.
-        keep = [rt for rt in running if rt.key[1] in failed_names]
-        changes = diff.diff(sets, [rt for rt in running if rt.key[1] not in failed_names])
-        previous, st.failed_targets = st.failed_targets, {}
-        for f in failed:
-            kept = any(rt.key[1] == f.target.name for rt in keep)
-            st.failed_targets[f.target.name] = f.message
-            if previous.get(f.target.name) != f.message:     # retries repeat it: say it once
-                self.warn(f"{f.issue()} ({'keeping its last good generation' if kept else 'target not started'}"
-                          f"; retrying)")
-
-        new_sinks = None
-        if profile.sinks != st.sink_specs or profile.name not in self.sinks:
-            try:
-                new_sinks = [factory.build(s) for s in profile.sinks]
-            except (OSError, ValueError) as exc:
-                self._error(st, f"{profile.path}:1:1: spec.sinks: cannot open sink: {exc}",
-                            "keeping the last good generation" if last_good else "not applied")
-                return None
-
-        loaded, pairs = [], []
-        for ps in changes.add:
-            loaded.append((None, self.runtime.load(ps, hold=True)))
-        for old, ps in changes.replace:
-            loaded.append((old, self.runtime.load(ps, hold=True)))
+        changes = self._plan_changes(st, sets, failed, running)
+        new_sinks = self._open_sinks(st, profile, last_good)
+        if new_sinks is False:
+            return None
+        loaded = self._load_all(changes)
+        if loaded is None:
+            return None
         broken = [new for _, new in loaded if new.state != "running"]
         if broken:
-            for _, new in loaded:
-                self.runtime.discard(new)
-            for new in broken:
-                line, col = new.probe_set.target.mark("name")
-                self.warn(f"{profile.path}:{line}:{col}: spec.targets[{new.probe_set.target.index}]: "
-                          f"{new.last_error}")
-            if new_sinks:
-                for s in new_sinks:
-                    s.close()
-            st.state = "error"
-            st.last_error = "; ".join(f"{b.probe_set.target.name}: {b.last_error}" for b in broken)
-            self.warn(f"{workdir.shown(st.path)}: change rolled back; "
-                      f"{'the last good generation keeps running' if last_good else 'nothing started'}")
+            self._roll_back(st, profile, loaded, broken, new_sinks, last_good)
             return None
-        pairs = loaded
+        self._commit(st, profile, changes, loaded, new_sinks, failed)
+        return _summary(changes, loaded)
+
+    def _plan_changes(self, st: ProfileState, sets, failed, running) -> diff.Changes:
+        # A target that cannot be planned now keeps its last good generation, if it has one.
+        failed_names = {f.target.name for f in failed}
+        kept = {rt.key[1] for rt in running if rt.key[1] in failed_names}
+        previous, st.failed_targets = st.failed_targets, {}
+        for f in failed:
+            st.failed_targets[f.target.name] = f.message
+            if previous.get(f.target.name) != f.message:     # retries repeat it: say it once
+                self.warn(f"{f.issue()} ({'keeping its last good generation' if f.target.name in kept else 'target not started'}"
+                          f"; retrying)")
+        return diff.diff(sets, [rt for rt in running if rt.key[1] not in failed_names], views=self.runtime.view)
+
+    def _open_sinks(self, st: ProfileState, profile, last_good: bool):
+        """New sink objects when the profile's sinks changed, None when they did not, False on failure."""
+        if profile.sinks == st.sink_specs and profile.name in self.sinks:
+            return None
+        try:
+            return [factory.build(s) for s in profile.sinks]
+        except (OSError, ValueError) as exc:
+            self._error(st, f"{profile.path}:1:1: spec.sinks: cannot open sink: {exc}",
+                        "keeping the last good generation" if last_good else "not applied")
+            return False
+
+    def _load_all(self, changes: diff.Changes) -> list:
+        loaded = [(None, self.runtime.load(ps, hold=True)) for ps in changes.add]
+        for (old, ps), how in zip(changes.replace, changes.how):
+            loaded.append((old, self.runtime.load(ps, hold=True, how=how)))
+        return loaded
+
+    def _roll_back(self, st: ProfileState, profile, loaded, broken, new_sinks, last_good: bool) -> None:
+        for _, new in loaded:
+            self.runtime.discard(new)
+        for new in broken:
+            line, col = new.probe_set.target.mark("name")
+            self.warn(f"{profile.path}:{line}:{col}: spec.targets[{new.probe_set.target.index}]: {new.last_error}")
+        for s in new_sinks or ():
+            s.close()
+        st.state = "error"
+        st.last_error = "; ".join(f"{b.probe_set.target.name}: {b.last_error}" for b in broken)
+        self.warn(f"{workdir.shown(st.path)}: change rolled back; "
+                  f"{'the last good generation keeps running' if last_good else 'nothing started'}")
+
+    def _commit(self, st: ProfileState, profile, changes: diff.Changes, loaded, new_sinks, failed) -> None:
         if new_sinks is not None:
             old_sinks = self.sinks.get(profile.name, [])
             self.sinks[profile.name] = new_sinks
             st.sink_specs = profile.sinks
             self.dispatcher.call_soon(lambda sinks=old_sinks: [s.close() for s in sinks])
-        self.runtime.switch(pairs)
+        self.runtime.switch(loaded)
         for rt in changes.remove:
             self.runtime.stop(rt.key)
         st.name = profile.name
         st.state = "degraded" if failed else "ok"
         st.last_error = "; ".join(f"{n}: {m}" for n, m in st.failed_targets.items())
-        parts = [f"added {', '.join(n.key[1] for _, n in loaded if _ is None)}" if changes.add else "",
-                 f"replaced {', '.join(_replaced(n) for o, n in loaded if o)}"
-                 if changes.replace else "",
-                 f"removed {', '.join(r.key[1] for r in changes.remove)}" if changes.remove else "",
-                 f"unchanged {', '.join(u.key[1] for u in changes.unchanged)}" if changes.unchanged else ""]
-        return "; ".join(p for p in parts if p)
 
     # ---------------------------------------------------------------- removal
     def _remove_file(self, path: str) -> None:
@@ -304,17 +314,20 @@ class Reconciler:
         error = self.runtime.lane_errors.get(key)
         return f"unavailable: {error}" if error else ("building" if self.runtime.express_lanes else "off")
 
-    def digests(self) -> dict:
-        return {f"{k[0]}/{k[1]}": rt.digest for k, rt in list(self.runtime.targets.items())}
-
-    def lanes(self) -> dict:
-        """Per target with an express lane: what an edit must keep to go through it (see ExpressLane.fits)."""
-        return {f"{k[0]}/{k[1]}": lane.fit_key for k, lane in list(self.runtime.lanes.items())}
+    def running(self) -> list[dict]:
+        """Every running target as plan.diff sees it, for `ecapture plan` to decide as apply would."""
+        return [dataclasses.asdict(self.runtime.view(rt)) for rt in list(self.runtime.targets.values())]
 
 
 def _filter_values(filters) -> dict:
     return {k: list(getattr(filters, k)) for k in ("pids", "uids", "comm", "ports")}
 
 
-def _replaced(rt) -> str:
-    return f"{rt.key[1]} (gen {rt.generation}, {rt.how})"
+def _summary(changes: diff.Changes, loaded) -> str:
+    replaced = [new for old, new in loaded if old is not None]
+    parts = [f"added {', '.join(new.key[1] for old, new in loaded if old is None)}" if changes.add else "",
+             f"replaced {', '.join(f'{rt.key[1]} (gen {rt.generation}, {rt.how})' for rt in replaced)}"
+             if replaced else "",
+             f"removed {', '.join(r.key[1] for r in changes.remove)}" if changes.remove else "",
+             f"unchanged {', '.join(u.key[1] for u in changes.unchanged)}" if changes.unchanged else ""]
+    return "; ".join(p for p in parts if p)

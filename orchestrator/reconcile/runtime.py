@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.bpf import loader, trampoline
 from orchestrator.pipeline import events
+from orchestrator.plan import diff
 from orchestrator.reconcile import express
 
 DRAIN_INTERVAL_S = express.DRAIN_INTERVAL_S    # the same cadence for compiled generations and lanes
@@ -109,11 +110,19 @@ class Runtime:
         return self._generations[key]
 
     # ---- loading
-    def load(self, probe_set, hold: bool) -> RunningTarget:
+    def view(self, rt: RunningTarget) -> diff.Running:
+        """What plan.diff needs to decide how `rt` is replaced."""
+        ps, lane = rt.probe_set, self.lanes.get(rt.key)
+        return diff.Running(rt.key, ps.digest, ps.kernel_digest, ps.attach_identity, on_lane=rt.lane is not None,
+                            lane_key=lane.fit_key if lane is not None else None)
+
+    def load(self, probe_set, hold: bool, how: str | None = None) -> RunningTarget:
         """Load a new generation (and, if its attach points are new, attach trampolines with an empty
         table). Nothing runs it until `switch`/`start` installs it. A failed load leaves nothing.
 
-        When the target's express lane can run `probe_set`, nothing is compiled: the generation is
+        `how` is plan.diff's decision for a replacement (made under `lock`, from `view`). With
+        PARSERS the running programs go on, decoded with `probe_set`. With EXPRESS nothing is
+        compiled: the generation is
         the lane with `probe_set`'s filter values, written when `switch` makes it live. When it
         cannot (attach points or the program changed), the replacement is compiled as the target's
         new express lane, so that the edits that follow need no compile either; its filters get
@@ -125,15 +134,14 @@ class Runtime:
             # A compile for filters that are about to change would only delay this one (bcc
             # compiles one at a time): the switch queues what the new generation needs.
             self._jobs.cancel(key)
-        if live is not None and live.lane is None and live.state == "running" and live.loaded is not None \
-                and live.probe_set.kernel_digest == probe_set.kernel_digest:
+        if how == diff.PARSERS and live is not None and live.lane is None and live.loaded is not None:
             # Only userspace changed (parsers): the running programs go on, with the new probe set.
             return RunningTarget(probe_set, live.slot, self._next_generation(key), state="running",
                                  loaded=live.loaded, trampoline=live.trampoline, thread=live.thread,
                                  stop_flag=live.stop_flag, released=live.released, drained=live.drained,
                                  started_at=time.time(), stamp=live.stamp, relabel_of=live,
                                  how="parsers only, no compile")
-        if live is not None and lane is not None and lane.fits(probe_set):
+        if how == diff.EXPRESS and live is not None and lane is not None:
             rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key), state="running",
                                loaded=lane.loaded, lane=lane, trampoline=live.trampoline, started_at=time.time(),
                                how="express lane, no compile")

@@ -27,7 +27,7 @@ class ApplySession:
                                                 insecure_profiles=insecure_profiles)
         self.watcher = watcher.Watcher(paths, self._on_change) if watch else None
         self.control = control.ControlServer({"ping": lambda: "pong", "status": self.reconciler.status,
-                                              "digests": self.reconciler.digests, "lanes": self.reconciler.lanes})
+                                              "running": self.reconciler.running})
         self.stop_event = threading.Event()
         self.started = time.time()
         self._retrier = threading.Thread(target=self._retry_loop, name="ecapture-retry", daemon=True)

@@ -344,14 +344,14 @@ def test_status_and_plan_talk_to_the_running_apply(apply_profile, cert, tmp_path
             # ring buffer size edit does not
             assert _wait_for(lambda: _target_status("stat")["express_lane"] == "ready", 60)
             plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
-            assert "replace stat/gen (filter values only: through its express lane" in " ".join(plan.stdout.split())
+            assert "replace stat/gen (express lane, no compile)" in " ".join(plan.stdout.split()), plan.stdout
             edited.write_text(profile("stat", ["gen-b"], target_extra="\n      max_bytes: 4096", jsonl=str(cap.jsonl)))
             plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
-            assert "through its express lane" in " ".join(plan.stdout.split()), plan.stdout
+            assert "replace stat/gen (express lane, no compile)" in " ".join(plan.stdout.split()), plan.stdout
             edited.write_text(profile("stat", ["gen-a"], target_extra="\n      ring_buffer_kib: 512",
                                       jsonl=str(cap.jsonl)))
             plan = subprocess.run([ECAPTURE, "plan", str(edited)], capture_output=True, text=True, timeout=30)
-            assert "replace stat/gen" in plan.stdout and "express lane" not in plan.stdout, plan.stdout
+            assert "replace stat/gen (compile)" in plan.stdout and "express lane" not in plan.stdout, plan.stdout
         assert not os.path.exists(sock)
         down = subprocess.run([ECAPTURE, "status"], capture_output=True, text=True, timeout=10)
         assert down.returncode == 3 and "no running" in down.stderr

@@ -200,7 +200,10 @@ def test_a_parsers_only_edit_runs_on_without_loading(monkeypatch):
     rt_.targets[base.key] = live
     rt_._generations[base.key] = 1
     monkeypatch.setattr(runtime.loader, "LoadedTarget", lambda *a, **k: pytest.fail("compiled"))
-    new = rt_.load(dataclasses.replace(base, parsers=("http2",)), hold=True)
+    edited = dataclasses.replace(base, parsers=("http2",))
+    how = runtime.diff.how_to_replace(rt_.view(live), edited)
+    assert how == runtime.diff.PARSERS
+    new = rt_.load(edited, hold=True, how=how)
     assert new.relabel_of is live and new.loaded is live.loaded and new.stamp == 1 and new.generation == 2
     rt_.switch([(live, new)])
     assert rt_.targets[base.key] is new and live.state == "stopped" and new.state == "running"

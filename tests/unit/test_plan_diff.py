@@ -189,3 +189,44 @@ def test_a_filter_edit_replaces_only_that_target():
     assert [(old.target.name, new.target.name) for old, new in changes.replace] == [("shell", "shell")]
     assert keys(changes.unchanged) == [("demo", "web")]
     assert not changes.add and not changes.remove
+
+
+# ------------------------------------------------------------------ how a replacement is carried out
+
+def _running(ps, on_lane=False, lane_key=None):
+    return diff.Running(ps.key, ps.digest, ps.kernel_digest, ps.attach_identity, on_lane, lane_key)
+
+
+def _web(**filters):
+    target = dataclasses.replace(WEB, filters=models.Filters(**filters))
+    (ps,), _ = build.plan_profile(_profile(target, parsers=("http1",)), resolve=fake_resolve)
+    return ps
+
+
+def test_parsers_only_keeps_the_programs():
+    old = _web()
+    new = dataclasses.replace(old, parsers=("http2",))
+    assert diff.how_to_replace(_running(old), new) == diff.PARSERS
+    # a generation running in the lane is replaced through the lane instead
+    assert diff.how_to_replace(_running(old, on_lane=True, lane_key=old.lane_key), new) == diff.EXPRESS
+
+
+def test_filter_values_go_through_a_ready_lane_else_compile():
+    old, new = _web(comm=("nginx",)), _web(comm=("curl",))
+    assert diff.how_to_replace(_running(old, lane_key=old.lane_key), new) == diff.EXPRESS
+    assert diff.how_to_replace(_running(old), new) == diff.COMPILE           # no lane (yet, or off)
+    assert diff.how_to_replace(_running(old, lane_key="other"), new) == diff.COMPILE
+
+
+def test_new_uprobes_mean_reattach():
+    old, new = _web(), _web(pids=(1234,))                 # pids scope the uprobes themselves
+    assert diff.how_to_replace(_running(old, lane_key=old.lane_key), new) == diff.REATTACH
+    moved = dataclasses.replace(old, attach_file=(1, 2))  # the library was replaced on disk
+    assert diff.how_to_replace(_running(old, lane_key=old.lane_key), moved) == diff.REATTACH
+
+
+def test_diff_says_how_for_every_replacement():
+    a, b = _web(comm=("x",)), _web(comm=("y",))
+    changes = diff.diff([b], [a], views=lambda rt: _running(rt, lane_key=rt.lane_key))
+    assert changes.replace == ((a, b),) and changes.how == (diff.EXPRESS,)
+    assert diff.diff([b], [a]).how == ()                   # no views: no decision asked for

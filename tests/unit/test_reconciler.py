@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from orchestrator.bpf import discovery
-from orchestrator.plan import build, model
+from orchestrator.plan import build, diff, model
 from orchestrator.reconcile import control, reconciler
 from tests.unit.test_plan_diff import fake_resolve
 
@@ -49,8 +49,15 @@ class FakeRuntime:
     express_lanes: bool = False
     loads: int = 0
 
-    def load(self, ps, hold):
+    hows: list = field(default_factory=list)          # plan.diff's decision for each replacement
+
+    def view(self, rt):
+        ps = rt.probe_set
+        return diff.Running(rt.key, ps.digest, ps.kernel_digest, ps.attach_identity)
+
+    def load(self, ps, hold, how=None):
         self.loads += 1
+        self.hows.append(how)
         if ps.target.name in self.fail_loads:
             return FakeRunning(ps, self.loads, state="failed", last_error="compile failed: out of memory")
         return FakeRunning(ps, self.loads)
