@@ -10,10 +10,19 @@ import ctypes
 import threading
 from dataclasses import dataclass, field
 
-from orchestrator.bpf import discovery, layout, owner, render, ringreader, state, trampoline
+from orchestrator.bpf import discovery, layout, owner, render, ringreader, state
 
 
 EXPRESS_TABLES = ("filter_gate", "filter_conf", "filter_uids", "filter_comms", "filter_ports")
+
+
+def program_names(index: int, hook) -> list[tuple[int, str]]:
+    """(trampoline table index, generation program name) for hook `index`: index 2*i is hook i's
+    entry program, 2*i+1 its return program (bpf/trampoline.py tail-calls them by index)."""
+    out = [(2 * index, f"hook_{index}_entry")]
+    if hook.on == "return":
+        out.append((2 * index + 1, f"hook_{index}_return"))
+    return out
 
 
 class LoadError(Exception):
@@ -56,7 +65,7 @@ class LoadedTarget:
             raise LoadError(f"compile failed: {exc}") from None
         try:
             for i, hook in enumerate(ps.hooks):
-                for idx, name in trampoline.program_names(i, hook):
+                for idx, name in program_names(i, hook):
                     self.program_fds[idx] = owner.load_func(self.bpf, name, tracepoint=hook.probe == "syscall")
             # Looked up once here, as the owner: element operations later need no lock.
             names = ["events", "lost"] + (["scope"] if ps.scope_paths else []) + \
