@@ -68,7 +68,9 @@ def discover(paths) -> list[str]:
     return found
 
 
-def load_file(path: str) -> models.Profile:
+def load_file(path: str, check_outputs: bool = True) -> models.Profile:
+    """`check_outputs`: also report output paths that apply's safe opener would refuse (validate);
+    apply opens them itself, and a refusal there is retried (it may be fixed without an edit)."""
     display = workdir.shown(path)
     # A profile may be reached through symbolic links (a Kubernetes ConfigMap's `..data/p.yaml`):
     # the file actually read is the link's target, opened without following any further link, and
@@ -84,7 +86,7 @@ def load_file(path: str) -> models.Profile:
         line = data.count(b"\n", 0, exc.start) + 1
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise _file_error(display, f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line, col) from None
-    return load_text(text, display, base_dir=os.path.dirname(workdir.absolute(path)))
+    return load_text(text, display, base_dir=os.path.dirname(workdir.absolute(path)), check_outputs=check_outputs)
 
 
 def _file_error(display: str, message: str, line: int = 1, col: int = 1) -> errors.ProfileError:
@@ -126,7 +128,7 @@ def _read_bounded(path: str, display: str, cap: int = MAX_PROFILE_BYTES) -> byte
         os.close(fd)
 
 
-def load_text(text: str, filename: str, base_dir: str = workdir.START) -> models.Profile:
+def load_text(text: str, filename: str, base_dir: str = workdir.START, check_outputs: bool = True) -> models.Profile:
     """`base_dir`: where relative output paths of the profile are (the folder holding its file)."""
     try:
         doc, marks = yamlmarks.load(text, filename)
@@ -138,7 +140,7 @@ def load_text(text: str, filename: str, base_dir: str = workdir.START) -> models
     issues += [i for i in _control_issues(doc, filename, marks) if i.field not in reported]
     if issues:
         raise errors.ProfileError(_sorted_unique(issues))
-    issues = _semantic_issues(doc, filename, marks, base_dir)
+    issues = _semantic_issues(doc, filename, marks, base_dir if check_outputs else None)
     if issues:
         raise errors.ProfileError(_sorted_unique(issues))
     return _build(doc, filename, marks, hashlib.sha256(text.encode()).hexdigest(), base_dir)
@@ -246,7 +248,8 @@ def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
             if s["path"] in paths:
                 add(("spec", "sinks", i, "path"), f"same file as sinks[{paths[s['path']]}]")
             paths.setdefault(s["path"], i)
-            for problem in safefile.problems(os.path.normpath(os.path.join(base_dir, s["path"]))):
+            problems = safefile.problems(os.path.normpath(os.path.join(base_dir, s["path"]))) if base_dir else ()
+            for problem in problems:
                 add(("spec", "sinks", i, "path"), problem)      # what apply would refuse to open
     return issues
 

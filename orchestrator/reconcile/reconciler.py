@@ -124,7 +124,7 @@ class Reconciler:
             item.temporary = True
             return item
         try:
-            item.profile = load.load_file(path)
+            item.profile = load.load_file(path, check_outputs=False)   # sinks: opened (and retried) below
         except errors.ProfileError as exc:
             item.error = "\n".join(str(i) for i in exc.issues)
             return item

@@ -32,13 +32,37 @@ class _Handler(FileSystemEventHandler):
             self.watcher.poke()
 
 
+class Debouncer:
+    """When a burst of file events is over: `quiet_for()` says how long to wait yet (0: call now).
+    Pure but for its clock, so the editor save dances are tested without sleeping."""
+
+    def __init__(self, debounce_s: float = DEBOUNCE_S, clock=time.monotonic):
+        self.debounce_s = debounce_s
+        self.clock = clock
+        self.pending = False
+        self._last = 0.0
+
+    def poke(self) -> None:
+        self._last = self.clock()
+        self.pending = True
+
+    def quiet_for(self) -> float:
+        return max(0.0, self.debounce_s - (self.clock() - self._last)) if self.pending else 0.0
+
+    def take(self) -> bool:
+        """True once per burst, when it is over."""
+        if not self.pending or self.quiet_for() > 0:
+            return False
+        self.pending = False
+        return True
+
+
 class Watcher:
     def __init__(self, paths, on_change, debounce_s: float = DEBOUNCE_S):
         self.on_change = on_change
-        self.debounce_s = debounce_s
         self._observer = Observer()
+        self._debouncer = Debouncer(debounce_s)
         self._dirty = threading.Event()
-        self._last = 0.0
         self._stop = threading.Event()
         dirs = set()
         for p in paths:
@@ -49,7 +73,7 @@ class Watcher:
         self._thread = threading.Thread(target=self._run, name="ecapture-watch", daemon=True)
 
     def poke(self) -> None:
-        self._last = time.monotonic()
+        self._debouncer.poke()
         self._dirty.set()
 
     def start(self) -> None:
@@ -60,15 +84,17 @@ class Watcher:
         while not self._stop.is_set():
             if not self._dirty.wait(0.5):
                 continue
-            # Quiet period: editors and ConfigMap swaps make several events per save.
-            while time.monotonic() - self._last < self.debounce_s:
-                time.sleep(self.debounce_s / 4)
             self._dirty.clear()
+            # Quiet period: editors and ConfigMap swaps make several events per save.
+            while not self._stop.is_set() and not self._debouncer.take():
+                if self._dirty.wait(self._debouncer.quiet_for() or self._debouncer.debounce_s):
+                    self._dirty.clear()
             if not self._stop.is_set():
                 self.on_change()
 
     def stop(self) -> None:
         self._stop.set()
+        self._dirty.set()
         self._observer.stop()
         self._observer.join(5)
         self._thread.join(5)

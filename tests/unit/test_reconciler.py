@@ -251,3 +251,42 @@ def test_control_survives_a_failing_handler_and_keeps_serving(tmp_path):
         assert control.request("ping", str(tmp_path / "c.sock")) == "pong"     # still serving
     finally:
         server.close()
+
+
+def test_an_editor_save_dance_is_one_change():
+    from orchestrator.reconcile import watcher
+    clock = Clock()
+    d = watcher.Debouncer(0.025, clock=clock)
+    assert not d.take()                               # nothing happened
+    # vim: write the backup, rename the file away, write the new one, chmod it
+    for dt in (0.0, 0.004, 0.006, 0.002):
+        clock.now += dt
+        d.poke()
+        assert not d.take()
+    clock.now += 0.024
+    assert not d.take() and 0 < d.quiet_for() <= 0.001 + 1e-9
+    clock.now += 0.002
+    assert d.take()                                    # once the burst is over
+    assert not d.take()                                # and only once
+    clock.now += 10
+    d.poke()                                           # a ConfigMap swap much later: a new burst
+    clock.now += 0.03
+    assert d.take()
+
+
+def test_a_sink_that_cannot_open_keeps_the_last_good_generation_and_is_retried(setup, tmp_path):
+    rec, runtime, clock, path, _, lines = setup
+    rec.reconcile()
+    (rt,) = runtime.targets.values()
+    (tmp_path / "victim").write_text("")
+    out = tmp_path / "out.jsonl"
+    out.symlink_to(tmp_path / "victim")               # apply refuses to write through it
+    path.write_text(PROFILE.format(name="one").replace("[{type: stdout}]", f"[{{type: jsonl, path: {out}}}]"))
+    rec.reconcile()
+    assert list(runtime.targets.values()) == [rt]     # nothing replaced, nothing stopped
+    assert any("symbolic link" in ln for ln in lines)
+    out.unlink()
+    clock.now += 60                                   # temporary: retried without an edit
+    assert rec.retry_due()
+    rec.reconcile()
+    assert out.exists() and rec.files[str(path)].state == "ok"
