@@ -1,7 +1,8 @@
 """Trampolines: the uprobes of a target, attached once, that tail-call its current generation.
 
 Owner of `templates/kern/trampoline.c.j2`. Program table index 2*i is hook i's entry program,
-2*i+1 its return program. `install()` points every index at a loaded generation's programs.
+2*i+1 its return program (loader.program_names). `install()` points every index at a loaded
+generation's programs.
 Attached all-or-nothing; `close()` detaches (each detach waits out a kernel grace period).
 """
 from __future__ import annotations
@@ -19,14 +20,6 @@ def identity(probe_set) -> str:
     return probe_set.attach_identity
 
 
-def program_names(index: int, hook) -> list[tuple[int, str]]:
-    """(table index, generation program name) for hook `index`."""
-    out = [(2 * index, f"hook_{index}_entry")]
-    if hook.on == "return":
-        out.append((2 * index + 1, f"hook_{index}_return"))
-    return out
-
-
 @dataclass
 class Trampoline:
     probe_set: object
@@ -40,7 +33,7 @@ class Trampoline:
 
     def attach(self) -> "Trampoline":
         ps = self.probe_set
-        entries = [idx for i, h in enumerate(ps.hooks) for idx, _ in program_names(i, h)]
+        entries = [idx for i, h in enumerate(ps.hooks) for idx, _ in loader.program_names(i, h)]
         text = render.kernel_template(TEMPLATE, slots=max(2 * len(ps.hooks), 1), entries=entries)
         try:
             self.bpf = owner.compile(text, render.cflags())
@@ -51,7 +44,7 @@ class Trampoline:
             for i, hook in enumerate(ps.hooks):
                 # A tracepoint cannot be scoped to a pid at attach time: the programs filter.
                 for pid in (-1,) if hook.probe == "syscall" else ps.target.filters.pids or (-1,):
-                    for idx, _ in program_names(i, hook):
+                    for idx, _ in loader.program_names(i, hook):
                         kind = "uprobe" if idx % 2 == 0 else "uretprobe"
                         try:
                             if hook.probe == "syscall":
@@ -78,7 +71,7 @@ class Trampoline:
     def clear(self) -> None:
         """No generation: hits return at once."""
         for i, hook in enumerate(self.probe_set.hooks):
-            for idx, _ in program_names(i, hook):
+            for idx, _ in loader.program_names(i, hook):
                 try:
                     del self.progs[ctypes.c_int(idx)]
                 except KeyError:
