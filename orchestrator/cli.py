@@ -191,6 +191,10 @@ def apply(paths: List[Path] = PathsArg,
                                                         "compiled in the background, that reads its uid/comm/port "
                                                         "filters from maps) so that filter edits apply in "
                                                         "milliseconds instead of after a compile."),
+          compile_filters_in: bool = typer.Option(True, hidden=True,
+                                                  help="Compile filters edited through the express lane into "
+                                                       "a generation once they settle (off: bench/overhead.py's "
+                                                       "lane mode measures a target left on its lane)."),
           insecure_profiles: bool = typer.Option(False, "--insecure-profiles",
                                                  help="Apply profiles even when the file or a folder above it is "
                                                       "writable by group or others or owned by another user "
@@ -220,7 +224,8 @@ def apply(paths: List[Path] = PathsArg,
     # which background compiles do at any time: our own messages go to a copy of fd 2.
     err.file = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
     sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(_safe(line)), watch=watch,
-                                    express_lanes=express_lanes, insecure_profiles=insecure_profiles)
+                                    express_lanes=express_lanes, insecure_profiles=insecure_profiles,
+                                    compile_filters_in=compile_filters_in)
 
     def on_signal(signum, _frame):
         sess.stop_event.set()

@@ -78,7 +78,8 @@ class RunningTarget:
 
 
 class Runtime:
-    def __init__(self, dispatcher, log=lambda line: None, warn=lambda line: None, express_lanes: bool = True):
+    def __init__(self, dispatcher, log=lambda line: None, warn=lambda line: None, express_lanes: bool = True,
+                 compile_filters_in: bool = True):
         self.dispatcher = dispatcher
         self.log, self.warn = log, warn
         self.lock = threading.RLock()    # held by whoever changes what runs (reconciler, lane worker)
@@ -92,6 +93,7 @@ class Runtime:
         self._loss_lock = threading.Lock()
         self._background: list[threading.Thread] = []   # generations closing, trampolines detaching
         self.express_lanes = express_lanes
+        self.compile_filters_in = compile_filters_in   # False: a target on its lane stays there (bench)
         self._jobs = _Jobs(self._run_job) if express_lanes else None
         dispatcher.periodic.append(self.collect_losses)
 
@@ -325,7 +327,8 @@ class Runtime:
             return
         lane = self.lanes.get(rt.key)
         if rt.lane is not None:
-            self._jobs.put(rt.key, "specialise", SPECIALISE_AFTER_S)
+            if self.compile_filters_in:
+                self._jobs.put(rt.key, "specialise", SPECIALISE_AFTER_S)
         elif lane is None or not lane.fits(rt.probe_set):
             if lane is not None:               # idle, and made for other attach points or program
                 del self.lanes[rt.key]
