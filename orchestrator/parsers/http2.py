@@ -154,20 +154,18 @@ class _Stream:
         self.parent = parent  # stream the PUSH_PROMISE came on (pushed streams)
 
 
-class _Dir:
+class _Dir(wire.Buffer):
     """Framing + HPACK state of the bytes one endpoint sends."""
 
     __slots__ = (
-        "name", "buf", "pos", "base", "role", "st", "first", "ftype", "flags", "sid",
+        "name", "role", "st", "first", "ftype", "flags", "sid",
         "flen", "fstart", "data_left", "pad_left", "data_half", "decoder", "max_frame",
         "block", "block_frags", "block_size",
     )
 
     def __init__(self, name: str) -> None:
+        wire.Buffer.__init__(self)
         self.name = name
-        self.buf: bytes | bytearray = b""
-        self.pos = 0  # read offset into buf
-        self.base = 0  # stream offset of buf[0]
         self.role = _UNKNOWN
         self.st = _ST_PREFACE
         self.first = True  # the next frame is the first one (must be SETTINGS)
@@ -185,22 +183,6 @@ class _Dir:
         self.block: tuple[int, int, int, int, int] | None = None
         self.block_frags: list[bytes] = []
         self.block_size = 0
-
-    def append(self, data: bytes) -> None:
-        buf = self.buf
-        pos = self.pos
-        if pos >= len(buf):
-            self.base += len(buf)
-            self.buf = data
-        else:
-            if type(buf) is bytes:
-                buf = bytearray(memoryview(buf)[pos:])
-                self.buf = buf
-            else:
-                del buf[:pos]
-            self.base += pos
-            buf += data
-        self.pos = 0
 
 
 def looks_like_http2(first: bytes, direction: str) -> bool:

@@ -5,7 +5,8 @@ connection into `Message` events (``mysql.query`` / ``mysql.result`` /
 ``parse_error``).  It never touches sockets, threads, clocks or bcc: bytes go
 in through `MysqlParser.feed` together with the capture timestamp, messages
 come out as a list.  "Need more data" is a value (an empty list), never an
-exception.  `Message` is also the event type of the PostgreSQL parser.
+exception.  `Message`, the parse error and the guarded `feed` are those of
+every parser (`orchestrator.parsers.base`, `wire.TwoWayParser`).
 
 Design notes
 ------------
@@ -221,15 +222,13 @@ def looks_like_mysql(first: bytes, direction: str = "") -> bool:
 # ---------------------------------------------------------------- framing
 
 
-class _Dir:
+class _Dir(wire.Buffer):
     """Framing state of one direction."""
 
-    __slots__ = ("buf", "pos", "base", "rem", "full", "parts", "seq", "start", "trunc", "drop")
+    __slots__ = ("rem", "full", "parts", "seq", "start", "trunc", "drop")
 
     def __init__(self) -> None:
-        self.buf: bytes | bytearray = b""
-        self.pos = 0
-        self.base = 0  # stream offset of buf[0] (uncaptured bytes included)
+        wire.Buffer.__init__(self)
         self.rem = -1  # payload bytes of the current physical packet still to come; -1: header next
         self.full = False  # current physical packet is 0xffffff bytes (a continuation follows)
         self.parts: list | None = None  # payload pieces of the logical packet being assembled
@@ -237,22 +236,6 @@ class _Dir:
         self.start = 0  # stream offset of the logical packet's header
         self.trunc = False
         self.drop = False  # discard everything (waiting for a request boundary)
-
-    def append(self, data: bytes) -> None:
-        buf = self.buf
-        pos = self.pos
-        if pos >= len(buf):
-            self.base += len(buf)
-            self.buf = data
-        else:
-            if type(buf) is bytes:
-                buf = bytearray(memoryview(buf)[pos:])
-                self.buf = buf
-            else:
-                del buf[:pos]
-            self.base += pos
-            buf += data
-        self.pos = 0
 
     def discard(self) -> None:
         """Forget buffered bytes and any packet in progress."""

@@ -2,7 +2,8 @@
 
 This module owns turning the captured bytes of BOTH directions of ONE
 PostgreSQL connection into `Message` events (``pg.query`` / ``pg.result`` /
-``parse_error``; `Message` is shared with `orchestrator.parsers.mysql`).  It
+``parse_error``; `Message`, the parse error and the guarded `feed` are those of
+every parser: `orchestrator.parsers.base`, `wire.TwoWayParser`).  It
 never touches sockets, threads, clocks or bcc.  "Need more data" is a value
 (an empty list), never an exception.
 
@@ -181,15 +182,13 @@ def looks_like_postgres(first: bytes, direction: str = "") -> bool:
 # ---------------------------------------------------------------- framing
 
 
-class _Dir:
+class _Dir(wire.Buffer):
     """Framing state of one direction."""
 
-    __slots__ = ("buf", "pos", "base", "typed", "rem", "mtype", "parts", "start", "trunc", "drop")
+    __slots__ = ("typed", "rem", "mtype", "parts", "start", "trunc", "drop")
 
     def __init__(self) -> None:
-        self.buf: bytes | bytearray = b""
-        self.pos = 0
-        self.base = 0
+        wire.Buffer.__init__(self)
         self.typed = True  # False while the frontend still sends untyped startup packets
         self.rem = -1  # body bytes still to come; -1: header next
         self.mtype = 0
@@ -197,22 +196,6 @@ class _Dir:
         self.start = 0
         self.trunc = False
         self.drop = False
-
-    def append(self, data: bytes) -> None:
-        buf = self.buf
-        pos = self.pos
-        if pos >= len(buf):
-            self.base += len(buf)
-            self.buf = data
-        else:
-            if type(buf) is bytes:
-                buf = bytearray(memoryview(buf)[pos:])
-                self.buf = buf
-            else:
-                del buf[:pos]
-            self.base += pos
-            buf += data
-        self.pos = 0
 
     def discard(self) -> None:
         self.base += len(self.buf)

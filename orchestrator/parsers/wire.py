@@ -27,10 +27,39 @@ def cstr(b, i: int) -> tuple[bytes, int]:
     return b[i:j], j + 1
 
 
+class Buffer:
+    """The unparsed bytes of one direction: ``buf[pos:]``; ``base`` = stream offset of
+    ``buf[0]`` (uncaptured bytes included).  A chunk that finds the buffer consumed replaces
+    it (no copy); only leftovers are copied into a bytearray."""
+
+    __slots__ = ("buf", "pos", "base")
+
+    def __init__(self) -> None:
+        self.buf: bytes | bytearray = b""
+        self.pos = 0
+        self.base = 0
+
+    def append(self, data: bytes) -> None:
+        buf = self.buf
+        pos = self.pos
+        if pos >= len(buf):
+            self.base += len(buf)
+            self.buf = data
+        else:
+            if type(buf) is bytes:
+                buf = bytearray(memoryview(buf)[pos:])
+                self.buf = buf
+            else:
+                del buf[:pos]
+            self.base += pos
+            buf += data
+        self.pos = 0
+
+
 class TwoWayParser(base.Parser):
     """Base of a connection parser fed both directions. A subclass sets PROTOCOL, STOP_PHASE
     (from it on, input is ignored: TLS, error) and ERROR_PHASE, keeps `_phase` and `_dirs`
-    (direction → buffer with `append(data)`, `base` and `pos`), and implements `_pump`,
+    (direction → a `Buffer` subclass), and implements `_pump`,
     `_missing` and `_release`."""
 
     __slots__ = ()
