@@ -93,7 +93,7 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
     "bash": (Hook("readline", "return", RECORD_COMMAND, payload=Payload(RET, "string")),),
 }
 
-# Kinds whose records belong to a connection: models.CONNECTION_KINDS (the profile validates filters.ports with it).
+# Kinds whose records belong to a connection: models.CONNECTION_KINDS (profile validation uses it).
 # Kinds made of syscall tracepoints rather than uprobes: nothing to find in an ELF file.
 SYSCALL_KINDS = ("socket",)
 
