@@ -79,9 +79,10 @@ class TwoWayParser(base.Parser):
         out: list[Message] = []
         d = None
         try:
-            d = self._dirs.get(direction) if type(direction) is str else None
-            if d is None:
-                raise Fail("unknown direction %r" % (direction,), 0)
+            try:
+                d = self._dirs[direction]
+            except (KeyError, TypeError):
+                raise Fail("unknown direction %r" % (direction,), 0) from None
             if data:
                 if type(data) is not bytes:
                     if not isinstance(data, (bytearray, memoryview)):
