@@ -498,13 +498,42 @@ def _overlap_safe(old_ps, new_ps) -> bool:
         all(h.on == "return" or h.record == 0 for h in new_ps.hooks)
 
 
+class JobQueue:
+    """Which background job on express lanes runs next. Pure but for its clock: each job is due
+    after a delay, and a newer job for a target replaces its pending one (so a burst of edits
+    compiles once, after the last)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.due: dict = {}      # key → (due time, kind)
+
+    def put(self, key, kind: str, delay_s: float) -> None:
+        self.due[key] = (self.clock() + delay_s, kind)
+
+    def cancel(self, key) -> None:
+        self.due.pop(key, None)
+
+    def take(self):
+        """(key, kind) of the job due first, removed; None when none is due yet."""
+        now = self.clock()
+        ready = [(due, key) for key, (due, _) in self.due.items() if due <= now]
+        if not ready:
+            return None
+        key = min(ready, key=lambda item: item[0])[1]
+        return key, self.due.pop(key)[1]
+
+    def wait_s(self) -> float | None:
+        """How long until the next job is due (None: no job)."""
+        soonest = min((due for due, _ in self.due.values()), default=None)
+        return None if soonest is None else max(0.0, soonest - self.clock())
+
+
 class _Jobs:
-    """Background work on express lanes, one at a time, each due after a delay; a newer job for a
-    target replaces its pending one (so a burst of edits compiles once, after the last)."""
+    """Runs a JobQueue's jobs, one at a time, on one background thread."""
 
     def __init__(self, run):
         self._run = run
-        self._due: dict = {}      # key → (monotonic due time, kind)
+        self._queue = JobQueue()
         self._cv = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -513,7 +542,7 @@ class _Jobs:
         with self._cv:
             if self._closed:
                 return
-            self._due[key] = (time.monotonic() + delay_s, kind)
+            self._queue.put(key, kind, delay_s)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="ecapture-lanes", daemon=True)
                 self._thread.start()
@@ -521,28 +550,24 @@ class _Jobs:
 
     def cancel(self, key) -> None:
         with self._cv:
-            self._due.pop(key, None)
+            self._queue.cancel(key)
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._closed:
-                    now = time.monotonic()
-                    ready = [(due, key) for key, (due, _) in self._due.items() if due <= now]
-                    if ready:
-                        break
-                    soonest = min((due for due, _ in self._due.values()), default=None)
-                    self._cv.wait(None if soonest is None else soonest - now)
+                job = None
+                while not self._closed and job is None:
+                    job = self._queue.take()
+                    if job is None:
+                        self._cv.wait(self._queue.wait_s())
                 if self._closed:
                     return
-                key = min(ready, key=lambda item: item[0])[1]
-                _, kind = self._due.pop(key)
-            self._run(key, kind)
+            self._run(*job)
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
-            self._due.clear()
+            self._queue.due.clear()
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(30)    # a compile in progress cannot be interrupted

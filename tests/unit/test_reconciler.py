@@ -290,3 +290,24 @@ def test_a_sink_that_cannot_open_keeps_the_last_good_generation_and_is_retried(s
     assert rec.retry_due()
     rec.reconcile()
     assert out.exists() and rec.files[str(path)].state == "ok"
+
+
+def test_lane_jobs_a_burst_of_edits_compiles_once_after_the_last():
+    from orchestrator.reconcile import runtime
+    clock = Clock()
+    q = runtime.JobQueue(clock=clock)
+    web, db = ("p", "web"), ("p", "db")
+    q.put(web, "specialise", 2.0)
+    clock.now += 1.5
+    q.put(web, "specialise", 2.0)          # another edit: the pending job moves, not doubles
+    q.put(db, "lane", 0.0)
+    assert q.take() == (db, "lane")        # due at once
+    assert q.take() is None and q.wait_s() == 2.0
+    clock.now += 1.9
+    assert q.take() is None                # the first edit's due time passed, but it was replaced
+    clock.now += 0.1
+    assert q.take() == (web, "specialise") and q.take() is None and q.wait_s() is None
+    q.put(web, "specialise", 1.0)
+    q.cancel(web)                          # a load takes over: nothing left to run
+    clock.now += 5
+    assert q.take() is None
