@@ -106,7 +106,7 @@ def render(path: Path = typer.Argument(..., help="One profile file.", show_defau
     for ps in chosen:
         if len(chosen) > 1:
             print(f"/* ===== target {ps.target.name} ===== */")
-        sys.stdout.write(render_mod.program(ps.express if express else ps.rendered, slot=0, generation=1))
+        sys.stdout.write(render_mod.program(ps.express if express else ps.rendered, target_no=0, generation=1))
     raise typer.Exit(0 if chosen and not any(not target or f.target.name == target for f in failed)
                      else EXIT_INVALID)
 

@@ -40,7 +40,7 @@ class AttachPoint:
 @dataclass
 class LoadedTarget:
     probe_set: object        # a plan.model.ProbeSet (bpf does not import plan)
-    slot: int = 0            # the target's number: keeps its calls apart in the shared stash
+    target_no: int = 0       # the target's number: keeps its calls apart in the shared stash
     generation: int = 1
     express: bool = False    # the express-lane variant: uid/comm/port filters read from maps
     bpf: object = None
@@ -58,7 +58,7 @@ class LoadedTarget:
             state.shared()    # the extern tables must exist before the program that uses them
         except owner.BccError as exc:
             raise LoadError(f"cannot create the shared kernel state: {exc}") from None
-        text = render.program(ps.express if self.express else ps.rendered, self.slot, self.generation)
+        text = render.program(ps.express if self.express else ps.rendered, self.target_no, self.generation)
         try:
             self.bpf = owner.compile(text, render.cflags())
         except owner.BccError as exc:

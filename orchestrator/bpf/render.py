@@ -161,16 +161,16 @@ def render(profile_name: str, target: models.Target, hooks, scope_paths=(), expr
     return Rendered(text, hashlib.sha256(text.encode() + headers).hexdigest())
 
 
-def prelude(slot: int, generation: int) -> str:
-    """The lines that make one generation of a rendered program: its target slot and generation."""
-    slot = _int_list([slot], 0, 65535)[0]
+def prelude(target_no: int, generation: int) -> str:
+    """The lines that make one generation of a rendered program: its target number and generation."""
+    target_no = _int_list([target_no], 0, 65535)[0]
     generation = _int_list([generation], 1, 2**31)[0]
-    return f"#define ECAP_SLOT {slot}\n#define ECAP_GEN {generation}\n"
+    return f"#define ECAP_TARGET {target_no}\n#define ECAP_GEN {generation}\n"
 
 
-def program(rendered: Rendered, slot: int, generation: int) -> str:
+def program(rendered: Rendered, target_no: int, generation: int) -> str:
     """Exactly what bcc compiles for this generation."""
-    return prelude(slot, generation) + rendered.text
+    return prelude(target_no, generation) + rendered.text
 
 
 def kernel_template(name: str, **context) -> str:

@@ -48,7 +48,7 @@ PARKED_CLOSE_S = 3.0
 @dataclass
 class RunningTarget:
     probe_set: object
-    slot: int
+    target_no: int            # the target's number for the life of the process (ECAP_TARGET)
     generation: int
     state: str = "pending"      # pending | running | failed | stopped
     last_error: str = ""
@@ -86,7 +86,7 @@ class Runtime:
         self.targets: dict = {}          # key → live RunningTarget
         self.lanes: dict = {}            # key → express.ExpressLane (live or idle)
         self.lane_errors: dict = {}      # key → why its lane could not be built
-        self._slots: dict = {}           # key → slot number, kept for the life of the process
+        self._target_nos: dict = {}           # key → target number, kept for the life of the process
         self._generations: dict = {}     # key → last generation number used
         self._sources: dict = {}         # key → express.Sources: generation → probe set, for decoding
         self._parked: dict = {}          # key → {trampoline identity: idle Trampoline}, see PARKED_CLOSE_S
@@ -97,10 +97,10 @@ class Runtime:
         self._jobs = _Jobs(self._run_job) if express_lanes else None
         dispatcher.periodic.append(self.collect_losses)
 
-    def _slot(self, key) -> int:
-        if key not in self._slots:
-            self._slots[key] = len(self._slots) + 1
-        return self._slots[key]
+    def _target_no(self, key) -> int:
+        if key not in self._target_nos:
+            self._target_nos[key] = len(self._target_nos) + 1
+        return self._target_nos[key]
 
     def sources(self, key) -> express.Sources:
         if key not in self._sources:
@@ -138,18 +138,18 @@ class Runtime:
             self._jobs.cancel(key)
         if how == diff.PARSERS and live is not None and live.lane is None and live.loaded is not None:
             # Only userspace changed (parsers): the running programs go on, with the new probe set.
-            return RunningTarget(probe_set, live.slot, self._next_generation(key), state="running",
+            return RunningTarget(probe_set, live.target_no, self._next_generation(key), state="running",
                                  loaded=live.loaded, trampoline=live.trampoline, thread=live.thread,
                                  stop_flag=live.stop_flag, released=live.released, drained=live.drained,
                                  started_at=time.time(), stamp=live.stamp, relabel_of=live,
                                  how="parsers only, no compile")
         if how == diff.EXPRESS and live is not None and lane is not None:
-            rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key), state="running",
+            rt = RunningTarget(probe_set, self._target_no(key), self._next_generation(key), state="running",
                                loaded=lane.loaded, lane=lane, trampoline=live.trampoline, started_at=time.time(),
                                how="express lane, no compile")
             rt.released.set()     # the lane holds its own records while the generation before drains
             return rt
-        rt = RunningTarget(probe_set, self._slot(key), self._next_generation(key))
+        rt = RunningTarget(probe_set, self._target_no(key), self._next_generation(key))
         self.sources(key).put(rt.generation, probe_set)
         if not hold:
             rt.released.set()
@@ -169,7 +169,7 @@ class Runtime:
                 rt.state, rt.last_error = "failed", str(exc)
                 return rt
         if self.express_lanes and live is not None and probe_set.express is not None:
-            lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=1, express=True)
+            lt = loader.LoadedTarget(probe_set, target_no=rt.target_no, generation=1, express=True)
             try:
                 lt.load()
             except loader.LoadError:
@@ -180,7 +180,7 @@ class Runtime:
                 rt.how = "compiled as its new express lane"
                 rt.released.set()     # the lane holds its own records while the generation before drains
                 return rt
-        lt = loader.LoadedTarget(probe_set, slot=rt.slot, generation=rt.generation)
+        lt = loader.LoadedTarget(probe_set, target_no=rt.target_no, generation=rt.generation)
         try:
             lt.load()
         except loader.LoadError as exc:
@@ -422,8 +422,8 @@ class Runtime:
             live = self.targets.get(key)
             if live is None or (key in self.lanes and self.lanes[key].fits(live.probe_set)):
                 return
-            ps, slot = live.probe_set, live.slot
-        lt = loader.LoadedTarget(ps, slot=slot, generation=1, express=True)
+            ps, target_no = live.probe_set, live.target_no
+        lt = loader.LoadedTarget(ps, target_no=target_no, generation=1, express=True)
         try:
             lt.load()       # compiles outside the lock: edits meanwhile take the compiling path
         except loader.LoadError as exc:
@@ -445,9 +445,9 @@ class Runtime:
             live = self.targets.get(key)
             if live is None or live.lane is None:
                 return
-            ps, slot, generation = live.probe_set, live.slot, self._next_generation(key)
+            ps, target_no, generation = live.probe_set, live.target_no, self._next_generation(key)
             self.sources(key).put(generation, ps)
-        lt = loader.LoadedTarget(ps, slot=slot, generation=generation)
+        lt = loader.LoadedTarget(ps, target_no=target_no, generation=generation)
         try:
             lt.load()
         except loader.LoadError as exc:
@@ -457,7 +457,7 @@ class Runtime:
             if self.targets.get(key) is not live:     # edited meanwhile: a newer job is queued
                 self._in_background(lt.close)
                 return
-            rt = RunningTarget(ps, slot, generation, trampoline=live.trampoline)
+            rt = RunningTarget(ps, target_no, generation, trampoline=live.trampoline)
             self._run(rt, lt)
             self.switch([(live, rt)])
         self.log(f"{ps.profile}/{ps.target.name}: generation {generation} has its filters compiled in")

@@ -85,8 +85,8 @@ def test_validate_empty_directory(tmp_path):
 def test_render_prints_the_c():
     proc = run("render", EXAMPLE)
     assert proc.returncode == 0, proc.stderr
-    # The generation prelude (slot, generation) comes first: it is part of what bcc compiles.
-    assert proc.stdout.startswith("#define ECAP_SLOT 0\n#define ECAP_GEN 1\n"
+    # The generation prelude (target number, generation) comes first: it is part of what bcc compiles.
+    assert proc.stdout.startswith("#define ECAP_TARGET 0\n#define ECAP_GEN 1\n"
                                   "/* ecapture generated program: profile nginx-tls, target web")
     assert "int hook_0_entry(struct pt_regs *ctx)" in proc.stdout
     assert '#include "shared.h"' in proc.stdout

@@ -3,7 +3,7 @@
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_SLOT (this target's number) and ECAP_GEN (this program's generation) are defined by
+/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
  * the lines render.prelude() puts before this text. The programs are not attached: the
  * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
 
@@ -145,8 +145,8 @@ int hook_0_entry(struct pt_regs *ctx) {
     struct filter_conf *fc = live_filters();
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -160,7 +160,7 @@ int hook_0_entry(struct pt_regs *ctx) {
 
 int hook_0_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
@@ -170,7 +170,7 @@ int hook_0_return(struct pt_regs *ctx) {
      * call entered before a switch), or no longer (its express configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u32 conf_slot = v.slot & 1;
+    u32 conf_slot = v.conf_slot & 1;
     struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
     u8 deferred = fc->gen != v.gen;
@@ -212,8 +212,8 @@ int hook_1_entry(struct pt_regs *ctx) {
     struct filter_conf *fc = live_filters();
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -227,7 +227,7 @@ int hook_1_entry(struct pt_regs *ctx) {
 
 int hook_1_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
@@ -237,7 +237,7 @@ int hook_1_return(struct pt_regs *ctx) {
      * call entered before a switch), or no longer (its express configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u32 conf_slot = v.slot & 1;
+    u32 conf_slot = v.conf_slot & 1;
     struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
     u8 deferred = fc->gen != v.gen;
@@ -279,8 +279,8 @@ int hook_2_entry(struct pt_regs *ctx) {
     struct filter_conf *fc = live_filters();
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -294,7 +294,7 @@ int hook_2_entry(struct pt_regs *ctx) {
 
 int hook_2_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
@@ -304,7 +304,7 @@ int hook_2_return(struct pt_regs *ctx) {
      * call entered before a switch), or no longer (its express configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u32 conf_slot = v.slot & 1;
+    u32 conf_slot = v.conf_slot & 1;
     struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
     u8 deferred = fc->gen != v.gen;
@@ -348,8 +348,8 @@ int hook_3_entry(struct pt_regs *ctx) {
     struct filter_conf *fc = live_filters();
     if (!fc) return 0;
     if (!process_wanted(id >> 32, fc)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .slot = fc->slot};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -363,7 +363,7 @@ int hook_3_entry(struct pt_regs *ctx) {
 
 int hook_3_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
@@ -373,7 +373,7 @@ int hook_3_return(struct pt_regs *ctx) {
      * call entered before a switch), or no longer (its express configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u32 conf_slot = v.slot & 1;
+    u32 conf_slot = v.conf_slot & 1;
     struct filter_conf *fc = filter_conf.lookup(&conf_slot);
     if (!fc) return 0;
     u8 deferred = fc->gen != v.gen;

@@ -3,7 +3,7 @@
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_SLOT (this target's number) and ECAP_GEN (this program's generation) are defined by
+/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
  * the lines render.prelude() puts before this text. The programs are not attached: the
  * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
 
@@ -117,8 +117,8 @@ static __always_inline void event_submit(struct event *ev) {
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -132,7 +132,7 @@ int hook_0_entry(struct pt_regs *ctx) {
 
 int hook_0_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
@@ -178,8 +178,8 @@ int hook_0_return(struct pt_regs *ctx) {
 int hook_1_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -193,7 +193,7 @@ int hook_1_entry(struct pt_regs *ctx) {
 
 int hook_1_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 1};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
@@ -239,8 +239,8 @@ int hook_1_return(struct pt_regs *ctx) {
 int hook_2_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -254,7 +254,7 @@ int hook_2_entry(struct pt_regs *ctx) {
 
 int hook_2_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 2};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
@@ -302,8 +302,8 @@ int hook_2_return(struct pt_regs *ctx) {
 int hook_3_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -317,7 +317,7 @@ int hook_3_entry(struct pt_regs *ctx) {
 
 int hook_3_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 3};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;

@@ -3,7 +3,7 @@
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_SLOT (this target's number) and ECAP_GEN (this program's generation) are defined by
+/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
  * the lines render.prelude() puts before this text. The programs are not attached: the
  * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
 

@@ -3,7 +3,7 @@
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_SLOT (this target's number) and ECAP_GEN (this program's generation) are defined by
+/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
  * the lines render.prelude() puts before this text. The programs are not attached: the
  * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
 
@@ -100,15 +100,15 @@ static __always_inline void event_submit(struct event *ev) {
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!process_wanted(id >> 32, 0)) return 0;
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .slot = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     return 0;
 }
 
 int hook_0_return(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct stash_key k = {.tid = (u32)id, .slot = ECAP_SLOT, .hook = 0};
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
     struct stash_val *sv = ecap_stash.lookup(&k);
     if (!sv) return 0;
     struct stash_val v = *sv;
