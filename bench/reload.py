@@ -86,7 +86,7 @@ def pct(values, q):
 SERIES = {
     # name: (apply arguments, pause between reloads, what it shows)
     "express": ((), None, "edits in quick succession: each is a gate flip in the live express lane"),
-    "settled": ((), 1.6, "edits after the filters settled: compiled filters live, each edit switches to the lane"),
+    "settled": ((), 2.6, "edits after the filters settled: compiled filters live, each edit switches to the lane"),
     "compiled": (("--no-express-lanes",), None, "no express lanes: every edit compiles a generation"),
     "mixed": ((), None, "every kind of edit in turn under 2 writers; file written -> reload logged"),
 }
