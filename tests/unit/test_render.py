@@ -61,6 +61,7 @@ ALL_FILTERS = models.Filters(pids=(100, 4194304), uids=(0, 33), comm=("nginx", "
 OPENSSL_FILTERED = models.Target("web", "openssl", binary="/usr/sbin/nginx", filters=ALL_FILTERS,
                                  max_bytes=4096, ring_buffer_kib=64)
 SCOPE = ("/usr/sbin/nginx", "/sbin/nginx")
+SOCKET = models.Target("sql", "socket", filters=models.Filters(ports=(3306, 5432)))
 
 CASES = {
     "openssl.c": ("nginx-tls", OPENSSL, hooks.BUILTIN["openssl"], ()),
@@ -72,6 +73,8 @@ CASES = {
     "openssl_filtered_scoped.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE),
     # the express lane of the same target: uid, comm and port values are read from maps
     "openssl_express.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE, True),
+    # syscall tracepoints (the hook shape whose arguments are not in pt_regs), port-filtered
+    "socket.c": ("db", SOCKET, hooks.BUILTIN["socket"], ()),
 }
 
 

@@ -1,0 +1,288 @@
+/* ecapture generated program: profile db, target sql
+ * 4 hook(s); max_bytes=16384; filters compiled in below. */
+#include <uapi/linux/ptrace.h>
+#include "shared.h"
+
+/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
+ * the lines render.prelude() puts before this text. The programs are not attached: the
+ * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
+
+#define MAX_BYTES 16384
+#define HEADER_SIZE sizeof(struct event_header)
+
+struct event {
+    struct event_header h;
+    u8 payload[MAX_BYTES];
+};
+
+BPF_RINGBUF_OUTPUT(events, 2048);
+BPF_ARRAY(scratch, struct event, 4);
+BPF_PERCPU_ARRAY(lost, u64, LOSS_SLOTS);
+
+static __always_inline void count_loss(u32 slot) {
+    u64 *n = lost.lookup(&slot);
+    if (n) *n += 1;
+}
+
+struct filter_conf;   /* compiled-in filters: no configuration to read */
+
+/* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
+static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
+    return 1;
+}
+
+static __always_inline int port_wanted(struct conn_t *c, struct filter_conf *fc) {
+    if (c->family == 0) return 1;   /* unknown here: userspace filters once it resolves the connection */
+    return c->lport == 3306 || c->rport == 3306 || c->lport == 5432 || c->rport == 5432;
+}
+
+static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
+    u32 cpu = bpf_get_smp_processor_id();
+    struct event *ev = scratch.lookup(&cpu);
+    if (!ev) return 0;
+    ev->h.ts = bpf_ktime_get_ns();
+    ev->h.pid = id >> 32;
+    ev->h.tid = (u32)id;
+    ev->h.uid = (u32)bpf_get_current_uid_gid();
+    ev->h.hook = hook;
+    ev->h.record = record;
+    ev->h.direction = direction;
+    ev->h.flags = 0;
+    ev->h.gen = gen;
+    ev->h.fd = -1;
+    ev->h.session = 0;
+    ev->h.ret = 0;
+    ev->h.len = 0;
+    ev->h.cap = 0;
+    __builtin_memset(&ev->h.conn, 0, sizeof(ev->h.conn));
+    bpf_get_current_comm(&ev->h.comm, sizeof(ev->h.comm));
+    return ev;
+}
+
+/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
+    if (len < 0) len = 0;
+    ev->h.len = len;
+    u64 cap = len;
+    if (cap > limit) {
+        cap = limit;
+        ev->h.flags |= FLAG_TRUNCATED;
+    }
+    asm volatile("" : "+r"(cap));
+    if (cap > MAX_BYTES) cap = MAX_BYTES;   /* the bound the verifier checks */
+    asm volatile("" : "+r"(cap));
+    if (cap > 0 && bpf_probe_read_user(ev->payload, cap, src) == 0)
+        ev->h.cap = cap;
+}
+
+static __always_inline void read_string(struct event *ev, const void *src, u32 limit) {
+    u64 size = limit;
+    asm volatile("" : "+r"(size));
+    if (size > MAX_BYTES) size = MAX_BYTES;
+    if (size < 1) size = 1;
+    asm volatile("" : "+r"(size));
+    long n = bpf_probe_read_user_str(ev->payload, size, src);
+    if (n <= 0) return;
+    ev->h.cap = n - 1;   /* without the NUL */
+    ev->h.len = n - 1;
+    if (n == size) ev->h.flags |= FLAG_TRUNCATED;
+}
+
+static __always_inline void event_submit(struct event *ev) {
+    u32 tgid = ev->h.pid;
+    u64 zero = 0;
+    u64 *seq = ecap_seqs.lookup_or_try_init(&tgid, &zero);
+    ev->h.seq = seq ? __sync_fetch_and_add(seq, 1) : 0;
+    u64 size = HEADER_SIZE + (u64)ev->h.cap;
+    if (size > sizeof(struct event)) size = sizeof(struct event);
+    asm volatile("" : "+r"(size));   /* keep the clamped value in the register the helper gets */
+    /* No wakeup per record: the reader drains on a short timer, so a busy target costs one
+     * wakeup per batch instead of one per record. */
+    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP) != 0) count_loss(LOSS_RINGBUF);
+}
+
+/* hook 0: return probe, record kind 1 */
+int hook_0_entry(struct ecap_sys_enter *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32, 0)) return 0;
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    return 0;
+}
+
+int hook_0_return(struct ecap_sys_exit *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
+    s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
+    if (ret <= 0) return 0;
+    s32 fd = (s32)v.args[0];
+    struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+    struct conn_t c = {};
+    struct conn_t *cp = ecap_conns.lookup(&fk);
+    if (cp) c = *cp;
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 0, 1, 1, deferred ? v.gen : ECAP_GEN);
+    if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
+    ev->h.ret = ret;
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 1: return probe, record kind 1 */
+int hook_1_entry(struct ecap_sys_enter *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32, 0)) return 0;
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    return 0;
+}
+
+int hook_1_return(struct ecap_sys_exit *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
+    s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
+    if (ret <= 0) return 0;
+    s32 fd = (s32)v.args[0];
+    struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+    struct conn_t c = {};
+    struct conn_t *cp = ecap_conns.lookup(&fk);
+    if (cp) c = *cp;
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 1, 1, 2, deferred ? v.gen : ECAP_GEN);
+    if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
+    ev->h.ret = ret;
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 2: return probe, record kind 1 */
+int hook_2_entry(struct ecap_sys_enter *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32, 0)) return 0;
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    return 0;
+}
+
+int hook_2_return(struct ecap_sys_exit *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
+    s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
+    if (ret <= 0) return 0;
+    s32 fd = (s32)v.args[0];
+    struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+    struct conn_t c = {};
+    struct conn_t *cp = ecap_conns.lookup(&fk);
+    if (cp) c = *cp;
+    if (!cp) return 0;      /* read()/write() on anything but a TCP socket we saw being made */
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 2, 1, 1, deferred ? v.gen : ECAP_GEN);
+    if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
+    ev->h.ret = ret;
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
+    event_submit(ev);
+    return 0;
+}
+
+/* hook 3: return probe, record kind 1 */
+int hook_3_entry(struct ecap_sys_enter *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!process_wanted(id >> 32, 0)) return 0;
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
+    return 0;
+}
+
+int hook_3_return(struct ecap_sys_exit *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
+    struct stash_val *sv = ecap_stash.lookup(&k);
+    if (!sv) return 0;
+    struct stash_val v = *sv;
+    /* Completes the call whichever generation entered it; deleting claims it exactly once. The
+     * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
+     * with it and port-filtered by its filters. Another generation's filters are not here (a
+     * call entered before a switch), or no longer (its express configuration was rewritten
+     * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
+    if (ecap_stash.delete(&k) != 0) return 0;
+    u8 deferred = v.gen != ECAP_GEN;
+    s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
+    if (ret <= 0) return 0;
+    s32 fd = (s32)v.args[0];
+    struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+    struct conn_t c = {};
+    struct conn_t *cp = ecap_conns.lookup(&fk);
+    if (cp) c = *cp;
+    if (!cp) return 0;      /* read()/write() on anything but a TCP socket we saw being made */
+    if (!deferred) {
+        int want = port_wanted(&c, 0);
+        if (!want) return 0;
+    }
+    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
+    struct event *ev = event_start(id, 3, 1, 2, deferred ? v.gen : ECAP_GEN);
+    if (!ev) return 0;
+    if (deferred) ev->h.flags |= FLAG_DEFERRED;
+    ev->h.ret = ret;
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    read_bytes(ev, (const void *)v.args[1], ret, limit);
+    event_submit(ev);
+    return 0;
+}
