@@ -15,11 +15,6 @@ from orchestrator.bpf import loader, owner, render
 TEMPLATE = "trampoline.c.j2"
 
 
-def identity(probe_set) -> str:
-    """Targets with the same identity can share trampolines (plan.model.ProbeSet.attach_identity)."""
-    return probe_set.attach_identity
-
-
 @dataclass
 class Trampoline:
     probe_set: object
@@ -29,7 +24,8 @@ class Trampoline:
 
     @property
     def identity(self) -> str:
-        return identity(self.probe_set)
+        """Targets with the same identity share trampolines (plan.model.ProbeSet.attach_identity)."""
+        return self.probe_set.attach_identity
 
     def attach(self) -> "Trampoline":
         ps = self.probe_set

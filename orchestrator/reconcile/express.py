@@ -82,7 +82,7 @@ class ExpressLane:
         self.dispatcher = dispatcher
         self.grace_s = grace_s
         ps = loaded.probe_set
-        self.fit_key = fit_key(ps)
+        self.fit_key = ps.lane_key      # what it can run: plan.model.ProbeSet.lane_key
         self.sources = Sources() if sources is None else sources   # the target's: see Sources
         self.live_slot = 0
         self.armed = False            # a configuration is live: records may come
@@ -101,7 +101,7 @@ class ExpressLane:
     def fits(self, probe_set) -> bool:
         """Can this lane run `probe_set`? Same attach points and the same program but for filter values
         and max_bytes."""
-        return fit_key(probe_set) == self.fit_key
+        return probe_set.lane_key == self.fit_key
 
     # ---- switching
     def arm(self, probe_set, generation: int) -> None:
@@ -153,8 +153,3 @@ class ExpressLane:
         if self._thread.is_alive():
             self._thread.join(5)
         self.loaded.close()
-
-
-def fit_key(probe_set) -> str | None:
-    """Probe sets with equal keys can share an express lane."""
-    return probe_set.lane_key

@@ -154,9 +154,9 @@ class Runtime:
         if not hold:
             rt.released.set()
         with self.lock:      # the close timer takes it too
-            parked = self._parked.get(key, {}).pop(trampoline.identity(probe_set), None)
+            parked = self._parked.get(key, {}).pop(probe_set.attach_identity, None)
         if live is not None and live.trampoline is not None and \
-                live.trampoline.identity == trampoline.identity(probe_set):
+                live.trampoline.identity == probe_set.attach_identity:
             rt.trampoline = live.trampoline
             if parked is not None:
                 self._in_background(parked.close)
