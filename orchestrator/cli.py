@@ -86,9 +86,6 @@ def validate(paths: List[Path] = PathsArg) -> None:
 @app.command()
 def render(path: Path = typer.Argument(..., help="One profile file.", show_default=False),
            target: Optional[str] = typer.Option(None, "--target", "-t", help="Only this target."),
-           express: bool = typer.Option(False, "--express", help="The target's express lane instead: the "
-                                                                 "program that reads uid/comm/port filters "
-                                                                 "from maps so filter edits need no compile.")
            ) -> None:
     """Print the exact BPF C that [bold]apply[/bold] compiles for each target of a profile."""
     profiles, ok = _load_all([path])
@@ -106,7 +103,7 @@ def render(path: Path = typer.Argument(..., help="One profile file.", show_defau
     for ps in chosen:
         if len(chosen) > 1:
             print(f"/* ===== target {ps.target.name} ===== */")
-        sys.stdout.write(render_mod.program(ps.express if express else ps.rendered, target_no=0, generation=1))
+        sys.stdout.write(render_mod.program(ps.rendered, target_no=0))
     raise typer.Exit(0 if chosen and not any(not target or f.target.name == target for f in failed)
                      else EXIT_INVALID)
 
@@ -152,7 +149,11 @@ def _print_diff_against_running(out, names: set, planned: list) -> None:
     if running is None:
         out.print("[dim]no running `ecapture apply` answers: nothing to compare with[/dim]")
         return
-    views = [diff.Running(**{**v, "key": tuple(v["key"])}) for v in running if v["key"][0] in names]
+    try:
+        views = [diff.Running(**{**v, "key": tuple(v["key"])}) for v in running if v["key"][0] in names]
+    except (TypeError, KeyError):
+        out.print("[dim]the running `ecapture apply` is another version: nothing to compare with[/dim]")
+        return
     changes = diff.diff(planned, views, views=lambda view: view)
     lines = [(ps.key, "[green]add[/green]", "") for ps in changes.add]
     lines += [(view.key, "[red]remove[/red]", "") for view in changes.remove]
@@ -187,14 +188,6 @@ def apply(paths: List[Path] = PathsArg,
                                                               "Ctrl-C / SIGTERM)."),
           ready_file: Optional[Path] = typer.Option(None, help="Write this file once every target is attached."),
           watch: bool = typer.Option(True, help="Watch the profiles and apply edits live (add, change, delete)."),
-          express_lanes: bool = typer.Option(True, help="Keep an express lane per target (a second program, "
-                                                        "compiled in the background, that reads its uid/comm/port "
-                                                        "filters from maps) so that filter edits apply in "
-                                                        "milliseconds instead of after a compile."),
-          compile_filters_in: bool = typer.Option(True, hidden=True,
-                                                  help="Compile filters edited through the express lane into "
-                                                       "a generation once they settle (off: bench/overhead.py's "
-                                                       "lane mode measures a target left on its lane)."),
           insecure_profiles: bool = typer.Option(False, "--insecure-profiles",
                                                  help="Apply profiles even when the file or a folder above it is "
                                                       "writable by group or others or owned by another user "
@@ -221,11 +214,10 @@ def apply(paths: List[Path] = PathsArg,
         _fail(f"no such file or directory: {', '.join(missing)}")
         raise typer.Exit(EXIT_USAGE)
     # bcc/clang warnings are kept off the terminal by pointing fd 2 elsewhere while they compile,
-    # which background compiles do at any time: our own messages go to a copy of fd 2.
+    # which reloads do from the watcher's thread at any time: our own messages go to a copy of fd 2.
     err.file = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
     sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(_safe(line)), watch=watch,
-                                    express_lanes=express_lanes, insecure_profiles=insecure_profiles,
-                                    compile_filters_in=compile_filters_in)
+                                    insecure_profiles=insecure_profiles)
 
     def on_signal(signum, _frame):
         sess.stop_event.set()
@@ -266,7 +258,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the raw sta
                 continue
             out.print(f"  [cyan]{_safe(t['name'])}[/cyan] {t['state']} gen {t['generation']} "
                       f"events={t['events']} losses={t['losses']}")
-            out.print(f"    filters {_safe(t['filters'])}; express lane {_safe(t['express_lane'])}")
+            force = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in t["filters_in_force"].items() if v)
+            out.print(f"    filters: {_safe(force or 'none')}")
             out.print(f"    {_safe(t['library'])}: {_safe(', '.join(t['symbols']))}; pids: "
                       f"{_safe(str(t['pid_scope']))}")
             if t["last_error"]:

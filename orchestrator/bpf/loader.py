@@ -1,8 +1,9 @@
-"""Load one generation of a target: compile its programs, seed its process scope, open its ring buffer.
+"""Load a target's program: compile it, seed its process scope, open its ring buffer; write its filters.
 
 The programs are not attached here: the target's trampolines (bpf/trampoline.py) tail-call
-whichever generation is installed. This module is the single Python owner of
-`templates/kern/probes.c.j2` programs.
+whichever program is installed. One loaded program runs any number of generations: each is a
+filter configuration written to its maps (write_filters, open_gate). This module is the single
+Python owner of `templates/kern/probes.c.j2` programs.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from orchestrator.bpf import discovery, layout, owner, render, ringreader, state
 
 
-EXPRESS_TABLES = ("filter_gate", "filter_conf", "filter_uids", "filter_comms", "filter_ports")
+FILTER_TABLES = ("filter_gate", "filter_conf", "filter_uids", "filter_comms", "filter_ports")
 
 
 def program_names(index: int, hook) -> list[tuple[int, str]]:
@@ -41,8 +42,6 @@ class AttachPoint:
 class LoadedTarget:
     probe_set: object        # a plan.model.ProbeSet (bpf does not import plan)
     target_no: int = 0       # the target's number: keeps its calls apart in the shared stash
-    generation: int = 1
-    express: bool = False    # the express-lane variant: uid/comm/port filters read from maps
     bpf: object = None
     program_fds: dict = field(default_factory=dict)   # trampoline table index → program fd
     tables: dict = field(default_factory=dict)        # name → bcc table, looked up at load
@@ -58,7 +57,7 @@ class LoadedTarget:
             state.shared()    # the extern tables must exist before the program that uses them
         except owner.BccError as exc:
             raise LoadError(f"cannot create the shared kernel state: {exc}") from None
-        text = render.program(ps.express if self.express else ps.rendered, self.target_no, self.generation)
+        text = render.program(ps.rendered, self.target_no)
         try:
             self.bpf = owner.compile(text, render.cflags())
         except owner.BccError as exc:
@@ -68,8 +67,7 @@ class LoadedTarget:
                 for idx, name in program_names(i, hook):
                     self.program_fds[idx] = owner.load_func(self.bpf, name, tracepoint=hook.probe == "syscall")
             # Looked up once here, as the owner: element operations later need no lock.
-            names = ["events", "lost"] + (["scope"] if ps.scope_paths else []) + \
-                (list(EXPRESS_TABLES) if self.express else [])
+            names = ["events", "lost", *FILTER_TABLES] + (["scope"] if ps.scope_paths else [])
             self.tables = {name: owner.table(self.bpf, name) for name in names}
             if ps.scope_paths:
                 self._seed_scope()
@@ -85,9 +83,9 @@ class LoadedTarget:
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
     def write_filters(self, slot: int, generation: int, values: dict) -> None:
-        """Express lane: write filter configuration `slot` (0 or 1) for `generation`; nothing reads
+        """Write filter configuration `slot` (0 or 1) for `generation`; nothing reads
         it until `open_gate(slot)`. `values` come from render.lane_values (validated numbers)."""
-        assert self.express and slot in (0, 1)
+        assert slot in (0, 1)
         # A return probe completing a call admitted by this slot's previous configuration checks
         # its generation before and after reading the values: invalidate it before rewriting them.
         confs = self.tables["filter_conf"]
@@ -113,8 +111,8 @@ class LoadedTarget:
         confs[ctypes.c_int(slot)] = conf
 
     def open_gate(self, slot: int) -> None:
-        """Express lane: every hit from now on reads configuration `slot` (one map write)."""
-        assert self.express and slot in (0, 1)
+        """Every hit from now on reads configuration `slot` (one map write)."""
+        assert slot in (0, 1)
         self.tables["filter_gate"][ctypes.c_int(0)] = ctypes.c_uint32(slot)
 
     def losses(self) -> dict[str, int]:

@@ -3,7 +3,7 @@
 The template context holds only validated ints, bools and byte values: no text from
 a profile reaches the C. `ecapture render` prints exactly what this returns.
 
-probes.c.j2 is a skeleton: filters.c.j2 (compiled-in and express-lane filters), scope.c.j2
+probes.c.j2 is a skeleton: filters.c.j2 (pids compiled in, the rest read from maps), scope.c.j2
 (exec/fork scope), event.h (record helpers, plain C) and hooks.c.j2 (one macro per hook shape,
 and where each probe kind's arguments are) are pulled in by Jinja include/import, so the text
 stays one self-contained program; the headers bcc itself includes are common.h and shared.h.
@@ -112,11 +112,11 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
     }
 
 
-MAX_BYTES_LIMIT = 65536     # the schema's maximum of max_bytes: what an express lane is compiled with
+MAX_BYTES_LIMIT = 65536     # the schema's maximum of max_bytes: what every program is compiled with
 
 
 def filter_values(target: models.Target) -> dict:
-    """The target's filters as validated numbers: compiled in, or written to an express lane's maps."""
+    """The target's filters as validated numbers (pids compiled in, the rest written to maps)."""
     f = target.filters
     return {
         "pids": _int_list(f.pids, 1, 4194304),
@@ -127,50 +127,45 @@ def filter_values(target: models.Target) -> dict:
 
 
 def lane_values(target: models.Target) -> dict:
-    """What an express lane's configuration holds for `target`: its filter values and max_bytes."""
+    """What a filter configuration holds for `target` (loader.write_filters): its filter values and max_bytes."""
     return filter_values(target) | {"max_bytes": _int_list([target.max_bytes], 16, MAX_BYTES_LIMIT)[0]}
 
 
-def context(profile_name: str, target: models.Target, hooks, scope_paths=(), express: bool = False) -> dict:
-    filters = filter_values(target)
-    max_bytes = _int_list([target.max_bytes], 16, MAX_BYTES_LIMIT)[0]
-    if express:
-        # The express lane reads these from maps (filters.c.j2); pids stay compiled in, as they
-        # are also where the trampolines attach. Its records are sized by the configuration's
-        # max_bytes, bounded by the schema maximum (one scratch record per CPU of that size).
-        filters |= {"uids": [], "comm": [], "ports": []}
-        max_bytes = MAX_BYTES_LIMIT
+def context(profile_name: str, target: models.Target, hooks, scope_paths=()) -> dict:
+    """Everything the program is compiled with. The uid, comm and port filters and max_bytes are
+    not in it: the program reads them from maps (filters.c.j2, lane_values), so one compiled
+    program runs every value of them. pids stay compiled in: they are also where the
+    trampolines attach. Records are sized by the configuration's max_bytes, bounded by the
+    schema maximum (one scratch record per CPU of that size)."""
     return {
         "ident": {"profile": _ident(profile_name), "target": _ident(target.name)},
-        "max_bytes": max_bytes,
+        "max_bytes": MAX_BYTES_LIMIT,
         "ring_pages": _int_list([target.ring_buffer_kib // 4], 1, 16384)[0],
         "cpus": possible_cpus(),
-        "filters": filters,
-        "express": bool(express),
+        "pids": _int_list(target.filters.pids, 1, 4194304),
         "scope": sorted({path_hash(p) for p in scope_paths}),
         "conn": any(h.needs_conn for h in hooks),
         "hooks": [_hook_context(i, h) for i, h in enumerate(hooks)],
     }
 
 
-def render(profile_name: str, target: models.Target, hooks, scope_paths=(), express: bool = False) -> Rendered:
-    """The target's program; `express=True`: its express-lane variant, the same for every value of
-    the uid, comm and port filters and of max_bytes (so its digest says which edits the lane can take)."""
-    text = environment().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths, express))
+def render(profile_name: str, target: models.Target, hooks, scope_paths=()) -> Rendered:
+    """The target's program: the same text for every value of the uid, comm and port filters and
+    of max_bytes (so its digest says which edits need no compile)."""
+    text = environment().get_template(TEMPLATE).render(**context(profile_name, target, hooks, scope_paths))
     headers = b"".join((KERN_DIR / h).read_bytes() for h in ("common.h", "shared.h"))
     return Rendered(text, hashlib.sha256(text.encode() + headers).hexdigest())
 
 
-def prelude(target_no: int, generation: int) -> str:
-    """The lines that make one generation of a rendered program: its target number and generation."""
-    target_no = _int_list([target_no], 0, 65535)[0]
-    generation = _int_list([generation], 1, 2**31)[0]
-    return f"#define ECAP_TARGET {target_no}\n#define ECAP_GEN {generation}\n"
+def prelude(target_no: int) -> str:
+    """The line that makes a rendered program one target's: its target number (keeps its calls
+    apart in the shared stash)."""
+    return f"#define ECAP_TARGET {_int_list([target_no], 0, 65535)[0]}\n"
 
 
-def program(rendered: Rendered, target_no: int, generation: int) -> str:
-    """Exactly what bcc compiles for this generation."""
-    return prelude(target_no, generation) + rendered.text
+def program(rendered: Rendered, target_no: int) -> str:
+    """Exactly what bcc compiles for this target."""
+    return prelude(target_no) + rendered.text
 
 
 def kernel_template(name: str, **context) -> str:

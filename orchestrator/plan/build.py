@@ -16,10 +16,9 @@ def plan_profile(profile: models.Profile, resolve=discovery.resolve):
             failed.append(model.FailedTarget(profile.name, target, exc.field, exc.message, profile.path))
             continue
         rendered = render.render(profile.name, target, res.hooks, res.scope_paths)
-        express = render.render(profile.name, target, res.hooks, res.scope_paths, express=True)
         sets.append(model.ProbeSet(
             profile=profile.name, target=target, attach_path=res.attach_path, hooks=res.hooks,
-            scope_paths=res.scope_paths, scope_real=res.scope_real, rendered=rendered, express=express,
+            scope_paths=res.scope_paths, scope_real=res.scope_real, rendered=rendered,
             how=res.how, missing_optional=res.missing_optional, parsers=profile.parsers,
             attach_file=model.file_identity(res.attach_path),
         ))

@@ -4,7 +4,7 @@ The one place that decides how a change is carried out: the reconciler loads acc
 reload log says it, and `ecapture plan` shows it against a running apply. Cheapest first:
 
 - `parsers`: only userspace changed; the running programs go on, decoded with the new probe set.
-- `express`: the target's express lane takes the new values (filters, max_bytes): map writes.
+- `express`: the running program takes the new filter values and max_bytes: map writes.
 - `compile`: a new program on the same uprobes.
 - `reattach`: new uprobes (file, inode, symbols or pid scope changed) and a new program.
 """
@@ -24,8 +24,7 @@ class Running:
     digest: str
     kernel_digest: str
     attach_identity: str
-    on_lane: bool = False          # its generation runs in its express lane
-    lane_key: str | None = None    # what its ready express lane can run (ProbeSet.lane_key); None: no lane
+    program_key: str               # what its loaded program can run (ProbeSet.program_key)
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,9 @@ class Changes:
 
 
 def how_to_replace(running: Running, desired) -> str:
-    if not running.on_lane and running.kernel_digest == desired.kernel_digest:
+    if running.kernel_digest == desired.kernel_digest:
         return PARSERS
-    if running.lane_key is not None and running.lane_key == desired.lane_key:
+    if running.program_key == desired.program_key:
         return EXPRESS
     if running.attach_identity == desired.attach_identity:
         return COMPILE

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 
+from orchestrator.bpf import render
 from orchestrator.profile import errors, models
 
 
@@ -16,8 +18,7 @@ class ProbeSet:
     hooks: tuple                    # hooks.Hook, in program order (hook_<i>_*)
     scope_paths: tuple[str, ...]
     scope_real: str | None
-    rendered: object                # render.Rendered
-    express: object = None          # render.Rendered of its express-lane variant (filters in maps)
+    rendered: object                # render.Rendered: the program, the same for every filter_conf
     how: str = ""
     missing_optional: tuple[str, ...] = ()
     parsers: tuple[str, ...] | None = None   # userspace only: a change makes a generation that compiles nothing
@@ -36,14 +37,15 @@ class ProbeSet:
 
     @property
     def digest(self) -> str:
-        """Same digest ⇔ same program attached at the same places, with the same parsers."""
-        text = f"{self._kernel_text()}|{self.parsers}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Same digest ⇔ same program attached at the same places, with the same filter
+        configuration and the same parsers."""
+        return _sha(f"{self.kernel_digest}|{self.parsers}")
 
     @property
     def kernel_digest(self) -> str:
-        """Same ⇔ the same program attached at the same places: a change of parsers alone keeps it."""
-        return hashlib.sha256(self._kernel_text().encode()).hexdigest()[:16]
+        """Same ⇔ the same program at the same places with the same filter configuration: a change
+        of parsers alone keeps it."""
+        return _sha(f"{self.program_key}|{self.filter_conf}")
 
     @property
     def attach_identity(self) -> str:
@@ -51,21 +53,23 @@ class ProbeSet:
         identity share trampolines, so a change that keeps it attaches nothing."""
         points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
         pids = ",".join(map(str, self.target.filters.pids))
-        text = f"{self.attach_path}|{self.attach_file}|{points}|{pids}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _sha(f"{self.attach_path}|{self.attach_file}|{points}|{pids}")
 
     @property
-    def lane_key(self) -> str | None:
-        """Same ⇔ one express lane can run both: same uprobes and the same program but for the values
-        the lane reads from maps (uid, comm and port filters, max_bytes)."""
-        if self.express is None:
-            return None
-        return f"{self.attach_identity}:{self.express.digest}"
+    def program_key(self) -> str:
+        """Same ⇔ one loaded program can run both: the same uprobes and the same program text,
+        whatever the values it reads from maps (filter_conf)."""
+        return f"{self.attach_identity}:{self.rendered.digest}"
 
-    def _kernel_text(self) -> str:
-        points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
-        pids = ",".join(map(str, self.target.filters.pids))
-        return f"{self.rendered.digest}|{self.attach_path}|{self.attach_file}|{points}|{pids}"
+    @property
+    def filter_conf(self) -> str:
+        """The values the program reads from maps (uid, comm and port filters, max_bytes), as
+        validated numbers (render.lane_values raises ValueError on anything else)."""
+        return json.dumps(render.lane_values(self.target), sort_keys=True)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def file_identity(path: str) -> tuple[int, int]:

@@ -76,7 +76,7 @@ class Reconciler:
         self.clock = clock
         self.files: dict[str, ProfileState] = {}
         self.sinks: dict[str, list] = {}      # profile name → sink objects (read by the dispatcher)
-        self.lock = runtime.lock     # the runtime's background lane work excludes applying changes
+        self.lock = runtime.lock     # whoever changes what runs holds it
         self._pass_lock = threading.Lock()    # one pass at a time (watcher, retries)
         self.passes = 0
 
@@ -223,9 +223,9 @@ class Reconciler:
             return False
 
     def _load_all(self, changes: diff.Changes) -> list:
-        loaded = [(None, self.runtime.load(ps, hold=True)) for ps in changes.add]
+        loaded = [(None, self.runtime.load(ps)) for ps in changes.add]
         for (old, ps), how in zip(changes.replace, changes.how):
-            loaded.append((old, self.runtime.load(ps, hold=True, how=how)))
+            loaded.append((old, self.runtime.load(ps, how=how)))
         return loaded
 
     def _roll_back(self, st: ProfileState, profile, loaded, broken, new_sinks, last_good: bool) -> None:
@@ -286,9 +286,7 @@ class Reconciler:
                 ps = rt.probe_set
                 targets.append({
                     "name": key[1], "kind": ps.target.kind, "state": rt.state, "generation": rt.generation,
-                    "filters": "express lane" if rt.lane is not None else "compiled in",
                     "filters_in_force": _filter_values(ps.target.filters),
-                    "express_lane": self._lane_state(key),
                     "digest": ps.digest, "library": ps.attach_path, "library_inode": ps.attach_file[1],
                     "symbols": [f"{h.symbol}:{h.on}" for h in ps.hooks],
                     "pid_scope": list(ps.target.filters.pids) or (
@@ -306,13 +304,6 @@ class Reconciler:
                         "retrying_in_s": round(max(0.0, st.retry_at - self.clock()), 1) if st.retry_at else None,
                         "targets": targets})
         return {"profiles": out, "passes": self.passes}
-
-    def _lane_state(self, key) -> str:
-        lane = self.runtime.lanes.get(key)
-        if lane is not None:
-            return "live" if lane.armed else "ready"
-        error = self.runtime.lane_errors.get(key)
-        return f"unavailable: {error}" if error else ("building" if self.runtime.express_lanes else "off")
 
     def running(self) -> list[dict]:
         """Every running target as plan.diff sees it, for `ecapture plan` to decide as apply would."""

@@ -17,13 +17,11 @@ RETRY_CHECK_S = 0.5     # how often temporary failures and replaced libraries ar
 
 
 class ApplySession:
-    def __init__(self, paths, log, warn, watch: bool = True, express_lanes: bool = True,
-                 insecure_profiles: bool = False, compile_filters_in: bool = True):
+    def __init__(self, paths, log, warn, watch: bool = True, insecure_profiles: bool = False):
         self.log = log
         self.warn = warn
         self.dispatcher = dispatch.Dispatcher(lambda name: self.reconciler.sinks.get(name, ()), warn=warn)
-        self.runtime = runtime.Runtime(self.dispatcher, log, warn, express_lanes=express_lanes,
-                                       compile_filters_in=compile_filters_in)
+        self.runtime = runtime.Runtime(self.dispatcher, log, warn)
         self.reconciler = reconciler.Reconciler(paths, self.runtime, self.dispatcher, log, warn,
                                                 insecure_profiles=insecure_profiles)
         self.watcher = watcher.Watcher(paths, self._on_change) if watch else None

@@ -21,7 +21,7 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
-/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+/* `limit`: the generation's max_bytes (at most MAX_BYTES). */
 static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;
     ev->h.len = len;

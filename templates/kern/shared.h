@@ -20,7 +20,7 @@ struct ecap_sys_exit { u64 _common; s32 nr; u32 _pad; s64 ret; };
 struct stash_key { u32 tid; u16 target; u16 hook; };
 /* gen: the generation whose entry program admitted the call (its filters decide it, and its
  * number stamps the record, whichever generation's return program completes it); conf_slot: the
- * express-lane configuration that admitted it (0 for compiled filters). */
+ * filter configuration (0 or 1, filters.c.j2) that admitted it. */
 struct stash_val { u64 args[6]; u32 gen; u32 conf_slot; };
 
 /* Record flag: the kernel admitted the record without applying its generation's port filter and

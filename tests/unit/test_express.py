@@ -1,12 +1,10 @@
-"""Express lanes without root: which edits a lane can take (its digest), how filter values are
-typed for its maps, how its records are attributed to generations, and the background job queue.
-The lane running in the kernel is tested in tests/kernel/test_reload.py."""
+"""Express lanes without root: which edits a lane can take (ProbeSet.program_key), how filter
+values are typed for its maps, how its records are attributed to generations, and the runtime's
+switches between lanes with a fake program and fake trampolines. The lane running in the kernel
+is tested in tests/kernel/test_reload.py."""
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
-
 import pytest
 
 from orchestrator.bpf import layout, render
@@ -35,39 +33,38 @@ def _with(**filters):
     {"uids": (33,)}, {"comm": ("nginx", "worker-1")}, {"ports": (443, 8443)},
     {"uids": (0, 33), "comm": ("a",), "ports": (1,)},
 ])
-def test_uid_comm_and_port_values_do_not_change_the_lane(filters):
+def test_uid_comm_and_port_values_do_not_change_the_program(filters):
     base, edited = _plan(WEB), _plan(_with(**filters))
-    assert edited.digest != base.digest                    # a new generation ...
-    assert edited.express.digest == base.express.digest    # ... that the same lane can run
+    assert edited.digest != base.digest and edited.kernel_digest != base.kernel_digest   # a new generation ...
+    assert edited.program_key == base.program_key                   # ... that the same lane can run
+    assert edited.rendered.text == base.rendered.text
 
 
 @pytest.mark.parametrize("change", [{"max_bytes": 4096}, {"max_bytes": 16}, {"max_bytes": 65536}])
-def test_max_bytes_does_not_change_the_lane(change):
+def test_max_bytes_does_not_change_the_program(change):
     edited = _plan(dataclasses.replace(WEB, **change))
-    assert edited.digest != _plan(WEB).digest
-    assert edited.express.digest == _plan(WEB).express.digest
-    assert "#define MAX_BYTES 65536" in edited.express.text          # the lane's bound
-    assert f"#define MAX_BYTES {change['max_bytes']}" in edited.rendered.text   # compiled in, steady state
+    assert edited.kernel_digest != _plan(WEB).kernel_digest
+    assert edited.program_key == _plan(WEB).program_key
+    assert "#define MAX_BYTES 65536" in edited.rendered.text          # the bound: the schema maximum
 
 
 def test_parsers_change_the_digest_but_not_the_kernel_digest():
     base = _plan(WEB)
     edited = dataclasses.replace(base, parsers=("http2",))
     assert edited.digest != base.digest and edited.kernel_digest == base.kernel_digest
-    assert _plan(dataclasses.replace(WEB, max_bytes=64)).kernel_digest != base.kernel_digest
 
 
 @pytest.mark.parametrize("change", [
     {"filters": models.Filters(pids=(100,))}, {"ring_buffer_kib": 64},
 ])
 def test_program_and_attach_changes_need_another_lane(change):
-    assert _plan(dataclasses.replace(WEB, **change)).express.digest != _plan(WEB).express.digest
+    assert _plan(dataclasses.replace(WEB, **change)).program_key != _plan(WEB).program_key
 
 
-def test_lane_program_holds_no_filter_value_but_the_pids():
-    text = _plan(_with(pids=(4242,), uids=(3131,), comm=("zzzzz",), ports=(5151,))).express.text
+def test_program_holds_no_filter_value_but_the_pids():
+    text = _plan(_with(pids=(4242,), uids=(3131,), comm=("zzzzz",), ports=(5151,))).rendered.text
     assert "tgid == 4242" in text                 # pids are where the trampolines attach
-    assert "3131" not in text and "5151" not in text and "comm_ok" not in text
+    assert "3131" not in text and "5151" not in text and "zzzzz" not in text
     assert "filter_gate" in text and "fc->gen" in text
 
 
@@ -129,38 +126,29 @@ def test_lane_alternates_configurations_and_attributes_records_by_generation():
     assert [(ev.seq, ev.source) for ev in batch] == [(0, a), (1, b), (2, a)]
 
 
+class _Clock:
+    def __init__(self):
+        self.now, self.slept = 100.0, []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
 def test_lane_waits_out_the_grace_before_rewriting_a_configuration():
-    ps = _plan(WEB)
-    lane = express.ExpressLane(_Ring(ps), _Dispatcher(), grace_s=0.05)
+    ps, clock = _plan(WEB), _Clock()
+    lane = express.ExpressLane(_Ring(ps), _Dispatcher(), grace_s=0.05, clock=clock, sleep=clock.sleep)
     lane.arm(ps, 1)
-    t0 = time.monotonic()
+    assert clock.slept == []          # nothing was live: no hit can be reading a configuration
+    clock.now += 0.01
     lane.arm(ps, 2)
-    assert time.monotonic() - t0 >= 0.045
-
-
-def test_jobs_run_once_due_and_a_newer_job_replaces_the_pending_one():
-    ran, done = [], threading.Event()
-
-    def run(key, kind):
-        ran.append((key, kind, time.monotonic()))
-        if len(ran) == 2:
-            done.set()
-
-    jobs = runtime._Jobs(run)
-    t0 = time.monotonic()
-    jobs.put("a", "specialise", 0.3)
-    jobs.put("a", "lane", 0.1)            # replaces the pending specialise
-    jobs.put("b", "lane", 0.0)
-    jobs.put("c", "lane", 0.2)
-    jobs.cancel("c")
-    assert done.wait(5)
-    time.sleep(0.4)
-    jobs.close()
-    assert [(k, kind) for k, kind, _ in ran] == [("b", "lane"), ("a", "lane")]
-    assert ran[1][2] - t0 >= 0.09
-    jobs.put("d", "lane", 0.0)            # closed: ignored
-    time.sleep(0.05)
-    assert len(ran) == 2
+    assert clock.slept == [0.04]      # the rest of the grace since the last flip
+    clock.now += 1
+    lane.arm(ps, 3)
+    assert clock.slept == [0.04]
 
 
 def _deferred(raw: bytes) -> bytes:
@@ -190,21 +178,125 @@ def test_records_are_decoded_by_their_own_generation_and_deferred_ones_filtered_
     assert express.decode(_raw(b"", gen=9), sources, old).source is new           # unknown: the newest
 
 
-def test_a_parsers_only_edit_runs_on_without_loading(monkeypatch):
-    class _Disp:
-        periodic: list = []
+class _Loaded(_Ring):
+    """A loaded program without bcc: its ring, filter maps and loss counters."""
+    made: list = []
 
-    rt_ = runtime.Runtime(_Disp(), express_lanes=False)
-    base = _plan(WEB)
-    live = runtime.RunningTarget(base, 1, 1, state="running", loaded=object(), trampoline=object())
-    rt_.targets[base.key] = live
-    rt_._generations[base.key] = 1
-    monkeypatch.setattr(runtime.loader, "LoadedTarget", lambda *a, **k: pytest.fail("compiled"))
-    edited = dataclasses.replace(base, parsers=("http2",))
+    def __init__(self, probe_set, target_no=0):
+        super().__init__(probe_set)
+        self.target_no, self.losses_seen, self.closed = target_no, {}, False
+        _Loaded.made.append(self)
+
+    def load(self):
+        return self
+
+    def losses(self):
+        return {}
+
+    def close(self):
+        self.closed = True
+
+
+class _Trampoline:
+    def __init__(self, probe_set):
+        self.identity, self.installed, self.closed = probe_set.attach_identity, None, False
+
+    def attach(self):
+        return self
+
+    def install(self, loaded):
+        self.installed = loaded
+
+    def clear(self):
+        self.installed = None
+
+    def close(self):
+        self.closed = True
+
+
+class _RecordingDispatcher(_Dispatcher):
+    periodic: list = []
+
+    def submit_records(self, records):
+        self.batches.append(records)
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch):
+    _Loaded.made = []
+    monkeypatch.setattr(runtime.loader, "LoadedTarget", _Loaded)
+    monkeypatch.setattr(runtime.trampoline, "Trampoline", _Trampoline)
+    monkeypatch.setattr(runtime, "SWITCH_GRACE_S", 0.0)
+    disp = _RecordingDispatcher()
+    rt_ = runtime.Runtime(disp)
+    yield rt_, disp
+    rt_.stop_all()
+
+
+def _replace(rt_, edited):
+    live = rt_.targets[edited.key]
     how = runtime.diff.how_to_replace(rt_.view(live), edited)
-    assert how == runtime.diff.PARSERS
-    new = rt_.load(edited, hold=True, how=how)
-    assert new.relabel_of is live and new.loaded is live.loaded and new.stamp == 1 and new.generation == 2
+    new = rt_.load(edited, how=how)
     rt_.switch([(live, new)])
-    assert rt_.targets[base.key] is new and live.state == "stopped" and new.state == "running"
-    assert rt_.sources(base.key).get(1).parsers == ("http2",)      # records stamped 1 decode with it
+    return how, live, new
+
+
+def test_filter_and_parsers_edits_flip_the_gate_of_the_running_program(fake_kernel):
+    rt_, _ = fake_kernel
+    base = _plan(_with(comm=("a",)))
+    first = rt_.start(base)
+    (loaded,) = _Loaded.made
+    assert first.trampoline.installed is loaded and loaded.writes == [("conf", 0, 1, [list(b"a\0")]), ("gate", 0)]
+    how, live, new = _replace(rt_, _plan(_with(comm=("b",))))
+    assert how == runtime.diff.EXPRESS and new.how == "express lane, no compile"
+    how, _, newer = _replace(rt_, dataclasses.replace(new.probe_set, parsers=("http2",)))
+    assert how == runtime.diff.PARSERS and newer.how == "parsers only, no compile"
+    assert len(_Loaded.made) == 1 and newer.lane is first.lane           # nothing compiled
+    assert loaded.writes[2:] == [("conf", 1, 2, [list(b"b\0")]), ("gate", 1),
+                                 ("conf", 0, 3, [list(b"b\0")]), ("gate", 0)]
+    assert (live.state, new.state, newer.state) == ("stopped", "stopped", "running")
+    assert rt_.sources(base.key).get(3).parsers == ("http2",)      # records stamped 3 decode with it
+
+
+def test_a_program_edit_compiles_a_lane_and_drains_the_old_one_first(fake_kernel):
+    rt_, disp = fake_kernel
+    base = _plan(WEB)
+    first = rt_.start(base)
+    old = _Loaded.made[0]
+    old.raw = [_raw(b"old", gen=1, seq=1)]       # written by the old program, not read yet
+    edited = _plan(dataclasses.replace(WEB, ring_buffer_kib=64))
+    live = rt_.targets[base.key]
+    how = runtime.diff.how_to_replace(rt_.view(live), edited)
+    assert how == runtime.diff.COMPILE
+    new = rt_.load(edited, how=how)
+    fresh = _Loaded.made[1]
+    assert new.trampoline is first.trampoline and new.lane is not first.lane   # same uprobes, new program
+
+    def install(loaded):          # hits run the new program at once
+        first.trampoline.installed = loaded
+        loaded.raw.append(_raw(b"new", gen=2, seq=2))
+
+    first.trampoline.install = install
+    rt_.switch([(live, new)])
+    new.lane.flush()
+    assert [ev.payload for batch in disp.batches for ev in batch] == [b"old", b"new"]
+    assert first.trampoline.installed is fresh and live.state == "stopped" and rt_.targets[base.key] is new
+    rt_.stop_all()
+    assert old.closed and fresh.closed and first.trampoline.closed
+
+
+def test_a_failed_compile_leaves_the_running_generation_alone(fake_kernel, monkeypatch):
+    rt_, _ = fake_kernel
+    base = _plan(WEB)
+    first = rt_.start(base)
+
+    def fail(self):
+        raise runtime.loader.LoadError("compile failed: out of memory")
+
+    monkeypatch.setattr(_Loaded, "load", fail)
+    edited = _plan(dataclasses.replace(WEB, ring_buffer_kib=64))
+    new = rt_.load(edited, how=runtime.diff.COMPILE)
+    assert new.state == "failed" and "out of memory" in new.last_error
+    rt_.discard(new)
+    assert rt_.targets[base.key] is first and first.trampoline.installed is first.loaded
+    assert not first.trampoline.closed and not first.loaded.closed

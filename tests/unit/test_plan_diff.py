@@ -193,8 +193,8 @@ def test_a_filter_edit_replaces_only_that_target():
 
 # ------------------------------------------------------------------ how a replacement is carried out
 
-def _running(ps, on_lane=False, lane_key=None):
-    return diff.Running(ps.key, ps.digest, ps.kernel_digest, ps.attach_identity, on_lane, lane_key)
+def _running(ps):
+    return diff.Running(ps.key, ps.digest, ps.kernel_digest, ps.attach_identity, ps.program_key)
 
 
 def _web(**filters):
@@ -207,26 +207,32 @@ def test_parsers_only_keeps_the_programs():
     old = _web()
     new = dataclasses.replace(old, parsers=("http2",))
     assert diff.how_to_replace(_running(old), new) == diff.PARSERS
-    # a generation running in the lane is replaced through the lane instead
-    assert diff.how_to_replace(_running(old, on_lane=True, lane_key=old.lane_key), new) == diff.EXPRESS
 
 
-def test_filter_values_go_through_a_ready_lane_else_compile():
-    old, new = _web(comm=("nginx",)), _web(comm=("curl",))
-    assert diff.how_to_replace(_running(old, lane_key=old.lane_key), new) == diff.EXPRESS
-    assert diff.how_to_replace(_running(old), new) == diff.COMPILE           # no lane (yet, or off)
-    assert diff.how_to_replace(_running(old, lane_key="other"), new) == diff.COMPILE
+def test_filter_values_and_max_bytes_need_no_compile():
+    old, new = _web(comm=("nginx",)), _web(comm=("curl",), uids=(0,), ports=(443,))
+    assert diff.how_to_replace(_running(old), new) == diff.EXPRESS
+    assert diff.how_to_replace(_running(old), dataclasses.replace(old, target=dataclasses.replace(
+        old.target, max_bytes=128))) == diff.EXPRESS
+
+
+def test_another_program_on_the_same_uprobes_is_a_compile():
+    old = _web()
+    new = dataclasses.replace(old, target=dataclasses.replace(old.target, ring_buffer_kib=64))
+    new = build.plan_profile(_profile(new.target, parsers=("http1",)), resolve=fake_resolve)[0][0]
+    assert new.attach_identity == old.attach_identity
+    assert diff.how_to_replace(_running(old), new) == diff.COMPILE
 
 
 def test_new_uprobes_mean_reattach():
     old, new = _web(), _web(pids=(1234,))                 # pids scope the uprobes themselves
-    assert diff.how_to_replace(_running(old, lane_key=old.lane_key), new) == diff.REATTACH
+    assert diff.how_to_replace(_running(old), new) == diff.REATTACH
     moved = dataclasses.replace(old, attach_file=(1, 2))  # the library was replaced on disk
-    assert diff.how_to_replace(_running(old, lane_key=old.lane_key), moved) == diff.REATTACH
+    assert diff.how_to_replace(_running(old), moved) == diff.REATTACH
 
 
 def test_diff_says_how_for_every_replacement():
     a, b = _web(comm=("x",)), _web(comm=("y",))
-    changes = diff.diff([b], [a], views=lambda rt: _running(rt, lane_key=rt.lane_key))
+    changes = diff.diff([b], [a], views=_running)
     assert changes.replace == ((a, b),) and changes.how == (diff.EXPRESS,)
     assert diff.diff([b], [a]).how == ()                   # no views: no decision asked for

@@ -44,18 +44,15 @@ class FakeRuntime:
     fail_loads: set = field(default_factory=set)      # target names whose load fails
     lock: threading.RLock = field(default_factory=threading.RLock)
     targets: dict = field(default_factory=dict)
-    lanes: dict = field(default_factory=dict)
-    lane_errors: dict = field(default_factory=dict)
-    express_lanes: bool = False
     loads: int = 0
 
     hows: list = field(default_factory=list)          # plan.diff's decision for each replacement
 
     def view(self, rt):
         ps = rt.probe_set
-        return diff.Running(rt.key, ps.digest, ps.kernel_digest, ps.attach_identity)
+        return diff.Running(rt.key, ps.digest, ps.kernel_digest, ps.attach_identity, ps.program_key)
 
-    def load(self, ps, hold, how=None):
+    def load(self, ps, how=None):
         self.loads += 1
         self.hows.append(how)
         if ps.target.name in self.fail_loads:
@@ -292,22 +289,18 @@ def test_a_sink_that_cannot_open_keeps_the_last_good_generation_and_is_retried(s
     assert out.exists() and rec.files[str(path)].state == "ok"
 
 
-def test_lane_jobs_a_burst_of_edits_compiles_once_after_the_last():
-    from orchestrator.reconcile import runtime
-    clock = Clock()
-    q = runtime.JobQueue(clock=clock)
-    web, db = ("p", "web"), ("p", "db")
-    q.put(web, "specialise", 2.0)
-    clock.now += 1.5
-    q.put(web, "specialise", 2.0)          # another edit: the pending job moves, not doubles
-    q.put(db, "lane", 0.0)
-    assert q.take() == (db, "lane")        # due at once
-    assert q.take() is None and q.wait_s() == 2.0
-    clock.now += 1.9
-    assert q.take() is None                # the first edit's due time passed, but it was replaced
-    clock.now += 0.1
-    assert q.take() == (web, "specialise") and q.take() is None and q.wait_s() is None
-    q.put(web, "specialise", 1.0)
-    q.cancel(web)                          # a load takes over: nothing left to run
-    clock.now += 5
-    assert q.take() is None
+@pytest.mark.parametrize("edit, how", [
+    ("    - {name: web, kind: openssl, binary: /usr/sbin/nginx, filters: {comm: [curl]}}", diff.EXPRESS),
+    ("    - {name: web, kind: openssl, binary: /usr/sbin/nginx, max_bytes: 128}", diff.EXPRESS),
+    ("    - {name: web, kind: openssl, binary: /usr/sbin/nginx, ring_buffer_kib: 64}", diff.COMPILE),
+    ("    - {name: web, kind: openssl, binary: /usr/sbin/nginx, filters: {pids: [1]}}", diff.REATTACH),
+])
+def test_each_edit_is_loaded_the_way_plan_diff_decided(setup, edit, how):
+    rec, runtime, clock, path, _, lines = setup
+    rec.reconcile()
+    assert runtime.hows == [None]           # a new target: nothing to decide
+    path.write_text(PROFILE.format(name="one").replace(
+        "    - {name: web, kind: openssl, binary: /usr/sbin/nginx}", edit))
+    rec.reconcile()
+    assert runtime.hows == [None, how]
+    assert any("replaced web" in ln for ln in lines)

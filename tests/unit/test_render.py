@@ -71,8 +71,6 @@ CASES = {
     "uprobe_bytes_arg.c": ("io", UPROBE_BYTES_ARG, hooks.hooks_for(UPROBE_BYTES_ARG), ()),
     # profile name "p": the word nginx must not reach the C through any route but the hashes
     "openssl_filtered_scoped.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE),
-    # the express lane of the same target: uid, comm and port values are read from maps
-    "openssl_express.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE, True),
     # syscall tracepoints (the hook shape whose arguments are not in pt_regs), port-filtered
     "socket.c": ("db", SOCKET, hooks.BUILTIN["socket"], ()),
 }
@@ -102,27 +100,23 @@ def test_every_hook_gets_its_entry_and_return_functions():
     assert "int hook_0_entry(" in entry_only and "hook_0_return" not in entry_only
 
 
-def test_comm_is_compiled_as_numeric_byte_comparisons():
+def test_uid_comm_and_port_values_are_read_from_maps_not_compiled_in():
     text = _render("openssl_filtered_scoped.c")
-    nginx = " && ".join(f"comm[{i}] == {b}" for i, b in enumerate(b"nginx\0"))
-    worker = " && ".join(f"comm[{i}] == {b}" for i, b in enumerate(b"worker-1\0"))
-    assert f"if ({nginx}) comm_ok = 1;" in text
-    assert f"if ({worker}) comm_ok = 1;" in text
-    assert "nginx" not in text and "worker" not in text
+    assert "nginx" not in text and "worker" not in text and "8443" not in text and "== 33" not in text
+    assert "filter_comms.lookup(&ck)" in text and "filter_ports.lookup(&pk)" in text
+    assert "filter_uids.lookup(&uk)" in text
 
 
-def test_filters_and_scope_are_compiled_in():
+def test_pids_and_scope_are_compiled_in():
     text = _render("openssl_filtered_scoped.c")
     assert "if (!(tgid == 100 || tgid == 4194304)) return 0;" in text
-    assert "if (!(uid == 0 || uid == 33)) return 0;" in text
-    assert "c->lport == 443 || c->rport == 443 || c->lport == 8443 || c->rport == 8443" in text
     for p in SCOPE:
         assert f"h == {render.path_hash(p)}ULL" in text
-    assert "#define MAX_BYTES 4096" in text
+    assert "#define MAX_BYTES 65536" in text               # the bound; each configuration sets its own
     assert "BPF_RINGBUF_OUTPUT(events, 16);" in text        # 64 KiB = 16 pages
     assert "BPF_ARRAY(scratch, struct event, 4);" in text    # possible_cpus() patched to 4
     plain = _render("openssl.c")
-    assert "scope" not in plain and "tgid ==" not in plain and "comm_ok" not in plain
+    assert "scope" not in plain and "tgid ==" not in plain
 
 
 def test_text_from_a_profile_never_reaches_the_c():
@@ -146,18 +140,19 @@ def test_text_from_a_profile_never_reaches_the_c():
     models.Filters(comm=("",)),
     models.Filters(comm=("nginx\u00e9",)),
 ], ids=lambda f: repr(f))
-def test_context_rejects_values_that_are_not_valid_ints(filters):
+def test_values_that_are_not_valid_ints_are_rejected(filters):
+    """pids are compiled in (render.context), the rest written to maps (render.lane_values)."""
     t = models.Target("web", "openssl", binary="/usr/sbin/nginx", filters=filters)
     with pytest.raises(ValueError):
-        render.context("p", t, hooks.BUILTIN["openssl"])
+        render.context("p", t, hooks.BUILTIN["openssl"]) if filters.pids else render.lane_values(t)
 
 
 @pytest.mark.parametrize("field, value", [("max_bytes", 8), ("max_bytes", "16k"), ("max_bytes", 1024.0),
                                           ("ring_buffer_kib", 0)])
-def test_context_rejects_bad_sizes(field, value):
+def test_bad_sizes_are_rejected(field, value):
     t = models.Target("shell", "bash", **{field: value})
     with pytest.raises(ValueError):
-        render.context("p", t, hooks.BUILTIN["bash"])
+        render.context("p", t, hooks.BUILTIN["bash"]) if field == "ring_buffer_kib" else render.lane_values(t)
 
 
 def test_context_holds_only_plain_typed_values():
@@ -174,7 +169,8 @@ def test_context_holds_only_plain_typed_values():
         else:
             assert v is None or type(v) in (int, bool, str), v
     walk(ctx)
-    assert ctx["filters"]["comm"][0] == list(b"nginx\0")
+    assert ctx["pids"] == [100, 4194304]
+    assert render.lane_values(OPENSSL_FILTERED)["comm"][0] == list(b"nginx\0")
 
 
 def test_strict_undefined_is_on():
@@ -345,7 +341,7 @@ def test_event_h_is_plain_c():
     (r"\bPT_REGS_|ctx->args\[|ctx->ret\b", "hooks.c.j2"),
 ])
 def test_each_concern_lives_in_one_template(needle, owner):
-    """The express lane's maps, the scope table and the probe ABIs are each known to one file."""
+    """The filter maps, the scope table and the probe ABIs are each known to one file."""
     users = sorted(name for name, text in TEMPLATES.items() if re.search(needle, text))
     assert users == [owner]
 

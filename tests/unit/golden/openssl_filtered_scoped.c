@@ -1,13 +1,13 @@
 /* ecapture generated program: profile p, target web
- * 5 hook(s); max_bytes=4096; filters compiled in below. */
+ * 5 hook(s); max_bytes bound 65536 (each filter configuration sets its own). */
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
- * the lines render.prelude() puts before this text. The programs are not attached: the
- * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
+/* ECAP_TARGET (this target's number) is defined by the line render.prelude() puts before this
+ * text. The programs are not attached: the target's trampolines (trampoline.c.j2) tail-call
+ * the installed program. */
 
-#define MAX_BYTES 4096
+#define MAX_BYTES 65536
 #define HEADER_SIZE sizeof(struct event_header)
 
 struct event {
@@ -26,26 +26,52 @@ static __always_inline void count_loss(u32 slot) {
     if (n) *n += 1;
 }
 
-struct filter_conf;   /* compiled-in filters: no configuration to read */
+/* Filter configuration (orchestrator/reconcile/express.py): the uid, comm and port filters and
+ * max_bytes are read from these maps, so a filter edit switches generation with a few map
+ * writes instead of a compile (MAX_BYTES above is the bound, the schema maximum). Two
+ * configurations; filter_gate names the live one. Each call is judged, and its record stamped,
+ * by exactly one generation: the one whose configuration was live when it was entered (a
+ * return probe finds it in the stash: see stash_val in shared.h). */
+struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 _pad; u32 max_bytes; };
+struct uid_key { u32 slot; u32 uid; };
+struct comm_key { u32 slot; char comm[16]; };
+struct port_key { u32 slot; u32 port; };
+BPF_ARRAY(filter_gate, u32, 1);
+BPF_ARRAY(filter_conf, struct filter_conf, 2);
+BPF_HASH(filter_uids, struct uid_key, u8, 128);
+BPF_HASH(filter_comms, struct comm_key, u8, 128);
+BPF_HASH(filter_ports, struct port_key, u8, 256);
+
+static __always_inline struct filter_conf *live_filters(void) {
+    u32 zero = 0;
+    u32 *gate = filter_gate.lookup(&zero);
+    if (!gate) return 0;
+    u32 slot = *gate & 1;
+    return filter_conf.lookup(&slot);
+}
 
 /* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
 static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
     if (!(tgid == 100 || tgid == 4194304)) return 0;
-    u32 uid = bpf_get_current_uid_gid();
-    if (!(uid == 0 || uid == 33)) return 0;
+    if (fc->uids) {
+        struct uid_key uk = {.slot = fc->slot, .uid = (u32)bpf_get_current_uid_gid()};
+        if (!filter_uids.lookup(&uk)) return 0;
+    }
     if (!scope.lookup(&tgid)) return 0;
-    char comm[16] = {};
-    bpf_get_current_comm(&comm, sizeof(comm));
-    int comm_ok = 0;
-    if (comm[0] == 110 && comm[1] == 103 && comm[2] == 105 && comm[3] == 110 && comm[4] == 120 && comm[5] == 0) comm_ok = 1;
-    if (comm[0] == 119 && comm[1] == 111 && comm[2] == 114 && comm[3] == 107 && comm[4] == 101 && comm[5] == 114 && comm[6] == 45 && comm[7] == 49 && comm[8] == 0) comm_ok = 1;
-    if (!comm_ok) return 0;
+    if (fc->comm) {
+        struct comm_key ck = {.slot = fc->slot};
+        bpf_get_current_comm(&ck.comm, sizeof(ck.comm));   /* NUL-padded: an exact match */
+        if (!filter_comms.lookup(&ck)) return 0;
+    }
     return 1;
 }
 
 static __always_inline int port_wanted(struct conn_t *c, struct filter_conf *fc) {
-    if (c->family == 0) return 1;   /* unknown here: userspace filters once it resolves the connection */
-    return c->lport == 443 || c->rport == 443 || c->lport == 8443 || c->rport == 8443;
+    if (!fc->ports || c->family == 0) return 1;   /* family 0: unknown here, userspace filters once it resolves */
+    struct port_key pk = {.slot = fc->slot, .port = c->lport};
+    if (filter_ports.lookup(&pk)) return 1;
+    pk.port = c->rport;
+    return filter_ports.lookup(&pk) != 0;
 }
 
 static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
@@ -71,7 +97,7 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
-/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+/* `limit`: the generation's max_bytes (at most MAX_BYTES). */
 static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;
     ev->h.len = len;
@@ -116,9 +142,11 @@ static __always_inline void event_submit(struct event *ev) {
 /* hook 0: return probe, record kind 1 */
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -139,10 +167,13 @@ int hook_0_return(struct pt_regs *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -158,11 +189,12 @@ int hook_0_return(struct pt_regs *ctx) {
         if (cp) c = *cp;
     }
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 0, 1, 2, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 0, 1, 2, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
@@ -177,9 +209,11 @@ int hook_0_return(struct pt_regs *ctx) {
 /* hook 1: return probe, record kind 1 */
 int hook_1_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -200,10 +234,13 @@ int hook_1_return(struct pt_regs *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -219,11 +256,12 @@ int hook_1_return(struct pt_regs *ctx) {
         if (cp) c = *cp;
     }
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 1, 1, 1, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 1, 1, 1, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
@@ -238,9 +276,11 @@ int hook_1_return(struct pt_regs *ctx) {
 /* hook 2: return probe, record kind 1 */
 int hook_2_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -261,10 +301,13 @@ int hook_2_return(struct pt_regs *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -280,11 +323,12 @@ int hook_2_return(struct pt_regs *ctx) {
         if (cp) c = *cp;
     }
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 2, 1, 2, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 2, 1, 2, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
@@ -301,9 +345,11 @@ int hook_2_return(struct pt_regs *ctx) {
 /* hook 3: return probe, record kind 1 */
 int hook_3_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
-    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     u32 tid = (u32)id;
     u64 session = v.args[0];
@@ -324,10 +370,13 @@ int hook_3_return(struct pt_regs *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s32)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 tid = (u32)id;
     ecap_active_session.delete(&tid);
@@ -343,11 +392,12 @@ int hook_3_return(struct pt_regs *ctx) {
         if (cp) c = *cp;
     }
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 3, 1, 1, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 3, 1, 1, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
@@ -365,7 +415,9 @@ int hook_3_return(struct pt_regs *ctx) {
 /* No record: only learns which socket the session uses from the syscalls made inside the call. */
 int hook_4_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     u32 tid = id;
     u64 args[6] = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)};
     u64 session = args[0];

@@ -1,13 +1,13 @@
 /* ecapture generated program: profile db, target sql
- * 4 hook(s); max_bytes=16384; filters compiled in below. */
+ * 4 hook(s); max_bytes bound 65536 (each filter configuration sets its own). */
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
- * the lines render.prelude() puts before this text. The programs are not attached: the
- * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
+/* ECAP_TARGET (this target's number) is defined by the line render.prelude() puts before this
+ * text. The programs are not attached: the target's trampolines (trampoline.c.j2) tail-call
+ * the installed program. */
 
-#define MAX_BYTES 16384
+#define MAX_BYTES 65536
 #define HEADER_SIZE sizeof(struct event_header)
 
 struct event {
@@ -24,16 +24,50 @@ static __always_inline void count_loss(u32 slot) {
     if (n) *n += 1;
 }
 
-struct filter_conf;   /* compiled-in filters: no configuration to read */
+/* Filter configuration (orchestrator/reconcile/express.py): the uid, comm and port filters and
+ * max_bytes are read from these maps, so a filter edit switches generation with a few map
+ * writes instead of a compile (MAX_BYTES above is the bound, the schema maximum). Two
+ * configurations; filter_gate names the live one. Each call is judged, and its record stamped,
+ * by exactly one generation: the one whose configuration was live when it was entered (a
+ * return probe finds it in the stash: see stash_val in shared.h). */
+struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 _pad; u32 max_bytes; };
+struct uid_key { u32 slot; u32 uid; };
+struct comm_key { u32 slot; char comm[16]; };
+struct port_key { u32 slot; u32 port; };
+BPF_ARRAY(filter_gate, u32, 1);
+BPF_ARRAY(filter_conf, struct filter_conf, 2);
+BPF_HASH(filter_uids, struct uid_key, u8, 128);
+BPF_HASH(filter_comms, struct comm_key, u8, 128);
+BPF_HASH(filter_ports, struct port_key, u8, 256);
+
+static __always_inline struct filter_conf *live_filters(void) {
+    u32 zero = 0;
+    u32 *gate = filter_gate.lookup(&zero);
+    if (!gate) return 0;
+    u32 slot = *gate & 1;
+    return filter_conf.lookup(&slot);
+}
 
 /* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
 static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
+    if (fc->uids) {
+        struct uid_key uk = {.slot = fc->slot, .uid = (u32)bpf_get_current_uid_gid()};
+        if (!filter_uids.lookup(&uk)) return 0;
+    }
+    if (fc->comm) {
+        struct comm_key ck = {.slot = fc->slot};
+        bpf_get_current_comm(&ck.comm, sizeof(ck.comm));   /* NUL-padded: an exact match */
+        if (!filter_comms.lookup(&ck)) return 0;
+    }
     return 1;
 }
 
 static __always_inline int port_wanted(struct conn_t *c, struct filter_conf *fc) {
-    if (c->family == 0) return 1;   /* unknown here: userspace filters once it resolves the connection */
-    return c->lport == 3306 || c->rport == 3306 || c->lport == 5432 || c->rport == 5432;
+    if (!fc->ports || c->family == 0) return 1;   /* family 0: unknown here, userspace filters once it resolves */
+    struct port_key pk = {.slot = fc->slot, .port = c->lport};
+    if (filter_ports.lookup(&pk)) return 1;
+    pk.port = c->rport;
+    return filter_ports.lookup(&pk) != 0;
 }
 
 static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
@@ -59,7 +93,7 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
-/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+/* `limit`: the generation's max_bytes (at most MAX_BYTES). */
 static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;
     ev->h.len = len;
@@ -104,9 +138,11 @@ static __always_inline void event_submit(struct event *ev) {
 /* hook 0: return probe, record kind 1 */
 int hook_0_entry(struct ecap_sys_enter *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 0};
-    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     return 0;
 }
@@ -120,10 +156,13 @@ int hook_0_return(struct ecap_sys_exit *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
     if (ret <= 0) return 0;
     s32 fd = (s32)v.args[0];
@@ -132,11 +171,12 @@ int hook_0_return(struct ecap_sys_exit *ctx) {
     struct conn_t *cp = ecap_conns.lookup(&fk);
     if (cp) c = *cp;
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 0, 1, 1, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 0, 1, 1, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
@@ -150,9 +190,11 @@ int hook_0_return(struct ecap_sys_exit *ctx) {
 /* hook 1: return probe, record kind 1 */
 int hook_1_entry(struct ecap_sys_enter *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 1};
-    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     return 0;
 }
@@ -166,10 +208,13 @@ int hook_1_return(struct ecap_sys_exit *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
     if (ret <= 0) return 0;
     s32 fd = (s32)v.args[0];
@@ -178,11 +223,12 @@ int hook_1_return(struct ecap_sys_exit *ctx) {
     struct conn_t *cp = ecap_conns.lookup(&fk);
     if (cp) c = *cp;
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 1, 1, 2, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 1, 1, 2, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
@@ -196,9 +242,11 @@ int hook_1_return(struct ecap_sys_exit *ctx) {
 /* hook 2: return probe, record kind 1 */
 int hook_2_entry(struct ecap_sys_enter *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 2};
-    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     return 0;
 }
@@ -212,10 +260,13 @@ int hook_2_return(struct ecap_sys_exit *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
     if (ret <= 0) return 0;
     s32 fd = (s32)v.args[0];
@@ -225,11 +276,12 @@ int hook_2_return(struct ecap_sys_exit *ctx) {
     if (cp) c = *cp;
     if (!cp) return 0;      /* read()/write() on anything but a TCP socket we saw being made */
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 2, 1, 1, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 2, 1, 1, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
@@ -243,9 +295,11 @@ int hook_2_return(struct ecap_sys_exit *ctx) {
 /* hook 3: return probe, record kind 1 */
 int hook_3_entry(struct ecap_sys_enter *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_key k = {.tid = (u32)id, .target = ECAP_TARGET, .hook = 3};
-    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = ECAP_GEN, .conf_slot = 0};
+    struct stash_val v = {.args = {ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], ctx->args[4], ctx->args[5]}, .gen = fc->gen, .conf_slot = fc->slot};
     if (ecap_stash.update(&k, &v) != 0) { count_loss(LOSS_STASH); return 0; }
     return 0;
 }
@@ -259,10 +313,13 @@ int hook_3_return(struct ecap_sys_exit *ctx) {
     /* Completes the call whichever generation entered it; deleting claims it exactly once. The
      * call belongs to the generation that admitted it at entry (v.gen): its record is stamped
      * with it and port-filtered by its filters. Another generation's filters are not here (a
-     * call entered before a switch), or no longer (its express configuration was rewritten
+     * call entered before a switch), or no longer (its configuration was rewritten
      * while the call blocked): then the kernel admits it, flagged, and userspace decides. */
     if (ecap_stash.delete(&k) != 0) return 0;
-    u8 deferred = v.gen != ECAP_GEN;
+    u32 conf_slot = v.conf_slot & 1;
+    struct filter_conf *fc = filter_conf.lookup(&conf_slot);
+    if (!fc) return 0;
+    u8 deferred = fc->gen != v.gen;
     s64 ret = (s64)ctx->ret;   /* an int return leaves the upper half undefined */
     if (ret <= 0) return 0;
     s32 fd = (s32)v.args[0];
@@ -272,11 +329,12 @@ int hook_3_return(struct ecap_sys_exit *ctx) {
     if (cp) c = *cp;
     if (!cp) return 0;      /* read()/write() on anything but a TCP socket we saw being made */
     if (!deferred) {
-        int want = port_wanted(&c, 0);
-        if (!want) return 0;
+        int want = port_wanted(&c, fc);
+        if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
+        else if (!want) return 0;
     }
-    u32 limit = deferred ? MAX_BYTES : MAX_BYTES;
-    struct event *ev = event_start(id, 3, 1, 2, deferred ? v.gen : ECAP_GEN);
+    u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
+    struct event *ev = event_start(id, 3, 1, 2, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;

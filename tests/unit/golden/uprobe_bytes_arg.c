@@ -1,13 +1,13 @@
 /* ecapture generated program: profile io, target writes
- * 1 hook(s); max_bytes=16384; filters compiled in below. */
+ * 1 hook(s); max_bytes bound 65536 (each filter configuration sets its own). */
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
-/* ECAP_TARGET (this target's number) and ECAP_GEN (this program's generation) are defined by
- * the lines render.prelude() puts before this text. The programs are not attached: the
- * target's trampolines (trampoline.c.j2) tail-call the installed generation. */
+/* ECAP_TARGET (this target's number) is defined by the line render.prelude() puts before this
+ * text. The programs are not attached: the target's trampolines (trampoline.c.j2) tail-call
+ * the installed program. */
 
-#define MAX_BYTES 16384
+#define MAX_BYTES 65536
 #define HEADER_SIZE sizeof(struct event_header)
 
 struct event {
@@ -24,10 +24,41 @@ static __always_inline void count_loss(u32 slot) {
     if (n) *n += 1;
 }
 
-struct filter_conf;   /* compiled-in filters: no configuration to read */
+/* Filter configuration (orchestrator/reconcile/express.py): the uid, comm and port filters and
+ * max_bytes are read from these maps, so a filter edit switches generation with a few map
+ * writes instead of a compile (MAX_BYTES above is the bound, the schema maximum). Two
+ * configurations; filter_gate names the live one. Each call is judged, and its record stamped,
+ * by exactly one generation: the one whose configuration was live when it was entered (a
+ * return probe finds it in the stash: see stash_val in shared.h). */
+struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 _pad; u32 max_bytes; };
+struct uid_key { u32 slot; u32 uid; };
+struct comm_key { u32 slot; char comm[16]; };
+struct port_key { u32 slot; u32 port; };
+BPF_ARRAY(filter_gate, u32, 1);
+BPF_ARRAY(filter_conf, struct filter_conf, 2);
+BPF_HASH(filter_uids, struct uid_key, u8, 128);
+BPF_HASH(filter_comms, struct comm_key, u8, 128);
+BPF_HASH(filter_ports, struct port_key, u8, 256);
+
+static __always_inline struct filter_conf *live_filters(void) {
+    u32 zero = 0;
+    u32 *gate = filter_gate.lookup(&zero);
+    if (!gate) return 0;
+    u32 slot = *gate & 1;
+    return filter_conf.lookup(&slot);
+}
 
 /* Process-level filters, cheapest first. Returns 1 when the current process is wanted. */
 static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
+    if (fc->uids) {
+        struct uid_key uk = {.slot = fc->slot, .uid = (u32)bpf_get_current_uid_gid()};
+        if (!filter_uids.lookup(&uk)) return 0;
+    }
+    if (fc->comm) {
+        struct comm_key ck = {.slot = fc->slot};
+        bpf_get_current_comm(&ck.comm, sizeof(ck.comm));   /* NUL-padded: an exact match */
+        if (!filter_comms.lookup(&ck)) return 0;
+    }
     return 1;
 }
 
@@ -54,7 +85,7 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
-/* `limit`: the generation's max_bytes (MAX_BYTES when compiled in). */
+/* `limit`: the generation's max_bytes (at most MAX_BYTES). */
 static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;
     ev->h.len = len;
@@ -99,11 +130,13 @@ static __always_inline void event_submit(struct event *ev) {
 /* hook 0: entry probe, record kind 3 */
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!process_wanted(id >> 32, 0)) return 0;
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
     struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
     s64 ret = 0;
-    u32 limit = MAX_BYTES;
-    struct event *ev = event_start(id, 0, 3, 0, ECAP_GEN);
+    u32 limit = fc->max_bytes;
+    struct event *ev = event_start(id, 0, 3, 0, fc->gen);
     if (!ev) return 0;
     ev->h.ret = ret;
     ev->h.args[0] = v.args[0];
