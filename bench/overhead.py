@@ -7,8 +7,6 @@ four modes, alternated round-robin so that noise hits every mode alike:
   floor     ecapture's own attach points for the nginx openssl target (the uprobes and
             uretprobes its trampolines use, and the same tracepoints) with empty programs
   ecapture  `ecapture apply` with the http1 parser and a JSONL sink
-  lane      the same, with the target left on its express lane (filters and max_bytes read from
-            maps on every hit instead of compiled in), after a max_bytes edit that goes through it
   sslsniff  bcc's sslsniff-bpfcc (a patched temporary copy: see `_sslsniff_copy`)
 
 Prints the median requests/s per mode, the ratios, how many of wrk's completed requests
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -42,7 +39,7 @@ from orchestrator.plan import build  # noqa: E402
 from orchestrator.profile import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
 
-MODES = ("bare", "floor", "ecapture", "lane", "sslsniff")
+MODES = ("bare", "floor", "ecapture", "sslsniff")
 PROFILE = ROOT / "profiles" / "nginx-tls.yaml"
 ECAPTURE = ROOT / ".venv" / "bin" / "ecapture"
 SSLSNIFF = Path("/usr/sbin/sslsniff-bpfcc")
@@ -370,26 +367,9 @@ def count_jsonl(path: Path, worker_pid: int):
     return req, resp, other, types, losses
 
 
-def lanes_built() -> bool:
-    out = subprocess.run([str(ECAPTURE), "status", "--json"], capture_output=True, text=True, timeout=10)
-    if out.returncode != 0:
-        return False
-    targets = [t for p in json.loads(out.stdout)["profiles"] for t in p["targets"]]
-    return bool(targets) and all(t.get("express_lane") != "building" for t in targets)
-
-
-def on_lane() -> bool:
-    out = subprocess.run([str(ECAPTURE), "status", "--json"], capture_output=True, text=True, timeout=10)
-    if out.returncode != 0:
-        return False
-    targets = [t for p in json.loads(out.stdout)["profiles"] for t in p["targets"]]
-    return bool(targets) and all(t.get("filters") == "express lane" for t in targets)
-
-
 class EcaptureMode:
-    def __init__(self, tmp: Path, on_lane: bool = False):
+    def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.on_lane = on_lane
         self.captures: list[Capture] = []
 
     def run(self, url, duration, connections, ctx) -> WrkResult:
@@ -400,8 +380,7 @@ class EcaptureMode:
         profile.write_text(PROFILE_TEMPLATE.format(jsonl=jsonl))
         stderr_path = self.tmp / f"ecapture-{n}.stderr"
         with open(stderr_path, "wb") as err, open(self.tmp / f"ecapture-{n}.stdout", "wb") as out:
-            extra = ["--no-compile-filters-in"] if self.on_lane else []
-            proc = subprocess.Popen([str(ECAPTURE), "apply", str(profile), "--ready-file", str(ready), *extra],
+            proc = subprocess.Popen([str(ECAPTURE), "apply", str(profile), "--ready-file", str(ready)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             try:
                 if not wait_until(lambda: ready.exists() or proc.poll() is not None, 120):
@@ -409,15 +388,6 @@ class EcaptureMode:
                 if proc.poll() is not None:
                     raise RuntimeError(f"ecapture apply exited with {proc.returncode}:\n"
                                        f"{stderr_path.read_text(errors='replace')}")
-                # Measure the steady state: the express lane compiles in the background after start.
-                if not wait_until(lambda: lanes_built() or proc.poll() is not None, 60):
-                    print("  ! the express lane was not built within 60 s")
-                if self.on_lane:
-                    # A max_bytes edit goes through the lane, and stays there (--no-compile-filters-in).
-                    profile.write_text(PROFILE_TEMPLATE.format(jsonl=jsonl).replace("max_bytes: 16384",
-                                                                                   "max_bytes: 16000"))
-                    if not wait_until(lambda: on_lane() or proc.poll() is not None, 30):
-                        print("  ! the target did not switch to its express lane within 30 s")
                 ctx["ecapture_pid"] = proc.pid
                 hook = ctx.get("during_ecapture")
                 if hook:
@@ -578,8 +548,6 @@ def main(argv=None) -> int:
             impl["floor"] = FloorMode()
         if "ecapture" in modes:
             impl["ecapture"] = EcaptureMode(tmp)
-        if "lane" in modes:
-            impl["lane"] = EcaptureMode(tmp, on_lane=True)
         if "sslsniff" in modes:
             impl["sslsniff"] = SslsniffMode(tmp)
 
@@ -655,14 +623,13 @@ def report(args, modes, rps, results, impl, errors) -> None:
                 print(f"  {m} {label.lower()} cost by round: {'; '.join(vals)}")
     print()
     pairs = (("ecapture", "floor", "c/b ecapture/floor"), ("ecapture", "sslsniff", "c/d ecapture/sslsniff"),
-             ("lane", "ecapture", "lane/ecapture"), ("lane", "floor", "lane/floor"),
              ("floor", "bare", "b/a floor/bare"), ("sslsniff", "floor", "d/b sslsniff/floor"))
     for a, b, label in pairs:
         if a in med and b in med:
             print(f"{label:<24} {med[a] / med[b]:.2f}")
 
     verdicts = []
-    for mode in ("ecapture", "lane"):
+    for mode in ("ecapture",):
         if mode not in impl or not impl[mode].captures:
             continue
         print()
@@ -685,13 +652,6 @@ def report(args, modes, rps, results, impl, errors) -> None:
             for ln in c.loss_lines:
                 print(f"  {ln}")
         verdicts.append((f"{mode}: every completed request captured (request and response)", all_ok))
-    if "lane" in med and "ecapture" in med:
-        # Issue 9 item 7: within the run-to-run spread, the map-read program alone would do.
-        spread = max((max(v) - min(v)) / statistics.median(v) for m, v in rps.items()
-                     if m in ("lane", "ecapture") and v)
-        gap = abs(med["lane"] - med["ecapture"]) / med["ecapture"]
-        print(f"lane vs compiled-in filters: {gap:.1%} apart; run-to-run spread of those modes {spread:.1%}: "
-              f"{'within' if gap <= spread else 'beyond'} the spread")
     if "sslsniff" in impl and impl["sslsniff"].runs:
         for i, s in enumerate(impl["sslsniff"].runs, 1):
             print(f"sslsniff round {i}: wrk completed {s['completed']}; printed >= {s['reads']} READ, "

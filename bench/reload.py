@@ -8,18 +8,18 @@ the newly selected generator (when capture switched) and (2) when that record re
 JSONL file (when a user sees it). gen-c's records must be exactly its writes: any gap is a
 lost event, any repeat a duplicate.
 
-Three series run one after the other, each with its own `ecapture apply` (see SERIES):
-express (the default set-up, edits 0.3 s apart), settled (edits 1.6 s apart, so the filters
-get compiled in between and each edit starts from a compiled generation) and compiled
-(`--no-express-lanes`: every edit compiles).
+Two series run one after the other, each with its own `ecapture apply` (see SERIES): express
+(comm edits only: each is a few map writes in the running program) and compile (each edit also
+switches the ring buffer size between 256 and 512 KiB, so each compiles a new program: what a
+reload cost before filters were read from maps).
 
-A fourth series, mixed, runs edits of every kind in turn under two writers (gen-a, gen-c, both
+A third series, mixed, runs edits of every kind in turn under two writers (gen-a, gen-c, both
 selected by every version): filters and max_bytes together, parsers only, sinks only, and one
 that changes attach points (the pid scope). Each is timed from the file write to the moment
 `apply` logs the reload (the new generation is live when it logs); both writers' records must
 be exactly their writes.
 
-    .venv/bin/python bench/reload.py [--reloads 30] [--interval 0.002] [--pause 0.3] [--series express,...]
+    .venv/bin/python bench/reload.py [--reloads 30] [--interval 0.002] [--pause 0.3] [--series express,compile]
     .venv/bin/python bench/reload.py --series mixed [--mixed-rounds 10] [--mixed-pause 0.5]
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ PYTHON = "/usr/bin/python3.11"
 LIBSSL = "/lib/x86_64-linux-gnu/libssl.so.3"
 
 
-def profile(selected: str, jsonl: str) -> str:
+def profile(selected: str, jsonl: str, ring_kib: int = 256) -> str:
     return f"""apiVersion: ecapture/v1
 kind: CaptureProfile
 metadata: {{name: reload-bench}}
@@ -51,6 +51,7 @@ spec:
       kind: openssl
       binary: {PYTHON}
       library: {LIBSSL}
+      ring_buffer_kib: {ring_kib}
       filters: {{comm: [gen-c, {selected}]}}
   parsers: []
   sinks:
@@ -84,11 +85,10 @@ def pct(values, q):
 
 
 SERIES = {
-    # name: (apply arguments, pause between reloads, what it shows)
-    "express": ((), None, "edits in quick succession: each is a gate flip in the live express lane"),
-    "settled": ((), 2.6, "edits after the filters settled: compiled filters live, each edit switches to the lane"),
-    "compiled": (("--no-express-lanes",), None, "no express lanes: every edit compiles a generation"),
-    "mixed": ((), None, "every kind of edit in turn under 2 writers; file written -> reload logged"),
+    # name: (whether each edit changes the program too, what it shows)
+    "express": (False, "comm edits: each is a few map writes and a gate flip in the running program"),
+    "compile": (True, "comm and ring buffer size edits: each compiles a new program and switches to it"),
+    "mixed": (False, "every kind of edit in turn under 2 writers; file written -> reload logged"),
 }
 MIXED_KINDS = ("filters+max_bytes", "parsers", "sinks", "attach")
 
@@ -142,10 +142,6 @@ def run_mixed(args, cert: tuple[str, str], tmp: Path) -> dict | None:
         deadline = time.time() + 20
         while not any(r.get("comm") == "gen-a" for r in tail.read()) and time.time() < deadline:
             time.sleep(0.01)
-        # the first edits should find the express lane built, as they would a second after start
-        deadline = time.time() + 30
-        while _lane_state() != "ready" and time.time() < deadline:
-            time.sleep(0.1)
         n = 0
         for rnd in range(args.mixed_rounds):
             for kind in args.mixed_kinds.split(","):
@@ -174,10 +170,10 @@ def run_mixed(args, cert: tuple[str, str], tmp: Path) -> dict | None:
                     return None
                 applied[kind].append((time.monotonic() - written) * 1000)
                 logged[kind].append(float(line.split(" in ")[1].split(" ms")[0]))
-                how = ("compiled as lane" if "compiled as its new express lane" in line
-                       else "express lane" if "express lane" in line
+                how = ("express lane" if "express lane" in line
                        else "parsers only" if "parsers only" in line
-                       else "compiled" if "compiled" in line
+                       else "re-attach and compile" if "re-attach" in line
+                       else "compile" if "compile)" in line
                        else "no change" if "unchanged" in line or "no change" in line else "other")
                 hows[kind][how] = hows[kind].get(how, 0) + 1
                 time.sleep(args.mixed_pause)
@@ -204,15 +200,6 @@ def run_mixed(args, cert: tuple[str, str], tmp: Path) -> dict | None:
             "loss_records": sum(1 for r in records if r["type"] == "loss"), "stderr": err_path.read_text()}
 
 
-def _lane_state() -> str:
-    out = subprocess.run([ECAPTURE, "status", "--json"], capture_output=True, text=True, timeout=10)
-    try:
-        (target,) = [t for p in json.loads(out.stdout)["profiles"] for t in p["targets"]]
-        return target.get("express_lane", "")
-    except (ValueError, KeyError):
-        return ""
-
-
 def report_mixed(args, r: dict) -> bool:
     print(f"mixed: {args.mixed_rounds} rounds of {len(MIXED_KINDS)} edit kinds, {args.mixed_pause} s apart, under "
           f"2 writers x {1 / args.interval:.0f} writes/s; file written -> reload logged (the new generation live)")
@@ -228,9 +215,6 @@ def report_mixed(args, r: dict) -> bool:
         ok &= good
         print(f"  {'PASS' if good else 'FAIL'}  " + (f"p99 <= {p99_limit} ms" if kind == "attach"
                                                     else f"p50 <= 300 ms, p99 <= {p99_limit} ms"))
-    print(f"  parsers-only edits that kept a compiled generation's programs (no compile): "
-          f"{r['stderr'].count('programs run on (no compile)')}; compiled generations built after lane edits "
-          f"settled: {r['stderr'].count('has its filters compiled in')}")
     for comm, w in r["writers"].items():
         print(f"  {comm}: {w['captured']}/{w['written']} writes captured: lost {w['lost']}, duplicated {w['dup']}, "
               f"{'in order' if w['ordered'] else 'OUT OF ORDER'}")
@@ -240,14 +224,14 @@ def report_mixed(args, r: dict) -> bool:
 
 
 def run_series(name: str, args, cert: tuple[str, str], tmp: Path) -> dict | None:
-    apply_args, pause, _ = SERIES[name]
-    pause = args.pause if pause is None else pause
+    recompile, _ = SERIES[name]
+    pause = args.pause
     tmp = tmp / name
     tmp.mkdir()
     jsonl, prof, ready = tmp / "out.jsonl", tmp / "profile.yaml", tmp / "ready"
     stop_c = tmp / "stop-c"
     prof.write_text(profile("gen-a", str(jsonl)))
-    apply = subprocess.Popen([ECAPTURE, "apply", str(prof), "--ready-file", str(ready), *apply_args],
+    apply = subprocess.Popen([ECAPTURE, "apply", str(prof), "--ready-file", str(ready)],
                              stdout=subprocess.DEVNULL, stderr=open(tmp / "stderr.txt", "w"))
     gens = {}
     try:
@@ -274,8 +258,9 @@ def run_series(name: str, args, cert: tuple[str, str], tmp: Path) -> dict | None
         selected = "gen-a"
         for i in range(args.reloads):
             selected = "gen-b" if selected == "gen-a" else "gen-a"
+            ring_kib = 512 if recompile and i % 2 == 0 else 256
             written = time.time_ns()
-            prof.write_text(profile(selected, str(jsonl)))
+            prof.write_text(profile(selected, str(jsonl), ring_kib))
             first = None
             deadline = time.time() + 30
             while first is None and time.time() < deadline:
@@ -312,7 +297,7 @@ def run_series(name: str, args, cert: tuple[str, str], tmp: Path) -> dict | None
         "first_c": first_c, "dup": len(indexes) - len(set(indexes)), "lost": len(set(expected) - set(indexes)),
         "ordered": indexes == sorted(indexes), "loss_records": sum(1 for r in records if r["type"] == "loss"),
         "reloads": len(reloads), "express": sum("express lane" in ln for ln in reloads),
-        "specialised": stderr.count("has its filters compiled in"),
+        "compiled": sum("compile)" in ln for ln in reloads),
     }
 
 
@@ -320,9 +305,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reloads", type=int, default=30)
     ap.add_argument("--interval", type=float, default=0.002, help="seconds between a generator's writes")
-    ap.add_argument("--pause", type=float, default=0.3, help="seconds between a reload landing and the next edit "
-                                                              "(the settled series waits longer)")
-    ap.add_argument("--series", default="express,settled,compiled",
+    ap.add_argument("--pause", type=float, default=0.3, help="seconds between a reload landing and the next edit")
+    ap.add_argument("--series", default="express,compile",
                     help=f"comma-separated subset of {','.join(SERIES)}")
     ap.add_argument("--mixed-rounds", type=int, default=10, help="mixed series: rounds of one edit of each kind")
     ap.add_argument("--mixed-pause", type=float, default=0.5, help="mixed series: seconds between edits")
@@ -351,23 +335,23 @@ def main() -> int:
         return 0
     print(f"reload: {args.reloads} reloads of a comm filter per series, under 3 generators x "
           f"{1 / args.interval:.0f} writes/s; file written -> first record under the new filter")
-    print(f"{'series':9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'visible p50':>11} {'via lane':>8} "
-          f"{'compiled in after':>17}  gen-c writes (lost, duplicated, order)")
+    print(f"{'series':9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'visible p50':>11} {'no compile':>10} "
+          f"{'compiled':>8}  gen-c writes (lost, duplicated, order)")
     for name, r in results.items():
         c, v = r["capture"], r["visible"]
         print(f"{name:9} {statistics.median(c):7.0f} {pct(c, 99):7.0f} {max(c):7.0f} {statistics.median(v):11.0f} "
-              f"{r['express']:>4}/{r['reloads']:<3} {r['specialised']:>17}  {r['captured_c']}/"
+              f"{r['express']:>6}/{r['reloads']:<3} {r['compiled']:>8}  {r['captured_c']}/"
               f"{r['written_c'] - r['first_c']} ({r['lost']}, {r['dup']}, {'ok' if r['ordered'] else 'BROKEN'})"
               f"{'; loss records: %d' % r['loss_records'] if r['loss_records'] else ''}")
     for name, r in results.items():
         print(f"  {name}: {SERIES[name][2]}")
-    if "express" in results and "compiled" in results:
-        ratio = statistics.median(results["compiled"]["capture"]) / statistics.median(results["express"]["capture"])
-        print(f"express lane vs compiling, p50: {ratio:.1f}x faster")
+    if "express" in results and "compile" in results:
+        ratio = statistics.median(results["compile"]["capture"]) / statistics.median(results["express"]["capture"])
+        print(f"map writes vs compiling, p50: {ratio:.1f}x faster")
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     default = results.get("express") or next(iter(results.values()))
-    print(f"{verdict(statistics.median(default['capture']) <= 300)}  p50 <= 300 ms (default: express lanes)")
-    print(f"{verdict(pct(default['capture'], 99) <= 1000)}  p99 <= 1 s (default: express lanes)")
+    print(f"{verdict(statistics.median(default['capture']) <= 300)}  p50 <= 300 ms (express: filter edits)")
+    print(f"{verdict(pct(default['capture'], 99) <= 1000)}  p99 <= 1 s (express: filter edits)")
     print(f"{verdict(all(r['lost'] == 0 and not r['loss_records'] for r in results.values()))}  0 lost (every series)")
     print(f"{verdict(all(r['dup'] == 0 for r in results.values()))}  0 duplicated (every series)")
     return 0

@@ -1,11 +1,11 @@
-"""bcc has one owner: start, edits that land while background compiles run, SIGINT; 20 times.
+"""bcc has one owner: start, an edit, a compile on the watcher's thread, SIGINT; 20 times.
 
 Before bcc had one owner, `apply` died with SIGSEGV in libbcc (`TableStorage::iterator`) when
-stopped after reloads with express lanes (modules compiled and closed on several threads), and
-relative paths resolved during a compile (bcc `chdir`s into the kernel headers) went wrong.
-Each cycle here runs a fresh `apply` whose JSONL sink has a relative path, edits the profile
-while the express lane and the "filters compiled in" generation compile in the background,
-and stops it with SIGINT in the middle of that. Every cycle must exit 0 with its summary, put
+stopped after reloads (modules compiled and closed on several threads), and relative paths
+resolved during a compile (bcc `chdir`s into the kernel headers) went wrong. Each cycle here
+runs a fresh `apply` whose JSONL sink has a relative path, makes a filter edit, then an edit
+that compiles a new program on the watcher's thread (while old programs close in the
+background), and stops it with SIGINT in the middle of that. Every cycle must exit 0 with its summary, put
 its records where the path says, and hold every write of the two writers between the first and
 the last it captured, once each, in order.
 """
@@ -26,8 +26,9 @@ COMMS = ("owner-a", "owner-b")     # names no other test's writers use
 KERNEL_SOURCE = Path(f"/lib/modules/{os.uname().release}/source")
 
 
-def _profile(comm: list[str], max_bytes: int) -> str:
-    return profile("stress", comm, jsonl="out/records.jsonl", target_extra=f"\n      max_bytes: {max_bytes}")
+def _profile(comm: list[str], max_bytes: int, ring_kib: int = 256) -> str:
+    return profile("stress", comm, jsonl="out/records.jsonl",
+                   target_extra=f"\n      max_bytes: {max_bytes}\n      ring_buffer_kib: {ring_kib}")
 
 
 def _contiguous(datas: list[str]) -> bool:
@@ -48,12 +49,11 @@ def _cycle(workdir: Path, i: int, pids: list[int]) -> None:
         assert _wait_for(lambda: (workdir / "ready").exists() or proc.poll() is not None, 60), err_path.read_text()
         assert proc.poll() is None, err_path.read_text()
         assert _wait_for(lambda: out.exists() and out.stat().st_size > 0, 20), err_path.read_text()
-        # The express lane starts compiling now. Edit at once (a filter edit that must compile or
-        # go through a lane just built), then a max_bytes edit, then stop while the background
-        # work of both is under way: at a different moment in each cycle.
+        # A filter edit (map writes), then an edit of max_bytes and the ring size (a compile on the
+        # watcher's thread), then stop while that is under way: at a different moment each cycle.
         profile.write_text(_profile([*COMMS, f"other-{i}"], 4096))
         time.sleep(0.1 + 0.05 * (i % 5))
-        profile.write_text(_profile(list(COMMS), 2048 + 64 * i))
+        profile.write_text(_profile(list(COMMS), 2048 + 64 * i, 512))
         time.sleep(0.05 * (i % 7))
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(60)

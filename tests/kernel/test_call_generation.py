@@ -1,8 +1,8 @@
 """A call belongs to exactly one generation: the one that admitted it when it was entered.
 
 A TLS server reads with a blocking SSL_read_ex on a real TCP socket on 127.0.0.1 while
-`ecapture apply` switches the target's port filter (through the express lane, and with
-`--no-express-lanes` by compiling). What a user sees in the JSONL:
+`ecapture apply` switches the target's port filter (a gate flip in the running program, and,
+with a ring buffer size edited too, by compiling a new program). What a user sees in the JSONL:
 
 - the read that was entered while the filters selected the server's port is recorded exactly
   once, even though it returns under filters that exclude that port;
@@ -137,14 +137,14 @@ def reads(cap) -> list[str]:
     return [r["data"] for r in cap.records("data") if r["comm"] == "cg-srv" and r["direction"] == "read"]
 
 
-@pytest.mark.parametrize("lane", ["express", "compiled"])
-def test_a_blocking_read_belongs_to_the_generation_that_admitted_it(apply_profile, cert, tmp_path, lane):
+@pytest.mark.parametrize("how", ["express", "compile"])
+def test_a_blocking_read_belongs_to_the_generation_that_admitted_it(apply_profile, cert, tmp_path, how):
     port, other = free_port(), free_port()
-    args = () if lane == "express" else ("--no-express-lanes",)
     path = tmp_path / "profile.yaml"
-    with apply_profile(profile(port), extra_args=args) as cap:
-        if lane == "express":
-            assert _wait_for(lambda: _target_status("callgen")["express_lane"] == "ready", 60), cap.stderr
+    # compile: the first edit also changes the ring buffer size and the second changes it back, so
+    # each is a new program and the blocked read returns in another program than its entry's
+    ring = "" if how == "express" else "      ring_buffer_kib: 512\n"
+    with apply_profile(profile(port)) as cap:
         peers = Peers(tmp_path, cert, port)
         try:
             peers.expect("accepted")
@@ -154,10 +154,11 @@ def test_a_blocking_read_belongs_to_the_generation_that_admitted_it(apply_profil
 
             # entered while the port is selected; the filters then exclude it; then it returns
             peers.blocked_read()
-            path.write_text(profile(other).replace("{jsonl}", str(cap.jsonl)))
+            path.write_text(profile(other).replace("{jsonl}", str(cap.jsonl))
+                            .replace("      filters:", ring + "      filters:"))
             assert _wait_for(lambda: cap.stderr.count("reloaded callgen") == 1, 20), cap.stderr
-            how = "express lane, no compile" if lane == "express" else "compiled"
-            assert f"replaced srv (gen 2, {how})" in cap.stderr, cap.stderr
+            words = "express lane, no compile" if how == "express" else "compile"
+            assert f"replaced srv (gen 2, {words})" in cap.stderr, cap.stderr
             peers.send("m1-entered-when-selected")
             peers.blocked_read()
             peers.send("m2-entered-when-excluded")
@@ -166,6 +167,7 @@ def test_a_blocking_read_belongs_to_the_generation_that_admitted_it(apply_profil
             peers.blocked_read()
             path.write_text(profile(port).replace("{jsonl}", str(cap.jsonl)))
             assert _wait_for(lambda: cap.stderr.count("reloaded callgen") == 2, 20), cap.stderr
+            assert f"replaced srv (gen 3, {words})" in cap.stderr, cap.stderr
             peers.send("m3-entered-when-excluded")
             peers.blocked_read()
             peers.send("m4-entered-when-selected")
@@ -181,8 +183,8 @@ def test_a_blocking_read_belongs_to_the_generation_that_admitted_it(apply_profil
 
 
 def test_max_bytes_and_parsers_edits_compile_nothing(apply_profile, cert, tmp_path):
-    """max_bytes is an express-lane value; an edit of only `parsers` (userspace) keeps the running
-    programs, compiled filters included."""
+    """max_bytes is a map value, and an edit of only `parsers` (userspace) writes a generation
+    into the running program too: neither compiles."""
     port = free_port()
     path = tmp_path / "profile.yaml"
 
@@ -193,7 +195,6 @@ def test_max_bytes_and_parsers_edits_compile_nothing(apply_profile, cert, tmp_pa
 
     long = "x" * 100
     with apply_profile(profile(port)) as cap:
-        assert _wait_for(lambda: _target_status("callgen")["express_lane"] == "ready", 60), cap.stderr
         peers = Peers(tmp_path, cert, port)
         try:
             peers.expect("accepted")
@@ -207,13 +208,10 @@ def test_max_bytes_and_parsers_edits_compile_nothing(apply_profile, cert, tmp_pa
             assert cap.wait_for(lambda rs: any(d.startswith("m1-") for d in reads(cap))), cap.stderr
             (m1,) = [r for r in cap.records("data") if r["comm"] == "cg-srv" and r["data"].startswith("m1-")]
             assert (m1["data"], m1["len"], m1["truncated"]) == (("m1-" + long)[:32], 103, True)
-            # once compiled in, a parsers edit keeps the compiled generation's programs
-            assert _wait_for(lambda: "has its filters compiled in" in cap.stderr, 30), cap.stderr
-            assert _target_status("callgen")["filters"] == "compiled in"
             line = edit(profile(port).replace("      filters:", "      max_bytes: 32\n      filters:")
                         .replace("parsers: []", "parsers: [http1]"), 2)
-            assert "parsers changed, generation 3's programs run on (no compile)" in cap.stderr, cap.stderr
-            assert _target_status("callgen")["generation"] == 4
+            assert "parsers only, no compile" in line, line
+            assert _target_status("callgen")["generation"] == 3
             peers.blocked_read()
             peers.send("m2-" + long)
             assert cap.wait_for(lambda rs: any(d.startswith("m2-") for d in reads(cap))), cap.stderr

@@ -166,8 +166,7 @@ def test_full_disk_sink_counts_losses_others_keep_capturing_and_it_resumes(apply
     filler = small_tmpfs / "filler"
     _fill(filler)
     profile = _profile(nginx_server.port, f'    - {{type: jsonl, path: "{small}"}}\n')
-    # No express lanes: no background compile points fd 2 elsewhere while the sink warning is printed.
-    with apply_profile(profile, extra_args=("--no-express-lanes",)) as cap:
+    with apply_profile(profile) as cap:
         for i in range(3):
             assert curl(f"{nginx_server.url}/full/{i}").returncode == 0
         assert _got_response(cap, "/full/2"), cap.stderr

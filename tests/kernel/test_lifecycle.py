@@ -114,9 +114,9 @@ def test_trampolines_and_generations_release_everything(nginx_server):
     assert len(tramp.attached) == 2 * len(ps.hooks)   # an entry and a return uprobe per hook
     attached = perf_event_fds()
     assert attached > before
-    gen = loader.LoadedTarget(ps, target_no=1, generation=1).load()
+    gen = loader.LoadedTarget(ps, target_no=1).load()
     tramp.install(gen)
-    gen2 = loader.LoadedTarget(ps, target_no=1, generation=2).load()
+    gen2 = loader.LoadedTarget(ps, target_no=1).load()
     tramp.install(gen2)       # a switch attaches nothing
     assert perf_event_fds() == attached + 3 * 2  # each generation's own scope tracepoints (exec, fork, exit)
     gen.close()
