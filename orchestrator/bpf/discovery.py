@@ -16,6 +16,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
+from orchestrator.bpf import golang
 from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.profile import models
 
@@ -41,6 +42,7 @@ class Resolution:
     scope_paths: tuple[str, ...]     # exec paths that put a process in scope; () = no scoping
     scope_real: str | None           # the program's real path, to find running instances
     how: str                         # how the attach path was found, for `plan`
+    addresses: tuple = ()            # per hook: (entry, (return, ...)) virtual addresses; () = by symbol
 
 
 MAX_SYMBOLS = 4_000_000     # symbols in all symbol tables of one file (libc has ~3 000)
@@ -228,6 +230,8 @@ def resolve(target: models.Target) -> Resolution:
         return Resolution(attach_path=SYSCALLS, hooks=hooks, missing_optional=(),
                           scope_paths=exec_aliases(binary) if binary else (),
                           scope_real=os.path.realpath(binary) if binary else None, how="syscall tracepoints")
+    if target.kind in hooks_mod.GO_KINDS:
+        return _resolve_go(binary, hooks)
     if target.library:
         attach, how, field = target.library, "library given", "library"
     elif target.kind in hooks_mod.LIBRARY_SONAMES:
@@ -239,6 +243,8 @@ def resolve(target: models.Target) -> Resolution:
     symbols, _ = _elf_info_for(attach, field)
     found, missing_optional = [], []
     for h in hooks:
+        if h.unless is not None and h.unless in symbols:
+            continue
         if h.symbol in symbols:
             found.append(h)
         elif h.optional:
@@ -252,6 +258,28 @@ def resolve(target: models.Target) -> Resolution:
         scope_paths=exec_aliases(binary) if scoped else (),
         scope_real=os.path.realpath(binary) if binary else None, how=how,
     )
+
+
+def _resolve_go(binary: str | None, hooks) -> Resolution:
+    """Go code: each function by name (.symtab, or .gopclntab when stripped) and its RET addresses."""
+    if not binary:
+        raise DiscoveryError("binary", "a Go target needs `binary:`, the Go executable")
+    _require_file(binary, "binary")
+    try:
+        go = golang.inspect(binary, tuple(h.symbol for h in hooks))
+    except golang.GoError as exc:
+        raise DiscoveryError("binary", str(exc)) from None
+    missing = [h.symbol for h in hooks if h.symbol not in go.functions]
+    if missing:
+        raise DiscoveryError("binary", f"{binary}: no Go function {', '.join(missing)} (looked in .symtab and "
+                                       f".gopclntab): not a program that uses crypto/tls?")
+    found = [go.functions[h.symbol] for h in hooks]
+    how = f"{go.version or 'Go'} executable: " + "; ".join(
+        f"{f.name} at {f.entry:#x} ({f.found_by}; probed at +{f.body - f.entry:#x}"
+        + (f" and {len(f.returns)} RET)" if h.on == "return" else ")") for f, h in zip(found, hooks))
+    return Resolution(attach_path=binary, hooks=tuple(hooks), missing_optional=(), scope_paths=(),
+                      scope_real=os.path.realpath(binary), how=how,
+                      addresses=tuple((f.body, f.returns if h.on == "return" else ()) for f, h in zip(found, hooks)))
 
 
 def _require_file(path: str, field: str) -> None:

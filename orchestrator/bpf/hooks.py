@@ -2,7 +2,8 @@
 
 A hook is a function to probe, when to record (entry or return), which arguments to
 read and how the record is labelled. `kind: uprobe` targets spell one hook out in
-YAML; the built-in kinds (`openssl`, `bash`) are tables of the same hooks below.
+YAML; the built-in kinds (`openssl`, `gnutls`, `bash`, `zsh`, ...) are tables of the same
+hooks below.
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ class Hook:
     probe: str = "uprobe"                    # uprobe: a function in an ELF file; syscall: syscalls:sys_{enter,exit}_<symbol>
     fd_arg: int | None = None                # arg holding a socket fd: its connection is looked up in the kernel
     known_sockets_only: bool = False         # only fds seen being connected/accepted (read/write also serve files)
+    stack: str | None = None                 # the TLS stack whose plaintext it records (the records' `tls` field)
+    abi: str = "c"                           # c | go: Go's register ABI, goroutine-matched, returns at RET offsets
+    fd_path: tuple[int, ...] = ()            # the fd is behind pointers: offsets followed from arg fd_arg
+    unless: str | None = None                # not probed when the file has this symbol too (it would record twice)
 
     @property
     def needs_conn(self) -> bool:
@@ -62,13 +67,35 @@ def _tls(symbol: str, direction: int, ex: bool) -> Hook:
     # SSL_read(ssl, buf, num) -> n ; SSL_read_ex(ssl, buf, num, size_t *readbytes) -> 1/0
     length = Payload(1, "bytes", LEN_DEREF, 3) if ex else Payload(1, "bytes", LEN_RET)
     return Hook(symbol, "return", RECORD_DATA, direction, payload=length, session_arg=0,
-                success="ret==1" if ex else "ret>0", optional=ex, ret32=True)
+                success="ret==1" if ex else "ret>0", optional=ex, ret32=True, stack="openssl")
+
+
+def _gnutls(symbol: str, direction: int, optional: bool = False, unless: str | None = None) -> Hook:
+    # gnutls_record_send2(session, data, size, pad, flags) / gnutls_record_recv(session, data, size) -> ssize_t
+    return Hook(symbol, "return", RECORD_DATA, direction, payload=Payload(1, "bytes", LEN_RET), session_arg=0,
+                success="ret>0", optional=optional, unless=unless, stack="gnutls")
 
 
 def _sock(syscall: str, direction: int, known_only: bool) -> Hook:
     # read(fd, buf, n) / write / recvfrom / sendto: the bytes are known when the call returns.
     return Hook(syscall, "return", RECORD_DATA, direction, payload=Payload(1, "bytes", LEN_RET), success="ret>0",
                 probe="syscall", fd_arg=0, known_sockets_only=known_only)
+
+
+# crypto/tls.Conn's first field is `conn net.Conn`: its data word (+8) points at a *net.TCPConn,
+# whose first field is `fd *netFD`; netFD starts with poll.FD, whose Sysfd follows a 16-byte fdMutex.
+GO_CONN_FD = (8, 0, 16)
+
+
+def _go(symbol: str, direction: int) -> Hook:
+    # (*Conn).Read/Write(b []byte) (n int, err error): receiver AX, b.ptr BX, b.len CX; n in AX at a RET.
+    # A write is recorded on entry (past the stack check, so once per call: golang._body), before its
+    # bytes can be answered; another goroutine's read of the answer would otherwise race its return.
+    if direction == DIR_WRITE:
+        return Hook(symbol, "entry", RECORD_DATA, direction, payload=Payload(1, "bytes", LEN_ARG, 2),
+                    fd_arg=0, fd_path=GO_CONN_FD, abi="go", stack="gotls")
+    return Hook(symbol, "return", RECORD_DATA, direction, payload=Payload(1, "bytes", LEN_RET), success="ret>0",
+                fd_arg=0, fd_path=GO_CONN_FD, abi="go", stack="gotls")
 
 
 BUILTIN: dict[str, tuple[Hook, ...]] = {
@@ -81,6 +108,18 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
         # syscalls tell which socket a new session uses.
         Hook("SSL_do_handshake", "return", RECORD_NONE, session_arg=0),
     ),
+    "gnutls": (
+        # gnutls_record_send is a jump into gnutls_record_send2 (3.6.3+): probe one of them.
+        _gnutls("gnutls_record_send2", DIR_WRITE, optional=True),
+        _gnutls("gnutls_record_send", DIR_WRITE, unless="gnutls_record_send2"),
+        _gnutls("gnutls_record_recv", DIR_READ),
+        _gnutls("gnutls_record_recv_seq", DIR_READ, optional=True),
+        Hook("gnutls_handshake", "return", RECORD_NONE, session_arg=0),
+    ),
+    "gotls": (
+        _go("crypto/tls.(*Conn).Write", DIR_WRITE),
+        _go("crypto/tls.(*Conn).Read", DIR_READ),
+    ),
     # Plaintext socket I/O. recvfrom/sendto are socket-only; read/write count only for TCP sockets
     # whose connect/accept was seen. (readv/writev and recvmsg/sendmsg are not covered yet.)
     "socket": (
@@ -91,15 +130,20 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
     ),
     # readline() returns the line the user typed.
     "bash": (Hook("readline", "return", RECORD_COMMAND, payload=Payload(RET, "string")),),
+    # zleentry(ZLE_CMD_READ, ...) returns the line the user entered (metafied, with its newline);
+    # its other commands return NULL.
+    "zsh": (Hook("zleentry", "return", RECORD_COMMAND, payload=Payload(RET, "string"), success="ret>0"),),
 }
 
 # Kinds whose records belong to a connection: models.CONNECTION_KINDS (profile validation uses it).
 # Kinds made of syscall tracepoints rather than uprobes: nothing to find in an ELF file.
 SYSCALL_KINDS = ("socket",)
+# Kinds whose probes go into Go code: found by name in .symtab or .gopclntab, returns at RET offsets.
+GO_KINDS = ("gotls",)
 
 # Where a kind's probes go when the profile names only a program.
-LIBRARY_SONAMES = {"openssl": ("libssl.so",)}
-DEFAULT_BINARY = {"bash": "/bin/bash"}
+LIBRARY_SONAMES = {"openssl": ("libssl.so",), "gnutls": ("libgnutls.so",)}
+DEFAULT_BINARY = {"bash": "/bin/bash", "zsh": "/bin/zsh"}
 
 
 SCALAR_TYPES = ("int", "uint", "long", "ulong")

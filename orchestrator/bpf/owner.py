@@ -79,6 +79,16 @@ def attach_uprobe(module, path: str, symbol: str, fn_name: str, pid: int, on_ret
             raise BccError(first_line(exc)) from None
 
 
+def attach_uprobe_at(module, path: str, address: int, fn_name: str, pid: int) -> None:
+    """A uprobe at a virtual address of the file (bcc turns it into the file offset)."""
+    with _lock:
+        try:
+            with _QuietStderr():
+                module.attach_uprobe(name=path.encode(), addr=address, fn_name=fn_name.encode(), pid=pid)
+        except Exception as exc:
+            raise BccError(first_line(exc)) from None
+
+
 def attach_tracepoint(module, tracepoint: str, fn_name: str) -> None:
     with _lock:
         try:

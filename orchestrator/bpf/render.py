@@ -109,6 +109,8 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
         "fd_arg": None if h.fd_arg is None else _int_list([h.fd_arg], 0, 5)[0],
         "known_sockets_only": bool(h.known_sockets_only),
         "success": {None: None, "ret>0": "ret>0", "ret==1": "ret==1"}[h.success],
+        "abi": {"c": "c", "go": "go"}[h.abi],
+        "fd_path": _int_list(h.fd_path, 0, 4096),
     }
 
 

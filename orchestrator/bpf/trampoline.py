@@ -46,6 +46,12 @@ class Trampoline:
                             if hook.probe == "syscall":
                                 kind = f"syscalls:sys_{'enter' if idx % 2 == 0 else 'exit'}_{hook.symbol}"
                                 owner.attach_tracepoint(self.bpf, kind, f"tramp_{idx}")
+                            elif ps.addresses:
+                                # Go code: a uprobe at the entry, and one at each RET for the return.
+                                entry, returns = ps.addresses[i]
+                                kind = "uprobe" if idx % 2 == 0 else f"uprobe at {len(returns)} RET"
+                                for addr in (entry,) if idx % 2 == 0 else returns:
+                                    owner.attach_uprobe_at(self.bpf, ps.attach_path, addr, f"tramp_{idx}", pid)
                             else:
                                 owner.attach_uprobe(self.bpf, ps.attach_path, hook.symbol, f"tramp_{idx}", pid,
                                                     on_return=kind == "uretprobe")

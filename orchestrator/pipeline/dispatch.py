@@ -158,9 +158,11 @@ class Dispatcher:
             worker.last_seen = now
             worker.handle(ev, out)
         elif ev.record == layout.RECORD_COMMAND:
-            text, _ = events.text_or_base64(ev.payload)
+            shell = ev.source.target.kind           # bash | zsh
+            payload = _unmetafy(ev.payload).rstrip(b"\n") if shell == "zsh" else ev.payload
+            text, _ = events.text_or_base64(payload)
             if text.strip():
-                out.append(events.Record("bash.command", ev, {"command": text, "truncated": ev.truncated}))
+                out.append(events.Record(f"{shell}.command", ev, {"command": text, "truncated": ev.truncated}))
         elif ev.record == layout.RECORD_CALL:
             out.append(events.Record("uprobe.call", ev, _call_fields(ev)))
 
@@ -363,3 +365,22 @@ def _call_fields(ev: events.Event) -> dict:
     if hook.on == "return":
         fields["ret"] = ev.ret
     return fields
+
+
+ZSH_META = 0x83
+
+
+def _unmetafy(line: bytes) -> bytes:
+    """zsh keeps special bytes in its strings as Meta followed by the byte XOR 32 (zsh.h)."""
+    if ZSH_META not in line:
+        return line
+    out, i = bytearray(), 0
+    while i < len(line):
+        if line[i] == ZSH_META:
+            if i + 1 < len(line):       # a Meta cut off at the end stands for nothing
+                out.append(line[i + 1] ^ 32)
+            i += 2
+        else:
+            out.append(line[i])
+            i += 1
+    return bytes(out)

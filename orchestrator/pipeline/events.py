@@ -113,7 +113,11 @@ class Record:
                      pid=ev.pid, tid=ev.tid, comm=ev.comm, uid=ev.uid)
             if self.conn is not None:
                 d["conn"] = {"local": endpoint(self.conn[0]), "remote": endpoint(self.conn[1])}
-            if ev.fd >= 0 and ev.record == layout.RECORD_DATA:
-                d["fd"] = ev.fd
+            if ev.record == layout.RECORD_DATA:
+                if ev.fd >= 0:
+                    d["fd"] = ev.fd
+                stack = src.hooks[ev.hook].stack if ev.hook < len(src.hooks) else None
+                if stack is not None:
+                    d["tls"] = stack
         d.update(self.fields)
         return d

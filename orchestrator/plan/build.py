@@ -20,6 +20,6 @@ def plan_profile(profile: models.Profile, resolve=discovery.resolve):
             profile=profile.name, target=target, attach_path=res.attach_path, hooks=res.hooks,
             scope_paths=res.scope_paths, scope_real=res.scope_real, rendered=rendered,
             how=res.how, missing_optional=res.missing_optional, parsers=profile.parsers,
-            attach_file=model.file_identity(res.attach_path),
+            attach_file=model.file_identity(res.attach_path), addresses=res.addresses,
         ))
     return sets, failed

@@ -23,6 +23,7 @@ class ProbeSet:
     missing_optional: tuple[str, ...] = ()
     parsers: tuple[str, ...] | None = None   # userspace only: a change makes a generation that compiles nothing
     attach_file: tuple[int, int] = (0, 0)    # (st_dev, st_ino) of attach_path when planned
+    addresses: tuple = ()           # per hook: (entry, (return, ...)) addresses in attach_path; () = by symbol
 
     def attach_changed(self) -> bool:
         """Was the attached file replaced on disk since (a package upgrade writes a new inode)?
@@ -53,7 +54,7 @@ class ProbeSet:
         identity share trampolines, so a change that keeps it attaches nothing."""
         points = "|".join(f"{h.symbol}:{h.on}" for h in self.hooks)
         pids = ",".join(map(str, self.target.filters.pids))
-        return _sha(f"{self.attach_path}|{self.attach_file}|{points}|{pids}")
+        return _sha(f"{self.attach_path}|{self.attach_file}|{points}|{self.addresses}|{pids}")
 
     @property
     def program_key(self) -> str:

@@ -220,6 +220,8 @@ def _describe(err, path):
         return f"{bad!r} is only allowed with kind: uprobe", path + (bad,), True
     if v == "anyOf" and isinstance(inst, dict):
         return "needs `binary` or `library`", path, False
+    if v == "not" and "description" in sch:
+        return f"not allowed here: {sch['description']}", path, False
     return err.message, path, False
 
 

@@ -15,7 +15,7 @@ from orchestrator import termtext
 from orchestrator.pipeline import events
 
 STYLE = {"http.request": "bold cyan", "http.response": "bold green", "data": "yellow",
-         "bash.command": "bold magenta", "uprobe.call": "bold blue", "loss": "bold red",
+         "bash.command": "bold magenta", "zsh.command": "bold magenta", "uprobe.call": "bold blue", "loss": "bold red",
          "parse_error": "red"}
 
 
@@ -85,7 +85,7 @@ class StdoutSink:
             hdrs = _header_lines(f["headers"])
             return f"{head}\n  [bold]{_safe(f['version'])} {f['status']} {_safe(f.get('reason', ''))}[/bold]{lat}" \
                    f"{hdrs}" + self._body(f.get("body", ""), f.get("body_encoding"))
-        if r.type == "bash.command":
+        if r.type in ("bash.command", "zsh.command"):
             return f"{head}\n  $ {_safe(f['command'])}"
         if r.type == "data":
             return f"{head}\n  {f['direction']} {f['len']} bytes" + self._body(f["data"], f.get("encoding"))

@@ -18,6 +18,9 @@ struct ecap_sys_enter { u64 _common; s32 nr; u32 _pad; u64 args[6]; };
 struct ecap_sys_exit { u64 _common; s32 nr; u32 _pad; s64 ret; };
 
 struct stash_key { u32 tid; u16 target; u16 hook; };
+/* Go code: a call is matched from entry to return by goroutine (its g, in R14), not by thread,
+ * as a goroutine may move between threads while it blocks. */
+struct go_stash_key { u64 g; u32 tgid; u16 target; u16 hook; };
 /* gen: the generation whose entry program admitted the call (its filters decide it, and its
  * number stamps the record, whichever generation's return program completes it); conf_slot: the
  * filter configuration (0 or 1, filters.c.j2) that admitted it. */
@@ -34,6 +37,7 @@ struct remote_key { u16 family; u16 rport; u8 raddr[16]; };
 
 ECAP_TABLE("lru_hash", u32, u64, ecap_seqs, 16384);
 ECAP_TABLE("hash", struct stash_key, struct stash_val, ecap_stash, 16384);
+ECAP_TABLE("hash", struct go_stash_key, struct stash_val, ecap_go_stash, 16384);
 ECAP_TABLE("hash", u32, u64, ecap_active_session, 16384);
 ECAP_TABLE("lru_hash", struct fd_key, struct conn_t, ecap_conns, 65536);
 ECAP_TABLE("lru_hash", struct remote_key, struct conn_t, ecap_accepted, 8192);

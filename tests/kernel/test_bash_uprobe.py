@@ -119,3 +119,30 @@ def test_uprobe_return_with_bytes_and_ret(apply_profile, traced_binary):
         assert c["args"]["n"] == n and c["args"]["code"] == i - 2
         assert c["args"]["buf_encoding"] == "base64"
         assert base64.b64decode(c["args"]["buf"]) == bytes([0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4])[:n]
+
+
+ZSH_PROFILE = """
+apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata: {name: zsh-audit}
+spec:
+  targets:
+    - name: zsh
+      kind: zsh
+  sinks:
+    - {type: jsonl, path: "{jsonl}"}
+"""
+
+
+def test_zsh_commands_typed_in_a_pty(apply_profile):
+    with apply_profile(ZSH_PROFILE) as cap:
+        with PtyShell(argv=("/bin/zsh", "-f", "-i")) as shell:
+            assert "ecap-zsh-1" in shell.run("echo ecap-zsh-1")
+            shell.run("print -r -- 'caf\u00e9 $HOME' | wc -c")
+            pid = shell.pid
+        assert cap.wait_for(lambda rs: sum(r["type"] == "zsh.command" for r in rs) >= 2)
+    cmds = [r for r in cap.records("zsh.command") if r["pid"] == pid]
+    texts = [r["command"] for r in cmds]
+    assert texts[0].startswith("echo ecap-zsh-1; printf")
+    assert texts[1].startswith("print -r -- 'caf\u00e9 $HOME' | wc -c")     # unmetafied, no newline
+    assert all(r["comm"] == "zsh" and r["target"] == "zsh" and r["profile"] == "zsh-audit" for r in cmds)
