@@ -4,6 +4,7 @@ Reads ELF files (pyelftools), the dynamic linker cache (`ldconfig -p`) and /proc
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import stat
@@ -150,7 +151,29 @@ def _ld_cache() -> dict[str, str]:
     return cache
 
 
-def find_library(soname: str) -> str | None:
+def runpath(path: str) -> tuple[str, ...]:
+    """The folders an ELF file's DT_RUNPATH (or DT_RPATH) adds to the search, $ORIGIN expanded."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            dyn = elf.get_section_by_name(".dynamic")
+            if not isinstance(dyn, DynamicSection):
+                return ()
+            for tag in dyn.iter_tags():
+                if tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):
+                    value = tag.runpath if tag.entry.d_tag == "DT_RUNPATH" else tag.rpath
+                    origin = os.path.dirname(os.path.realpath(path))
+                    return tuple(d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
+                                 for d in value.split(":") if d)
+    except Exception:       # damaged files are reported by elf_info; no runpath then
+        return ()
+    return ()
+
+
+def find_library(soname: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
+    for d in extra_dirs:      # the program's own RUNPATH comes first, as for the loader
+        if os.path.isfile(os.path.join(d, soname)):
+            return os.path.join(d, soname)
     path = _ld_cache().get(soname)
     if path and os.path.exists(path):
         return path
@@ -230,6 +253,8 @@ def resolve(target: models.Target) -> Resolution:
         return Resolution(attach_path=SYSCALLS, hooks=hooks, missing_optional=(),
                           scope_paths=exec_aliases(binary) if binary else (),
                           scope_real=os.path.realpath(binary) if binary else None, how="syscall tracepoints")
+    if target.kind == "tls":
+        return _resolve_tls(target, binary)
     if target.kind in hooks_mod.GO_KINDS:
         return _resolve_go(binary, hooks)
     if target.library:
@@ -258,6 +283,61 @@ def resolve(target: models.Target) -> Resolution:
         scope_paths=exec_aliases(binary) if scoped else (),
         scope_real=os.path.realpath(binary) if binary else None, how=how,
     )
+
+
+def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
+    """`kind: tls`: which TLS stack(s) the program uses (Go's crypto/tls, a stack linked into it, or
+    one it loads through DT_NEEDED); the first in hooks.TLS_STACKS is attached and `how` names
+    them all."""
+    if not binary:
+        raise DiscoveryError("binary", "kind: tls needs `binary:`, the program to inspect")
+    _require_file(binary, "binary")
+    symbols, needed = _elf_info_for(binary, "binary")
+    found: dict[str, str] = {}       # stack → where
+    if golang.is_go(binary):
+        try:
+            go = golang.inspect(binary, tuple(h.symbol for h in hooks_mod.BUILTIN["gotls"]))
+            if len(go.functions) == len(hooks_mod.BUILTIN["gotls"]):
+                found["gotls"] = f"Go crypto/tls in the executable ({go.version or 'Go'})"
+        except golang.GoError:
+            pass
+    if {"SSL_read", "SSL_write"} <= symbols:
+        found["boringssl" if hooks_mod.BORINGSSL_MARKER in symbols else "openssl"] = "linked into the executable"
+    if "gnutls_record_recv" in symbols:
+        found["gnutls"] = "linked into the executable"
+    dirs = runpath(binary)
+    for stack, prefixes in (("openssl", ("libssl.so",)), ("gnutls", ("libgnutls.so",)), ("nss", ("libnspr4.so",))):
+        hit = _needed_library(needed, prefixes, dirs=dirs)
+        if hit and not (stack == "openssl" and {"boringssl", "openssl"} & found.keys()):
+            lib_symbols, _ = elf_info(hit[0])
+            if stack == "openssl" and hooks_mod.BORINGSSL_MARKER in lib_symbols:
+                stack = "boringssl"
+            if stack == "nss" and "SSL_ImportFD" not in _symbols_of_needed(needed, dirs, "libssl3.so"):
+                continue      # NSPR without NSS's libssl3: no TLS on its fds
+            found.setdefault(stack, f"{hit[0]} ({hit[1]})")
+    if not found:
+        raise DiscoveryError("binary", f"{binary}: no TLS stack found: not a Go program using crypto/tls, no "
+                                       "SSL_read/gnutls_record_recv in it, and no libssl*, libgnutls* or "
+                                       "libnspr4* among its DT_NEEDED")
+    stack = next(s for s in hooks_mod.TLS_STACKS if s in found)
+    chosen = models.Target(target.name, stack, binary=binary, filters=target.filters, max_bytes=target.max_bytes,
+                           ring_buffer_kib=target.ring_buffer_kib)
+    res = resolve(chosen)
+    others = [f"{s}: {found[s]}" for s in hooks_mod.TLS_STACKS if s in found and s != stack]
+    how = f"kind tls found {stack}: {res.how}" + \
+        (f"; also uses {'; '.join(others)} (not attached: one stack per target, add a target for it)"
+         if others else "")
+    return dataclasses.replace(res, how=how)
+
+
+def _symbols_of_needed(needed, dirs, soname_prefix: str) -> frozenset:
+    hit = _needed_library(needed, (soname_prefix,), dirs=dirs)
+    if not hit:
+        return frozenset()
+    try:
+        return elf_info(hit[0])[0]
+    except DiscoveryError:
+        return frozenset()
 
 
 def _resolve_go(binary: str | None, hooks) -> Resolution:
@@ -294,15 +374,15 @@ def _elf_info_for(path: str, field: str):
         raise DiscoveryError(field, exc.message) from None
 
 
-def _needed_library(needed, prefixes, limit: int = 64):
-    """Breadth-first through DT_NEEDED (curl → libcurl → libssl)."""
+def _needed_library(needed, prefixes, limit: int = 64, dirs: tuple[str, ...] = ()):
+    """Breadth-first through DT_NEEDED (curl → libcurl → libssl), in `dirs` (RUNPATH) first."""
     queue, seen, via = list(needed), set(), {}
     while queue and len(seen) < limit:
         soname = queue.pop(0)
         if soname in seen:
             continue
         seen.add(soname)
-        path = find_library(soname)
+        path = find_library(soname, dirs)
         if not path:
             continue
         if soname.startswith(prefixes):
@@ -323,7 +403,7 @@ def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str
     symbols, needed = _elf_info_for(binary, "binary")
     if all(h.symbol in symbols for h in hooks if not h.optional):
         return binary, "statically linked into the binary"
-    found = _needed_library(needed, prefixes)
+    found = _needed_library(needed, prefixes, dirs=runpath(binary))
     if found:
         return found
     for pid in running_instances(os.path.realpath(binary)):

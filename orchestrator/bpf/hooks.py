@@ -31,7 +31,7 @@ LEN_DEREF = "deref"    # a size_t the argument points to (SSL_read_ex's *readbyt
 class Payload:
     """The one variable-length value a hook copies out (a string or a byte buffer)."""
     source: int | str           # arg index or RET
-    type: str                   # string | bytes
+    type: str                   # string | bytes | iovec (an array of NSPR PRIOVec; length_from: their count)
     length_kind: str | None = None
     length_from: int | None = None   # arg index for LEN_ARG / LEN_DEREF
     length32: bool = False           # the length argument is a C int: only its low 32 bits count
@@ -55,6 +55,7 @@ class Hook:
     known_sockets_only: bool = False         # only fds seen being connected/accepted (read/write also serve files)
     stack: str | None = None                 # the TLS stack whose plaintext it records (the records' `tls` field)
     abi: str = "c"                           # c | go: Go's register ABI, goroutine-matched, returns at RET offsets
+    layered_arg: int | None = None           # NSPR: only calls whose PRFileDesc (this arg) is a layer, not a plain fd
     fd_path: tuple[int, ...] = ()            # the fd is behind pointers: offsets followed from arg fd_arg
     unless: str | None = None                # not probed when the file has this symbol too (it would record twice)
 
@@ -63,11 +64,19 @@ class Hook:
         return self.session_arg is not None or self.fd_arg is not None
 
 
-def _tls(symbol: str, direction: int, ex: bool) -> Hook:
+def _tls(symbol: str, direction: int, ex: bool, stack: str = "openssl") -> Hook:
     # SSL_read(ssl, buf, num) -> n ; SSL_read_ex(ssl, buf, num, size_t *readbytes) -> 1/0
     length = Payload(1, "bytes", LEN_DEREF, 3) if ex else Payload(1, "bytes", LEN_RET)
     return Hook(symbol, "return", RECORD_DATA, direction, payload=length, session_arg=0,
-                success="ret==1" if ex else "ret>0", optional=ex, ret32=True, stack="openssl")
+                success="ret==1" if ex else "ret>0", optional=ex, ret32=True, stack=stack)
+
+
+def _nspr(symbol: str, direction: int, optional: bool = False, payload: Payload | None = None) -> Hook:
+    # PR_Read/PR_Write(fd, buf, amount) and PR_Recv/PR_Send(fd, buf, amount, flags, timeout) -> PRInt32.
+    # Only on a layered PRFileDesc (SSL_ImportFD pushes the SSL layer on top of the socket): the
+    # process's plain sockets and files (identity PR_NSPR_IO_LAYER) are not TLS.
+    return Hook(symbol, "return", RECORD_DATA, direction, payload=payload or Payload(1, "bytes", LEN_RET),
+                session_arg=0, success="ret>0", ret32=True, optional=optional, stack="nss", layered_arg=0)
 
 
 def _gnutls(symbol: str, direction: int, optional: bool = False, unless: str | None = None) -> Hook:
@@ -108,6 +117,22 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
         # syscalls tell which socket a new session uses.
         Hook("SSL_do_handshake", "return", RECORD_NONE, session_arg=0),
     ),
+    # BoringSSL keeps OpenSSL's data functions (without the _ex pair in older builds).
+    "boringssl": (
+        _tls("SSL_write", DIR_WRITE, False, "boringssl"),
+        _tls("SSL_read", DIR_READ, False, "boringssl"),
+        _tls("SSL_write_ex", DIR_WRITE, True, "boringssl"),
+        _tls("SSL_read_ex", DIR_READ, True, "boringssl"),
+        Hook("SSL_do_handshake", "return", RECORD_NONE, session_arg=0),
+    ),
+    "nss": (
+        _nspr("PR_Write", DIR_WRITE),
+        _nspr("PR_Read", DIR_READ),
+        _nspr("PR_Send", DIR_WRITE, optional=True),
+        _nspr("PR_Recv", DIR_READ, optional=True),
+        # PR_Writev(fd, const PRIOVec *iov, PRInt32 iov_size, PRIntervalTime timeout) -> bytes written
+        _nspr("PR_Writev", DIR_WRITE, optional=True, payload=Payload(1, "iovec", LEN_ARG, 2)),
+    ),
     "gnutls": (
         # gnutls_record_send is a jump into gnutls_record_send2 (3.6.3+): probe one of them.
         _gnutls("gnutls_record_send2", DIR_WRITE, optional=True),
@@ -138,11 +163,17 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
 # Kinds whose records belong to a connection: models.CONNECTION_KINDS (profile validation uses it).
 # Kinds made of syscall tracepoints rather than uprobes: nothing to find in an ELF file.
 SYSCALL_KINDS = ("socket",)
+# `kind: tls` looks for these stacks, in this order, and attaches the first it finds.
+TLS_STACKS = ("gotls", "boringssl", "openssl", "gnutls", "nss")
+# A libssl exporting this is BoringSSL (OpenSSL has no strict cipher lists).
+BORINGSSL_MARKER = "SSL_CTX_set_strict_cipher_list"
+
 # Kinds whose probes go into Go code: found by name in .symtab or .gopclntab, returns at RET offsets.
 GO_KINDS = ("gotls",)
 
 # Where a kind's probes go when the profile names only a program.
-LIBRARY_SONAMES = {"openssl": ("libssl.so",), "gnutls": ("libgnutls.so",)}
+LIBRARY_SONAMES = {"openssl": ("libssl.so",), "boringssl": ("libssl.so",), "gnutls": ("libgnutls.so",),
+                   "nss": ("libnspr4.so",)}
 DEFAULT_BINARY = {"bash": "/bin/bash", "zsh": "/bin/zsh"}
 
 
@@ -150,6 +181,8 @@ SCALAR_TYPES = ("int", "uint", "long", "ulong")
 
 
 def hooks_for(target: models.Target) -> tuple[Hook, ...]:
+    if target.kind == "tls":
+        return ()          # discovery decides which stack's hooks (TLS_STACKS)
     if target.kind in BUILTIN:
         return BUILTIN[target.kind]
     return (_uprobe_hook(target),)

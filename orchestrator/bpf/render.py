@@ -90,7 +90,7 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
         src = h.payload.source
         payload = {
             "source": "ret" if src == models.RET else _int_list([src], 0, 5)[0],
-            "type": {"string": "string", "bytes": "bytes"}[h.payload.type],
+            "type": {"string": "string", "bytes": "bytes", "iovec": "iovec"}[h.payload.type],
             "length_kind": {None: None, "arg": "arg", "ret": "ret", "deref": "deref"}[h.payload.length_kind],
             "length_from": None if h.payload.length_from is None else _int_list([h.payload.length_from], 0, 5)[0],
             "length32": bool(h.payload.length32),
@@ -111,6 +111,7 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
         "success": {None: None, "ret>0": "ret>0", "ret==1": "ret==1"}[h.success],
         "abi": {"c": "c", "go": "go"}[h.abi],
         "fd_path": _int_list(h.fd_path, 0, 4096),
+        "layered_arg": None if h.layered_arg is None else _int_list([h.layered_arg], 0, 5)[0],
     }
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 RET = "ret"  # an arg index meaning "the return value"
 
 # Kinds whose records belong to a connection (and so can be filtered by port).
-CONNECTION_KINDS = ("openssl", "gnutls", "gotls", "socket")
+CONNECTION_KINDS = ("openssl", "boringssl", "gnutls", "nss", "gotls", "tls", "socket")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,10 @@ static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8
     return ev;
 }
 
+/* One buffer of gathered I/O as NSPR's PRIOVec lays it out (char *iov_base; int iov_len). */
+struct ecap_iovec { u64 base; s32 len; s32 _pad; };
+#define IOV_RECORDED 8      /* buffers recorded per call; the rest are reported truncated */
+
 /* `limit`: the generation's max_bytes (at most MAX_BYTES). */
 static __always_inline void read_bytes(struct event *ev, const void *src, s64 len, u32 limit) {
     if (len < 0) len = 0;

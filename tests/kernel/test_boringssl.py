@@ -1,0 +1,76 @@
+"""BoringSSL (Debian's android-libboringssl, loaded through bssl-tool's RUNPATH): bssl-tool's
+server answering curl and bssl-tool's client, both sides, with kind boringssl and kind tls.
+`bssl-tool server -www` reads only the first 4 bytes ("GET ") before it answers: the records are
+compared as the exact bytes each side read and wrote."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.support.nginx import curl, free_port
+
+PROFILE = """
+apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata: {{name: bssl}}
+spec:
+  targets:
+    - name: bssl
+      kind: {kind}
+      binary: /usr/bin/bssl-tool
+  parsers: []
+  sinks:
+    - {{type: jsonl, path: "{{jsonl}}"}}
+"""
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("kind", ["boringssl", "tls"])
+def test_bssl_server_and_client(apply_profile, kind):
+    port = free_port()
+    with apply_profile(PROFILE.format(kind=kind)) as cap:
+        assert "android/libssl.so.0" in subprocess.run(
+            [".venv/bin/ecapture", "plan", str(cap.jsonl.parent / "profile.yaml")], capture_output=True, text=True,
+            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2])).stdout
+        server = subprocess.Popen(["bssl-tool", "server", "-accept", str(port), "-www", "-loop"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            assert curl(f"https://127.0.0.1:{port}/from-curl").returncode == 0
+            client = subprocess.Popen(["bssl-tool", "client", "-connect", f"127.0.0.1:{port}"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            client.stdin.write(b"GET /from-bssl HTTP/1.0\r\nHost: x\r\n\r\n")
+            client.stdin.flush()
+            assert cap.wait_for(lambda rs: sum(r["direction"] == "read" and r["data"].startswith("HTTP/1.0 200")
+                                               for r in rs if r["type"] == "data") >= 1, 20), cap.stderr
+            time.sleep(0.3)
+            client.kill()
+        finally:
+            server.kill()
+    conns: dict = {}
+    for r in cap.records("data"):
+        assert r["tls"] == "boringssl" and r["comm"] == "bssl-tool"
+        side = "server" if r["pid"] == server.pid else "client"
+        ends = (r["conn"]["local"], r["conn"]["remote"]) if side == "server" else (r["conn"]["remote"], r["conn"]["local"])
+        assert _port(ends[0]) == port and _port(ends[1]) not in (0, port), r
+        c = conns.setdefault((side, ends[1]), {"read": "", "write": ""})
+        c[r["direction"]] += r["data"]
+    servers = [c for (side, _), c in conns.items() if side == "server"]
+    (client_side,) = [c for (side, _), c in conns.items() if side == "client"]
+    assert len(servers) == 2 and all(c["read"] == "GET " for c in servers)       # curl's and bssl-tool's
+    assert all(c["write"].startswith("HTTP/1.0 200 OK\r\nContent-Type: text/plain") for c in servers)
+    assert client_side["write"] == "GET /from-bssl HTTP/1.0\r\nHost: x\r\n\r\n"
+    assert client_side["read"].startswith("HTTP/1.0 200 OK\r\n")
+    assert cap.records("loss") == []
