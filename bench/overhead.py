@@ -9,10 +9,13 @@ four modes, alternated round-robin so that noise hits every mode alike:
   ecapture  `ecapture apply` with the http1 parser and a JSONL sink
   sslsniff  bcc's sslsniff-bpfcc (a patched temporary copy: see `_sslsniff_copy`)
 
+With `--server go`, the server is instead a Go HTTPS server (tests/support/gotls, built with
+Debian's Go) and ecapture's target is `kind: gotls` on it; sslsniff does not apply there.
+
 Prints the median requests/s per mode, the ratios, how many of wrk's completed requests
 appear in the JSONL, and a verdict per target. Exits 0 whatever the numbers are.
 
-    .venv/bin/python bench/overhead.py [--rounds 3] [--duration 10] [--connections 50]
+    .venv/bin/python bench/overhead.py [--rounds 3] [--duration 10] [--connections 50] [--server nginx|go]
 
 Needs root, nginx, wrk and bpfcc-tools (see bench/README.md, section "overhead").
 """
@@ -40,7 +43,6 @@ from orchestrator.profile import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
 
 MODES = ("bare", "floor", "ecapture", "sslsniff")
-PROFILE = ROOT / "profiles" / "nginx-tls.yaml"
 ECAPTURE = ROOT / ".venv" / "bin" / "ecapture"
 SSLSNIFF = Path("/usr/sbin/sslsniff-bpfcc")
 UPROBE_EVENTS = Path("/sys/kernel/tracing/uprobe_events")
@@ -50,19 +52,6 @@ BPF_STATS = False       # --bpf-stats: the kernel is timing BPF programs
 # Targets from the issue.
 FLOOR_RATIO = 0.75      # ecapture >= 0.75 x floor
 SSLSNIFF_RATIO = 2.0    # ecapture >= 2 x sslsniff
-
-# The tracepoints probes.c.j2 uses for an openssl target (connection tracking + process scope).
-TRACEPOINTS = (
-    ("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_write"),
-    ("syscalls", "sys_enter_recvfrom"), ("syscalls", "sys_enter_sendto"),
-    ("syscalls", "sys_enter_connect"), ("syscalls", "sys_exit_connect"),
-    ("syscalls", "sys_enter_accept"), ("syscalls", "sys_exit_accept"),
-    ("syscalls", "sys_enter_accept4"), ("syscalls", "sys_exit_accept4"),
-    ("syscalls", "sys_enter_close"),
-    ("sock", "inet_sock_set_state"),
-    ("sched", "sched_process_exec"), ("sched", "sched_process_fork"), ("sched", "sched_process_exit"),
-)
-
 
 # --------------------------------------------------------------------------- wrk
 
@@ -229,7 +218,14 @@ def wait_until(predicate, timeout: float, step: float = 0.1) -> bool:
 
 # --------------------------------------------------------------------------- (b) floor
 
-def empty_program(ps) -> str:
+def real_tracepoints(ps) -> list[tuple[str, str]]:
+    """The tracepoints the real program attaches: the target's own (process scope) and the shared
+    state's (connections and sessions)."""
+    state_text = (render.KERN_DIR / "state.c.j2").read_text()
+    return sorted(set(re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", ps.rendered.text + state_text)))
+
+
+def empty_program(ps, tracepoints) -> str:
     """The same hook functions and tracepoints as ps.rendered, each returning 0 at once."""
     lines = [
         "/* bench/overhead.py: ecapture's attach points with empty programs (the floor) */",
@@ -240,34 +236,29 @@ def empty_program(ps) -> str:
     for i in range(len(ps.hooks)):
         lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return 0; }}")
         lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return 0; }}")
-    for category, event in TRACEPOINTS:
+    for category, event in tracepoints:
         lines.append(f"TRACEPOINT_PROBE({category}, {event}) {{ return 0; }}")
     return "\n".join(lines) + "\n"
 
 
-def check_real_tracepoints(ps) -> None:
-    """Warn if the real program uses tracepoints this floor does not (the template changed)."""
-    # The real tracepoints: the target's own (process scope) and the shared state's (connections).
-    state_text = (render.KERN_DIR / "state.c.j2").read_text()
-    used = set(re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", ps.rendered.text + state_text))
-    missing = used - set(TRACEPOINTS)
-    extra = set(TRACEPOINTS) - used
-    if missing or extra:
-        print(f"  ! floor tracepoints differ from the real program: missing {sorted(missing)}, "
-              f"extra {sorted(extra)}")
+def plan_target(profile_text: str, tmp: Path):
+    path = tmp / "floor-plan.yaml"
+    path.write_text(profile_text.format(jsonl=tmp / "unused.jsonl"))
+    os.chmod(path, 0o600)
+    sets, failed = build.plan_profile(load.load_file(str(path)))
+    if failed or len(sets) != 1:
+        raise RuntimeError(f"cannot plan the bench profile: {[f.message for f in failed]}")
+    return sets[0]
 
 
 class FloorMode:
-    def __init__(self):
-        sets, failed = build.plan_profile(load.load_file(str(PROFILE)))
-        if failed or len(sets) != 1:
-            raise RuntimeError(f"cannot plan {PROFILE}: {failed}")
-        ps = sets[0]
-        check_real_tracepoints(ps)
-        text = empty_program(ps)
+    def __init__(self, profile_text: str, tmp: Path):
+        ps = plan_target(profile_text, tmp)
+        self.tracepoints = real_tracepoints(ps)
+        text = empty_program(ps, self.tracepoints)
         self.probe_set = dataclasses.replace(ps, rendered=render.Rendered(text, "bench-floor"))
         self.describe = (f"{len(ps.hooks)} hooks ({', '.join(h.symbol + ':' + h.on for h in ps.hooks)}) "
-                         f"on {ps.attach_path} + {len(TRACEPOINTS)} tracepoints, empty programs")
+                         f"on {ps.attach_path} + {len(self.tracepoints)} tracepoints, empty programs")
         self.leftovers: list[str] = []
 
     def run(self, url, duration, connections, ctx) -> WrkResult:
@@ -280,6 +271,13 @@ class FloorMode:
         try:
             for i, hook in enumerate(ps.hooks):
                 for pid in ps.target.filters.pids or (-1,):
+                    if ps.addresses:      # Go code: a uprobe at the entry, one at each RET for returns
+                        entry, returns = ps.addresses[i]
+                        for addr, fn in [(entry, "entry")] + [(r, "return") for r in returns]:
+                            b.attach_uprobe(name=ps.attach_path.encode(), addr=addr,
+                                            fn_name=f"hook_{i}_{fn}".encode(), pid=pid)
+                            attached += 1
+                        continue
                     b.attach_uprobe(name=ps.attach_path.encode(), sym=hook.symbol.encode(),
                                     fn_name=f"hook_{i}_entry".encode(), pid=pid)
                     attached += 1
@@ -304,6 +302,24 @@ class FloorMode:
 
 
 # --------------------------------------------------------------------------- (c) ecapture
+
+GO_PROFILE_TEMPLATE = """\
+# bench/overhead.py --server go: the Go HTTPS server's crypto/tls with a JSONL sink only
+apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata:
+  name: bench-overhead
+spec:
+  targets:
+    - name: web
+      kind: gotls
+      binary: {binary}
+      max_bytes: 16384
+  parsers: [http1]
+  sinks:
+    - type: jsonl
+      path: {{jsonl}}
+"""
 
 PROFILE_TEMPLATE = """\
 # bench/overhead.py: profiles/nginx-tls.yaml with a JSONL sink only
@@ -368,8 +384,9 @@ def count_jsonl(path: Path, worker_pid: int):
 
 
 class EcaptureMode:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, profile_text: str):
         self.tmp = tmp
+        self.profile_text = profile_text
         self.captures: list[Capture] = []
 
     def run(self, url, duration, connections, ctx) -> WrkResult:
@@ -377,7 +394,7 @@ class EcaptureMode:
         jsonl = self.tmp / f"ecapture-{n}.jsonl"
         profile = self.tmp / f"ecapture-{n}.yaml"
         ready = self.tmp / f"ecapture-{n}.ready"
-        profile.write_text(PROFILE_TEMPLATE.format(jsonl=jsonl))
+        profile.write_text(self.profile_text.format(jsonl=jsonl))
         stderr_path = self.tmp / f"ecapture-{n}.stderr"
         with open(stderr_path, "wb") as err, open(self.tmp / f"ecapture-{n}.stdout", "wb") as out:
             proc = subprocess.Popen([str(ECAPTURE), "apply", str(profile), "--ready-file", str(ready)],
@@ -487,7 +504,7 @@ def preflight() -> list[str]:
     problems = []
     if os.geteuid() != 0:
         problems.append("needs root")
-    for tool in ("wrk", nginx_support.NGINX_BIN, str(SSLSNIFF), str(ECAPTURE)):
+    for tool in ("wrk", nginx_support.NGINX_BIN, str(ECAPTURE)):
         if not shutil.which(tool) and not Path(tool).exists():
             problems.append(f"missing {tool}")
     if not UPROBE_EVENTS.exists():
@@ -519,15 +536,24 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per mode per round")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    ap.add_argument("--modes", default=None, help="comma-separated subset of " + ",".join(MODES) +
+                    " (default: all; with --server go all but sslsniff)")
+    ap.add_argument("--server", choices=("nginx", "go"), default="nginx",
+                    help="what serves HTTPS: nginx (openssl target) or a Go server (gotls target)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="time the BPF programs (kernel BPF_ENABLE_STATS; adds a little overhead to every mode)")
     ap.add_argument("--pyspy", metavar="FILE", help="record py-spy on `ecapture apply` during round 1's wrk run "
                     "(flame graph if SVG ends in .svg, else collapsed stacks)")
     args = ap.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
+    default_modes = [m for m in MODES if args.server == "nginx" or m != "sslsniff"]
+    modes = [m for m in (args.modes or ",".join(default_modes)).split(",") if m]
     if any(m not in MODES for m in modes):
         ap.error(f"--modes: choose from {', '.join(MODES)}")
+    if args.server == "go" and "sslsniff" in modes:
+        ap.error("--server go: sslsniff does not capture Go's crypto/tls")
+    if "sslsniff" in modes and not SSLSNIFF.exists():
+        print(f"overhead: cannot run: missing {SSLSNIFF}")
+        return 0
 
     problems = preflight()
     if problems:
@@ -543,18 +569,24 @@ def main(argv=None) -> int:
     noisy_rounds: list[str] = []
     errors: list[str] = []
     try:
+        if args.server == "go":
+            server_cm = GoServer(tmp)
+            profile_text = GO_PROFILE_TEMPLATE.format(binary=server_cm.binary)
+        else:
+            server_cm = nginx_support.NginxServer(workers=1)
+            profile_text = PROFILE_TEMPLATE
         impl = {"bare": BareMode()}
         if "floor" in modes:
-            impl["floor"] = FloorMode()
+            impl["floor"] = FloorMode(profile_text, tmp)
         if "ecapture" in modes:
-            impl["ecapture"] = EcaptureMode(tmp)
+            impl["ecapture"] = EcaptureMode(tmp, profile_text)
         if "sslsniff" in modes:
             impl["sslsniff"] = SslsniffMode(tmp)
 
-        with nginx_support.NginxServer(workers=1) as srv:
+        with server_cm as srv:
             workers = srv.worker_pids()
             ctx = {"worker_pid": workers[0]}
-            print(f"overhead: nginx 1 worker (pid {workers[0]}) at {srv.url}; wrk -t1 -c{args.connections} "
+            print(f"overhead: {args.server} 1 worker (pid {workers[0]}) at {srv.url}; wrk -t1 -c{args.connections} "
                   f"-d{args.duration}s; {args.rounds} round(s) of {', '.join(modes)}; {os.cpu_count()} CPUs; "
                   f"kernel {os.uname().release}")
             if "floor" in impl:
@@ -595,6 +627,48 @@ def main(argv=None) -> int:
         if stats_fd is not None:
             os.close(stats_fd)
     return 0
+
+
+class GoServer:
+    """The Go HTTPS server of tests/support/gotls, built with Debian's Go, on a free loopback port."""
+
+    def __init__(self, tmp: Path):
+        from tests.support import gobuild
+        go = gobuild.toolchains().get("go1.19-debian")
+        if go is None:
+            raise RuntimeError("--server go needs Debian's golang-go (make setup installs it)")
+        cache = tmp / "gocache"
+        cache.mkdir()
+        self.binary = gobuild.build(go, "default", tmp / "go-https-server", cache)
+        self.cert, self.key = tmp / "go-cert.pem", tmp / "go-key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-keyout", str(self.key), "-out", str(self.cert)],
+                       check=True, capture_output=True)
+        self.port = nginx_support.free_port()
+        self.url = f"https://127.0.0.1:{self.port}/"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "GoServer":
+        import socket
+        self.proc = subprocess.Popen([str(self.binary), "serve", str(self.cert), str(self.key),
+                                      f"127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError("the Go server did not listen")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def worker_pids(self) -> list[int]:
+        return [self.proc.pid]
 
 
 def _pyspy(pid: int, svg: str, duration: int) -> None:

@@ -153,7 +153,10 @@ def _pclntab(elf: ELFFile) -> tuple[bytes, int]:
 
 
 def _from_pclntab(elf: ELFFile, path: str, wanted: set) -> dict:
-    data, _ = _pclntab(elf)
+    try:
+        data, _ = _pclntab(elf)
+    except GoError as exc:
+        raise GoError(f"{path}: {exc}") from None
     magic, pad1, pad2, min_lc, ptr_size = struct.unpack_from("<IBBBB", data, 0)
     if magic not in MAGICS or (pad1, pad2, ptr_size) != (0, 0, 8):
         raise GoError(f"{path}: unknown Go function table (magic {magic:#x})")
