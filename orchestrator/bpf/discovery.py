@@ -17,7 +17,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-from orchestrator.bpf import golang
+from orchestrator.bpf import anchors, golang
 from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.profile import models
 
@@ -276,7 +276,7 @@ def resolve(target: models.Target) -> Resolution:
             missing_optional.append(h.symbol)
         else:
             raise DiscoveryError("symbol" if target.kind == "uprobe" else field,
-                                 f"{attach}: no function symbol {h.symbol!r}")
+                                 f"{attach}: no function symbol {h.symbol!r}" + _stripped_tls(attach, h))
     scoped = binary is not None and os.path.realpath(attach) != os.path.realpath(binary)
     return Resolution(
         attach_path=attach, hooks=tuple(found), missing_optional=tuple(missing_optional),
@@ -316,9 +316,12 @@ def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
                 continue      # NSPR without NSS's libssl3: no TLS on its fds
             found.setdefault(stack, f"{hit[0]} ({hit[1]})")
     if not found:
+        anchor = anchors.keylog_function(binary)
+        stripped = (f"; it holds a TLS stack without symbols (data functions not located): {anchor.describe()}"
+                    if anchor else "")
         raise DiscoveryError("binary", f"{binary}: no TLS stack found: not a Go program using crypto/tls, no "
                                        "SSL_read/gnutls_record_recv in it, and no libssl*, libgnutls* or "
-                                       "libnspr4* among its DT_NEEDED")
+                                       f"libnspr4* among its DT_NEEDED{stripped}")
     stack = next(s for s in hooks_mod.TLS_STACKS if s in found)
     chosen = models.Target(target.name, stack, binary=binary, filters=target.filters, max_bytes=target.max_bytes,
                            ring_buffer_kib=target.ring_buffer_kib)
@@ -328,6 +331,17 @@ def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
         (f"; also uses {'; '.join(others)} (not attached: one stack per target, add a target for it)"
          if others else "")
     return dataclasses.replace(res, how=how)
+
+
+def _stripped_tls(path: str, hook) -> str:
+    """What can still be said of a TLS library without symbols: where its key-log routine is."""
+    if hook.stack is None:
+        return ""
+    anchor = anchors.keylog_function(path)
+    if anchor is None:
+        return " (and no key-log function found from the TLS key-log labels either)"
+    return (f"; without symbols its data functions are not located, but from its key-log labels: "
+            f"{anchor.describe()}")
 
 
 def _symbols_of_needed(needed, dirs, soname_prefix: str) -> frozenset:
