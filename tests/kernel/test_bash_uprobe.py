@@ -146,3 +146,24 @@ def test_zsh_commands_typed_in_a_pty(apply_profile):
     assert texts[0].startswith("echo ecap-zsh-1; printf")
     assert texts[1].startswith("print -r -- 'caf\u00e9 $HOME' | wc -c")     # unmetafied, no newline
     assert all(r["comm"] == "zsh" and r["target"] == "zsh" and r["profile"] == "zsh-audit" for r in cmds)
+
+
+def test_zsh_commands_across_a_filter_edit(apply_profile, tmp_path):
+    """Commands typed while the profile's filters are edited: each is recorded once, in order."""
+    from tests.kernel.test_reload import _wait_for
+    count = 40
+    with apply_profile(ZSH_PROFILE) as cap:
+        with PtyShell(argv=("/bin/zsh", "-f", "-i")) as shell:
+            for i in range(count):
+                shell.run(f"echo zsh-cmd-{i:03d}")
+                if i == count // 2:
+                    (tmp_path / "profile.yaml").write_text(ZSH_PROFILE.replace(
+                        "kind: zsh", "kind: zsh\n      filters: {comm: [zsh, other-1]}").replace("{jsonl}", str(cap.jsonl)))
+                    assert _wait_for(lambda: "reloaded zsh-audit" in cap.stderr, 20), cap.stderr
+            pid = shell.pid
+        assert cap.wait_for(lambda rs: sum(r["type"] == "zsh.command" for r in rs) >= count, 20)
+    assert "express lane, no compile" in cap.stderr
+    texts = [r["command"].split(";")[0] for r in cap.records("zsh.command") if r["pid"] == pid]
+    assert texts[-1] == "exit"      # PtyShell leaves the shell by typing exit
+    texts = texts[:-1]
+    assert texts == [f"echo zsh-cmd-{i:03d}" for i in range(count)]

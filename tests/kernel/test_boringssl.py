@@ -74,3 +74,43 @@ def test_bssl_server_and_client(apply_profile, kind):
     assert client_side["write"] == "GET /from-bssl HTTP/1.0\r\nHost: x\r\n\r\n"
     assert client_side["read"].startswith("HTTP/1.0 200 OK\r\n")
     assert cap.records("loss") == []
+
+
+def test_a_filter_edit_under_a_stream_of_writes_loses_nothing(apply_profile, tmp_path):
+    from tests.kernel.test_reload import _wait_for
+    port = free_port()
+    count = 300
+    with apply_profile(PROFILE.format(kind="boringssl")) as cap:
+        server = subprocess.Popen(["bssl-tool", "server", "-accept", str(port), "-loop"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 10
+            client = None
+            while time.time() < deadline and client is None:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                client = subprocess.Popen(["bssl-tool", "client", "-connect", f"127.0.0.1:{port}"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in range(count):
+                client.stdin.write(f"bssl-{i:05d}\n".encode())
+                client.stdin.flush()
+                time.sleep(0.005)
+                if i == count // 2:
+                    (tmp_path / "profile.yaml").write_text(PROFILE.format(kind="boringssl").replace(
+                        "binary: /usr/bin/bssl-tool", "binary: /usr/bin/bssl-tool\n      filters: {comm: [bssl-tool, x-1]}")
+                        .replace("{jsonl}", str(cap.jsonl)))
+            assert _wait_for(lambda: "reloaded bssl" in cap.stderr, 20), cap.stderr
+            expected = "".join(f"bssl-{i:05d}\n" for i in range(count))
+            assert cap.wait_for(lambda rs: "".join(r["data"] for r in rs if r["type"] == "data"
+                                                   and r["pid"] == server.pid) == expected, 20), cap.stderr
+            client.kill()
+        finally:
+            server.kill()
+    assert "express lane, no compile" in cap.stderr
+    data = cap.records("data")
+    assert "".join(r["data"] for r in data if r["pid"] == client.pid and r["direction"] == "write") == expected
+    assert "".join(r["data"] for r in data if r["pid"] == server.pid and r["direction"] == "read") == expected
+    assert cap.records("loss") == []
