@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from elftools.elf.elffile import ELFFile
 
+from orchestrator.bpf import golang
+
 KEYLOG_LABELS = (b"CLIENT_RANDOM", b"CLIENT_EARLY_TRAFFIC_SECRET", b"CLIENT_HANDSHAKE_TRAFFIC_SECRET",
                  b"SERVER_HANDSHAKE_TRAFFIC_SECRET", b"CLIENT_TRAFFIC_SECRET_0", b"SERVER_TRAFFIC_SECRET_0",
                  b"EXPORTER_SECRET")
@@ -41,7 +43,7 @@ class Anchor:
 
 def keylog_function(path: str) -> Anchor | None:
     try:
-        with open(path, "rb") as f:
+        with golang.open_regular(path) as f:
             elf = ELFFile(f)
             if elf["e_machine"] != "EM_X86_64":
                 return None

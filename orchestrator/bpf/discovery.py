@@ -154,7 +154,7 @@ def _ld_cache() -> dict[str, str]:
 def runpath(path: str) -> tuple[str, ...]:
     """The folders an ELF file's DT_RUNPATH (or DT_RPATH) adds to the search, $ORIGIN expanded."""
     try:
-        with open(path, "rb") as f:
+        with golang.open_regular(path) as f:
             elf = ELFFile(f)
             dyn = elf.get_section_by_name(".dynamic")
             if not isinstance(dyn, DynamicSection):
@@ -359,6 +359,7 @@ def _resolve_go(binary: str | None, hooks) -> Resolution:
     if not binary:
         raise DiscoveryError("binary", "a Go target needs `binary:`, the Go executable")
     _require_file(binary, "binary")
+    _elf_info_for(binary, "binary")      # its layout checked against its size, within a time budget
     try:
         go = golang.inspect(binary, tuple(h.symbol for h in hooks))
     except golang.GoError as exc:

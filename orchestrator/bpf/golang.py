@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -47,10 +48,21 @@ class GoBinary:
     functions: dict            # name → GoFunction, only those asked for
 
 
+def open_regular(path: str):
+    """Open a file named by a profile for reading: never blocking on a FIFO swapped in, and only a
+    regular file (discovery has checked its ELF layout against its size before)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise OSError(f"{path}: not a regular file")
+    return f
+
+
 def is_go(path: str) -> bool:
     """Does this ELF file carry Go build info or a Go function table?"""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             elf = ELFFile(f)
             names = {s.name for s in elf.iter_sections()}
             return ".go.buildinfo" in names or any(n in names for n in PCLNTAB_SECTIONS) or \
@@ -67,7 +79,7 @@ def inspect(path: str, wanted: tuple[str, ...]) -> GoBinary:
 @functools.lru_cache(maxsize=32)
 def _inspect(path: str, _mtime: int, _ino: int, wanted: tuple[str, ...]) -> GoBinary:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             elf = ELFFile(f)
             if elf["e_machine"] != "EM_X86_64":
                 raise GoError(f"{path}: Go on {elf['e_machine']} is not supported yet (amd64 only)")
@@ -243,7 +255,7 @@ def _read_vaddr(elf: ELFFile, vaddr: int, size: int) -> bytes:
 
 def file_offset(path: str, vaddr: int) -> int:
     """Where a virtual address of the file lies in it: what a uprobe is attached at."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         elf = ELFFile(f)
         for seg in elf.iter_segments():
             if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_filesz"]:
