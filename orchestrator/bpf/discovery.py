@@ -297,7 +297,7 @@ def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
     if golang.is_go(binary):
         try:
             go = golang.inspect(binary, tuple(h.symbol for h in hooks_mod.BUILTIN["gotls"]))
-            if len(go.functions) == len(hooks_mod.BUILTIN["gotls"]):
+            if all(h.symbol in go.functions for h in hooks_mod.BUILTIN["gotls"] if not h.optional):
                 found["gotls"] = f"Go crypto/tls in the executable ({go.version or 'Go'})"
         except golang.GoError:
             pass
@@ -364,15 +364,17 @@ def _resolve_go(binary: str | None, hooks) -> Resolution:
         go = golang.inspect(binary, tuple(h.symbol for h in hooks))
     except golang.GoError as exc:
         raise DiscoveryError("binary", str(exc)) from None
-    missing = [h.symbol for h in hooks if h.symbol not in go.functions]
+    missing = [h.symbol for h in hooks if h.symbol not in go.functions and not h.optional]
     if missing:
         raise DiscoveryError("binary", f"{binary}: no Go function {', '.join(missing)} (looked in .symtab and "
                                        f".gopclntab): not a program that uses crypto/tls?")
+    absent = tuple(h.symbol for h in hooks if h.symbol not in go.functions)
+    hooks = tuple(h for h in hooks if h.symbol in go.functions)
     found = [go.functions[h.symbol] for h in hooks]
     how = f"{go.version or 'Go'} executable: " + "; ".join(
         f"{f.name} at {f.entry:#x} ({f.found_by}; probed at +{f.body - f.entry:#x}"
         + (f" and {len(f.returns)} RET)" if h.on == "return" else ")") for f, h in zip(found, hooks))
-    return Resolution(attach_path=binary, hooks=tuple(hooks), missing_optional=(), scope_paths=(),
+    return Resolution(attach_path=binary, hooks=hooks, missing_optional=absent, scope_paths=(),
                       scope_real=os.path.realpath(binary), how=how,
                       addresses=tuple((f.body, f.returns if h.on == "return" else ()) for f, h in zip(found, hooks)))
 

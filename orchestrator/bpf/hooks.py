@@ -18,6 +18,7 @@ RECORD_NONE = 0       # records nothing: a TLS handshake, watched to learn the s
 RECORD_DATA = 1       # TLS/socket plaintext: `data` records with a direction
 RECORD_COMMAND = 2    # a shell command line: `bash.command`
 RECORD_CALL = 3       # a generic function call: `uprobe.call`
+RECORD_SECRET = 4     # a TLS secret handed to the library's key-log routine: `tls.secret`
 
 DIR_NONE, DIR_READ, DIR_WRITE = 0, 1, 2
 
@@ -32,6 +33,7 @@ class Payload:
     """The one variable-length value a hook copies out (a string or a byte buffer)."""
     source: int | str           # arg index or RET
     type: str                   # string | bytes | iovec (an array of NSPR PRIOVec; length_from: their count)
+                                # | go_keylog (writeKeyLog's label, client random and secret)
     length_kind: str | None = None
     length_from: int | None = None   # arg index for LEN_ARG / LEN_DEREF
     length32: bool = False           # the length argument is a C int: only its low 32 bits count
@@ -144,6 +146,10 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
     "gotls": (
         _go("crypto/tls.(*Conn).Write", DIR_WRITE),
         _go("crypto/tls.(*Conn).Read", DIR_READ),
+        # (*Config).writeKeyLog(label string, clientRandom, secret []byte) is called for every secret
+        # whether or not the program set a KeyLogWriter: tls.secret records, no offsets needed.
+        Hook("crypto/tls.(*Config).writeKeyLog", "entry", RECORD_SECRET, payload=Payload(1, "go_keylog"),
+             abi="go", optional=True, stack="gotls"),
     ),
     # Plaintext socket I/O. recvfrom/sendto are socket-only; read/write count only for TCP sockets
     # whose connect/accept was seen. (readv/writev and recvmsg/sendmsg are not covered yet.)

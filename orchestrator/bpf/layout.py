@@ -24,7 +24,7 @@ C_OFFSETS = {"ts": 0, "seq": 8, "session": 16, "ret": 24, "args": 32, "pid": 80,
 GEN_OFFSET = C_OFFSETS["gen"]
 FLAGS_OFFSET = C_OFFSETS["flags"]
 
-RECORD_DATA, RECORD_COMMAND, RECORD_CALL = 1, 2, 3
+RECORD_DATA, RECORD_COMMAND, RECORD_CALL, RECORD_SECRET = 1, 2, 3, 4
 DIR_NONE, DIR_READ, DIR_WRITE = 0, 1, 2
 FLAG_TRUNCATED = 1
 FLAG_DEFERRED = 2       # shared.h: port filter and max_bytes left to userspace, by the record's generation

@@ -90,7 +90,7 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
         src = h.payload.source
         payload = {
             "source": "ret" if src == models.RET else _int_list([src], 0, 5)[0],
-            "type": {"string": "string", "bytes": "bytes", "iovec": "iovec"}[h.payload.type],
+            "type": {"string": "string", "bytes": "bytes", "iovec": "iovec", "go_keylog": "go_keylog"}[h.payload.type],
             "length_kind": {None: None, "arg": "arg", "ret": "ret", "deref": "deref"}[h.payload.length_kind],
             "length_from": None if h.payload.length_from is None else _int_list([h.payload.length_from], 0, 5)[0],
             "length32": bool(h.payload.length32),
@@ -99,7 +99,7 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
         "index": index,
         "comment": f"{'entry' if h.on == 'entry' else 'return'} probe, record kind {int(h.record)}",
         "on": {"entry": "entry", "return": "return"}[h.on],
-        "record": _int_list([h.record], 0, 3)[0],
+        "record": _int_list([h.record], 0, 4)[0],
         "direction": _int_list([h.direction], 0, 2)[0],
         "scalar_indexes": sorted({_int_list([i], 0, 5)[0] for i, _, _ in h.scalars if i != models.RET}),
         "payload": payload,

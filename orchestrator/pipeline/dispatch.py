@@ -165,6 +165,10 @@ class Dispatcher:
                 out.append(events.Record(f"{shell}.command", ev, {"command": text, "truncated": ev.truncated}))
         elif ev.record == layout.RECORD_CALL:
             out.append(events.Record("uprobe.call", ev, _call_fields(ev)))
+        elif ev.record == layout.RECORD_SECRET:
+            secret = _secret_fields(ev)
+            if secret is not None:
+                out.append(events.Record("tls.secret", ev, secret))
 
     def evict_idle(self, now: int) -> None:
         stale = [k for k, w in self._workers.items() if now - w.last_seen > self._idle_evict_ns]
@@ -365,6 +369,21 @@ def _call_fields(ev: events.Event) -> dict:
     if hook.on == "return":
         fields["ret"] = ev.ret
     return fields
+
+
+# Where hooks.c.j2's go_keylog payload puts each part (lengths in args[0..2]).
+KEYLOG_LABEL, KEYLOG_RANDOM, KEYLOG_SECRET = 0, 64, 96
+
+
+def _secret_fields(ev: events.Event) -> dict | None:
+    """A tls.secret record: the NSS key-log label, client random and secret (lower-case hex)."""
+    n_label, n_random, n_secret = ev.args[0], ev.args[1], ev.args[2]
+    p = ev.payload
+    label = p[KEYLOG_LABEL:KEYLOG_LABEL + n_label]
+    if not label or not label.replace(b"_", b"").isalnum() or n_random != 32 or n_secret == 0:
+        return None
+    return {"label": label.decode("ascii"), "client_random": p[KEYLOG_RANDOM:KEYLOG_RANDOM + n_random].hex(),
+            "secret": p[KEYLOG_SECRET:KEYLOG_SECRET + n_secret].hex()}
 
 
 ZSH_META = 0x83

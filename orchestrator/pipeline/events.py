@@ -113,7 +113,7 @@ class Record:
                      pid=ev.pid, tid=ev.tid, comm=ev.comm, uid=ev.uid)
             if self.conn is not None:
                 d["conn"] = {"local": endpoint(self.conn[0]), "remote": endpoint(self.conn[1])}
-            if ev.record == layout.RECORD_DATA:
+            if ev.record == layout.RECORD_DATA or ev.record == layout.RECORD_SECRET:
                 if ev.fd >= 0:
                     d["fd"] = ev.fd
                 stack = src.hooks[ev.hook].stack if ev.hook < len(src.hooks) else None

@@ -1,14 +1,16 @@
 """Build sink objects from a profile's sink specs."""
 from __future__ import annotations
 
-from orchestrator.sinks import jsonl, stdout
+from orchestrator.sinks import jsonl, keylog, stdout
 from orchestrator.profile import models
 
 
 def build(spec: models.Sink):
     if spec.type == "jsonl":
         return jsonl.JsonlSink(spec.option("path"))
+    if spec.type == "keylog":
+        return keylog.KeylogSink(spec.option("path"))
     if spec.type == "stdout":
         return stdout.StdoutSink(color=spec.option("color", "auto"), show_data=spec.option("show_data", True),
-                                 max_body=spec.option("max_body", 2048))
+                                 max_body=spec.option("max_body", 2048), show_secrets=spec.option("show_secrets", False))
     raise ValueError(f"unknown sink type {spec.type!r}")

@@ -16,7 +16,7 @@ from orchestrator.pipeline import events
 
 STYLE = {"http.request": "bold cyan", "http.response": "bold green", "data": "yellow",
          "bash.command": "bold magenta", "zsh.command": "bold magenta", "uprobe.call": "bold blue", "loss": "bold red",
-         "parse_error": "red"}
+         "parse_error": "red", "tls.secret": "bold red"}
 
 
 def _safe(value, multiline: bool = False) -> str:
@@ -34,17 +34,19 @@ def _header_lines(headers: dict) -> str:
 
 
 class StdoutSink:
-    def __init__(self, color: str = "auto", show_data: bool = True, max_body: int = 2048, file=None):
+    def __init__(self, color: str = "auto", show_data: bool = True, max_body: int = 2048, file=None,
+                 show_secrets: bool = False):
         force = {"always": True, "never": False}.get(color)
         self.console = Console(file=file or sys.stdout, force_terminal=force, no_color=(color == "never"),
                                highlight=False, soft_wrap=True)
         self.show_data = show_data
+        self.show_secrets = show_secrets      # TLS secrets reach the terminal only when asked for
         self.max_body = max_body
 
     def write(self, records) -> None:
         lines = []
         for r in records:
-            if r.type == "data" and not self.show_data:
+            if r.type == "data" and not self.show_data or r.type == "tls.secret" and not self.show_secrets:
                 continue
             lines.append(self._format(r))
         if lines:
@@ -85,6 +87,8 @@ class StdoutSink:
             hdrs = _header_lines(f["headers"])
             return f"{head}\n  [bold]{_safe(f['version'])} {f['status']} {_safe(f.get('reason', ''))}[/bold]{lat}" \
                    f"{hdrs}" + self._body(f.get("body", ""), f.get("body_encoding"))
+        if r.type == "tls.secret":
+            return f"{head}\n  secret {_safe(f['label'])} {f['client_random']} {f['secret']}"
         if r.type in ("bash.command", "zsh.command"):
             return f"{head}\n  $ {_safe(f['command'])}"
         if r.type == "data":

@@ -6,6 +6,7 @@
 #define RECORD_DATA    1
 #define RECORD_COMMAND 2
 #define RECORD_CALL    3
+#define RECORD_SECRET  4   /* a TLS secret, as the library's key-log routine was given it */
 
 #define DIR_NONE  0
 #define DIR_READ  1

@@ -151,3 +151,65 @@ def test_filter_and_program_edits_under_load_lose_nothing(apply_profile, go_prog
     expected = [f"/loop/{i}" for i in range(count)]
     assert served == expected and sent == expected      # every request once, in order, both sides
     assert cap.records("loss") == []
+
+
+KEYLOG_PROFILE = """
+apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata: {{name: gokeys}}
+spec:
+  targets:
+    - name: go
+      kind: gotls
+      binary: {binary}
+  sinks:
+    - {{type: keylog, path: "{keys}"}}
+    - {{type: jsonl, path: "{jsonl}"}}
+"""
+
+
+@pytest.mark.parametrize("version", ["tls13", "tls12"])
+def test_go_secrets_equal_the_programs_own_key_logs(apply_profile, go_programs, tmp_path, version):
+    """writeKeyLog is probed whether or not the program logs: here both sides do (SSLKEYLOGFILE),
+    and the key log ecapture writes holds exactly their lines (each secret once per side)."""
+    import collections
+    import os
+    import stat
+    built, cert, key = go_programs
+    binary = built[("go1.19-debian", "pie-stripped")]
+    port = free_port()
+    keys = tmp_path / "captured.keys"
+    own_server, own_client = tmp_path / "server.keys", tmp_path / "client.keys"
+    env = {**os.environ, "GOTLS_TLS12": "1" if version == "tls12" else "0"}
+    with apply_profile(KEYLOG_PROFILE.format(binary=binary, keys=keys, jsonl="{jsonl}")) as cap:
+        server = subprocess.Popen([str(binary), "serve", str(cert), str(key), f"127.0.0.1:{port}"],
+                                  env={**env, "SSLKEYLOGFILE": str(own_server)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            for i in range(3):      # three connections, each its own handshake
+                out = subprocess.run([str(binary), "get", f"https://127.0.0.1:{port}/keys/{i}"], capture_output=True,
+                                     text=True, timeout=30, env={**env, "SSLKEYLOGFILE": str(own_client)})
+                assert out.returncode == 0, out.stderr
+            expected = own_client.read_text().splitlines() + own_server.read_text().splitlines()
+            assert cap.wait_for(lambda rs: sum(r["type"] == "tls.secret" for r in rs) >= len(expected), 20), \
+                cap.stderr
+        finally:
+            server.kill()
+    labels = {line.split()[0] for line in expected}
+    assert labels == ({"CLIENT_RANDOM"} if version == "tls12" else
+                      {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+                       "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"})
+    captured = keys.read_text().splitlines()
+    assert collections.Counter(captured) == collections.Counter(expected)     # every line, nothing else
+    assert stat.S_IMODE(os.stat(keys).st_mode) == 0o600
+    secrets = cap.records("tls.secret")
+    assert server.pid in {r["pid"] for r in secrets} and len({r["pid"] for r in secrets}) == 4   # + 3 clients
+    assert all(r["tls"] == "gotls" and r["comm"] == binary.name[:15] for r in secrets)
+    assert "secret" not in cap.stdout          # nothing printed to the terminal

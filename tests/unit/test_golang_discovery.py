@@ -78,10 +78,12 @@ def test_missing_go_function_and_a_non_go_binary(gobins, monkeypatch):
     go = golang.inspect(gobins["pie-stripped"], (READ, "main.noSuchFunction"))
     assert set(go.functions) == {READ}
     res = discovery.resolve(models.Target("g", "gotls", binary=gobins["pie-stripped"]))
-    assert res.attach_path == gobins["pie-stripped"] and [h.symbol for h in res.hooks] == [WRITE, READ]
-    assert len(res.addresses) == 2
-    fns = golang.inspect(gobins["pie-stripped"], WANTED).functions
-    assert res.addresses == ((fns[WRITE].body, ()), (fns[READ].body, fns[READ].returns))   # writes on entry only
+    keylog = "crypto/tls.(*Config).writeKeyLog"
+    assert res.attach_path == gobins["pie-stripped"] and [h.symbol for h in res.hooks] == [WRITE, READ, keylog]
+    assert len(res.addresses) == 3
+    fns = golang.inspect(gobins["pie-stripped"], WANTED + (keylog,)).functions
+    assert res.addresses == ((fns[WRITE].body, ()), (fns[READ].body, fns[READ].returns),
+                             (fns[keylog].body, ()))   # writes and secrets on entry only
     assert "gopclntab" in res.how
 
     with pytest.raises(discovery.DiscoveryError) as exc:

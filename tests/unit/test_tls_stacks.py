@@ -66,3 +66,43 @@ def test_zsh_commands_are_zsh_command_records():
     bash = _probe_set(kind="bash", target_hooks=hooks.BUILTIN["bash"])
     (rec,) = _run([_raw(b"ls -l", hook=0, record=layout.RECORD_COMMAND, session=0)], bash)
     assert rec["type"] == "bash.command" and rec["command"] == "ls -l"
+
+
+def _secret_raw(label: bytes, random: bytes, secret: bytes, hook: int) -> bytes:
+    payload = label.ljust(64, b"\0") + random.ljust(32, b"\0") + secret.ljust(64, b"\0")
+    return _raw(payload, hook=hook, record=layout.RECORD_SECRET, session=0,
+                args=(len(label), len(random), len(secret), 0, 0, 0))
+
+
+def test_go_secrets_become_tls_secret_records_and_key_log_lines(tmp_path):
+    import stat
+
+    from orchestrator.sinks import keylog, stdout
+    ps = _probe_set(kind="gotls", target_hooks=hooks.BUILTIN["gotls"])
+    keylog_hook = next(i for i, h in enumerate(ps.hooks) if h.record == hooks.RECORD_SECRET)
+    random, secret = bytes(range(32)), bytes(range(100, 148))
+    recs_raw = [_secret_raw(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET", random, secret, keylog_hook),
+                _secret_raw(b"bad label!", random, secret, keylog_hook),           # not a key-log label
+                _secret_raw(b"CLIENT_RANDOM", random[:16], secret, keylog_hook)]   # a client random is 32 bytes
+    sink = keylog.KeylogSink(str(tmp_path / "keys.log"))
+    d = dispatch.Dispatcher(lambda _p: [sink])
+    from orchestrator.pipeline import events
+    d.process([events.decode(r, ps) for r in recs_raw])
+    d.flush_all()
+    sink.close()
+    text = (tmp_path / "keys.log").read_text()
+    assert text == f"CLIENT_HANDSHAKE_TRAFFIC_SECRET {random.hex()} {secret.hex()}\n"
+    assert stat.S_IMODE(os.stat(tmp_path / "keys.log").st_mode) == 0o600
+    (rec,) = _run(recs_raw[:1], ps)
+    assert rec["type"] == "tls.secret" and rec["label"] == "CLIENT_HANDSHAKE_TRAFFIC_SECRET" and rec["tls"] == "gotls"
+    assert rec["client_random"] == random.hex() and rec["secret"] == secret.hex()
+    # the terminal shows secrets only when the sink asks for them
+    import io
+    quiet, loud = io.StringIO(), io.StringIO()
+    records = [events.decode(recs_raw[0], ps)]
+    out: list = []
+    d2 = dispatch.Dispatcher(lambda _p: [])
+    d2._route(records[0], out, 0)
+    stdout.StdoutSink(color="never", file=quiet).write(out)
+    stdout.StdoutSink(color="never", file=loud, show_secrets=True).write(out)
+    assert quiet.getvalue() == "" and secret.hex() in loud.getvalue()

@@ -4,6 +4,9 @@
 //	gotls get [-h1] URL...             GET each URL over one client (keep-alive), print the bodies
 //	gotls post [-h1] URL BODY          POST BODY to URL
 //	gotls loop [-h1] URL N PAUSE_MS    N requests URL/0 .. URL/N-1, one after the other
+//
+// With SSLKEYLOGFILE set, both sides log their TLS secrets there (crypto/tls KeyLogWriter): the
+// ground truth of the secrets tests. GOTLS_TLS12=1 limits the client to TLS 1.2.
 package main
 
 import (
@@ -17,8 +20,24 @@ import (
 	"time"
 )
 
+func keyLog(cfg *tls.Config) *tls.Config {
+	if path := os.Getenv("SSLKEYLOGFILE"); path != "" {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		cfg.KeyLogWriter = f
+	}
+	return cfg
+}
+
 func client(h1 bool) *http.Client {
-	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: !h1}
+	cfg := keyLog(&tls.Config{InsecureSkipVerify: true})
+	if os.Getenv("GOTLS_TLS12") == "1" {
+		cfg.MaxVersion = tls.VersionTLS12
+	}
+	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: !h1}
 	if h1 {
 		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
@@ -50,7 +69,7 @@ func main() {
 			body, _ := io.ReadAll(r.Body)
 			fmt.Fprintf(w, "go answers %s %s (%s)\n", r.Method, r.URL.Path, body)
 		})
-		srv := &http.Server{Addr: args[2]}
+		srv := &http.Server{Addr: args[2], TLSConfig: keyLog(&tls.Config{})}
 		fmt.Println("listening")
 		if err := srv.ListenAndServeTLS(args[0], args[1]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
