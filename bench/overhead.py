@@ -649,18 +649,10 @@ class GoServer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "GoServer":
-        import socket
-        self.proc = subprocess.Popen([str(self.binary), "serve", str(self.cert), str(self.key),
-                                      f"127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise RuntimeError("the Go server did not listen")
+        from tests.support import listen
+        self.proc = listen.start_server([str(self.binary), "serve", str(self.cert), str(self.key),
+                                         f"127.0.0.1:{self.port}"], self.port)
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:

@@ -4,12 +4,13 @@ server answering curl and bssl-tool's client, both sides, with kind boringssl an
 compared as the exact bytes each side read and wrote."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 
 import pytest
 
+from tests.kernel.conftest import ECAPTURE
+from tests.support import listen
 from tests.support.nginx import curl, free_port
 
 PROFILE = """
@@ -36,18 +37,9 @@ def test_bssl_server_and_client(apply_profile, kind):
     port = free_port()
     with apply_profile(PROFILE.format(kind=kind)) as cap:
         assert "android/libssl.so.0" in subprocess.run(
-            [".venv/bin/ecapture", "plan", str(cap.jsonl.parent / "profile.yaml")], capture_output=True, text=True,
-            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2])).stdout
-        server = subprocess.Popen(["bssl-tool", "server", "-accept", str(port), "-www", "-loop"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [ECAPTURE, "plan", str(cap.jsonl.parent / "profile.yaml")], capture_output=True, text=True).stdout
+        server = listen.start_server(["bssl-tool", "server", "-accept", str(port), "-www", "-loop"], port)
         try:
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
             assert curl(f"https://127.0.0.1:{port}/from-curl").returncode == 0
             client = subprocess.Popen(["bssl-tool", "client", "-connect", f"127.0.0.1:{port}"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -81,19 +73,11 @@ def test_a_filter_edit_under_a_stream_of_writes_loses_nothing(apply_profile, tmp
     port = free_port()
     count = 300
     with apply_profile(PROFILE.format(kind="boringssl")) as cap:
-        server = subprocess.Popen(["bssl-tool", "server", "-accept", str(port), "-loop"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = listen.start_server(["bssl-tool", "server", "-accept", str(port), "-loop"], port,
+                                     stdin=subprocess.PIPE)
         try:
-            deadline = time.time() + 10
-            client = None
-            while time.time() < deadline and client is None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                except OSError:
-                    time.sleep(0.05)
-                    continue
-                client = subprocess.Popen(["bssl-tool", "client", "-connect", f"127.0.0.1:{port}"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            client = subprocess.Popen(["bssl-tool", "client", "-connect", f"127.0.0.1:{port}"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for i in range(count):
                 client.stdin.write(f"bssl-{i:05d}\n".encode())
                 client.stdin.flush()

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.kernel.test_reload import _wait_for
+from tests.support import listen
 from tests.support.nginx import free_port
 
 WGET_PROFILE = """
@@ -83,18 +84,8 @@ def gnutls_server(tmp_path):
 
 
 def _start_server(port: int, cert, key) -> subprocess.Popen:
-    serv = subprocess.Popen(["gnutls-serv", "--echo", "-p", str(port), "--x509certfile", str(cert),
-                             "--x509keyfile", str(key)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return serv
-        except OSError:
-            time.sleep(0.05)
-    serv.kill()
-    raise AssertionError("gnutls-serv did not listen")
+    return listen.start_server(["gnutls-serv", "--echo", "-p", str(port), "--x509certfile", str(cert),
+                                "--x509keyfile", str(key)], port)
 
 
 def _client(port: int) -> subprocess.Popen:

@@ -5,7 +5,6 @@ direction, `tls: gotls` and 4-tuple; a filter edit and a program edit under a st
 requests lose and duplicate nothing."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.test_reload import _wait_for
-from tests.support import gobuild
+from tests.support import gobuild, listen
 from tests.support.nginx import free_port
 
 PROFILE = """
@@ -48,18 +47,8 @@ def go_programs(tmp_path_factory):
     return built, cert, key
 
 
-def _serve(binary: Path, cert: Path, key: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([str(binary), "serve", str(cert), str(key), f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"{binary} did not listen on {port}")
+def _serve(binary: Path, cert: Path, key: Path, port: int, **popen) -> subprocess.Popen:
+    return listen.start_server([str(binary), "serve", str(cert), str(key), f"127.0.0.1:{port}"], port, **popen)
 
 
 def _run(binary: Path, *args: str) -> str:
@@ -182,17 +171,8 @@ def test_go_secrets_equal_the_programs_own_key_logs(apply_profile, go_programs, 
     own_server, own_client = tmp_path / "server.keys", tmp_path / "client.keys"
     env = {**os.environ, "GOTLS_TLS12": "1" if version == "tls12" else "0"}
     with apply_profile(KEYLOG_PROFILE.format(binary=binary, keys=keys, jsonl="{jsonl}")) as cap:
-        server = subprocess.Popen([str(binary), "serve", str(cert), str(key), f"127.0.0.1:{port}"],
-                                  env={**env, "SSLKEYLOGFILE": str(own_server)},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = _serve(binary, cert, key, port, env={**env, "SSLKEYLOGFILE": str(own_server)})
         try:
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
             for i in range(3):      # three connections, each its own handshake
                 out = subprocess.run([str(binary), "get", f"https://127.0.0.1:{port}/keys/{i}"], capture_output=True,
                                      text=True, timeout=30, env={**env, "SSLKEYLOGFILE": str(own_client)})

@@ -6,7 +6,6 @@ read must not show up.
 """
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
@@ -14,6 +13,7 @@ import time
 import pytest
 
 from tests.kernel.test_reload import _wait_for
+from tests.support import listen
 from tests.support.nginx import curl, free_port
 
 PROFILE = """
@@ -69,17 +69,7 @@ def nss_server_db(tmp_path_factory):
 
 
 def _selfserv(db, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["selfserv", "-d", f"sql:{db}", "-n", "server", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("selfserv did not listen")
+    return listen.start_server(["selfserv", "-d", f"sql:{db}", "-n", "server", "-p", str(port)], port)
 
 
 def test_selfserv_serving_curl_and_a_filter_edit_under_load(apply_profile, nss_server_db, tmp_path):
