@@ -1,0 +1,164 @@
+"""pcapng file sinks: captured plaintext as synthesized TCP, and the file side of TC capture.
+
+`PlaintextPcapngSink` (`{type: pcapng, path, source: plaintext}`) turns data events into
+raw-IP TCP packets (`tcpsynth`) on one interface, each packet commented with the process
+and profile it came from. `PacketPcapngWriter` writes packets that were captured whole
+(TC mode) on interfaces its caller names, plus TLS key log lines as Decryption Secrets
+Blocks, so Wireshark decrypts the file with no key file.
+
+Files are opened by `safefile.open_private` (0600, no links followed) in append mode: an
+existing file gains a new section (SHB), which pcapng readers take as a continuation.
+Each batch goes out as one os.write; a batch that fails part-way is cut off again so the
+file never ends in half a block (the same rule as the JSONL sink).
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from orchestrator import safefile
+from orchestrator.sinks import pcapng, tcpsynth
+
+_FLUSH_AT = 1 << 20      # PacketPcapngWriter writes its buffer out past this many bytes
+
+
+def _write_whole(fd: int, data) -> None:
+    """All of `data` or, on an error, none of it (the file is truncated back) and raise."""
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(view):
+            n = os.write(fd, view[done:])
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+    except BaseException:
+        if done:
+            start = os.lseek(fd, 0, os.SEEK_CUR) - done
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)
+        raise
+
+
+class PlaintextPcapngSink:
+    """Data events → synthesized TCP/IP packets (linktype 101) in a pcapng file.
+
+    Counts in `unnamed` the events whose connection the kernel could not name and in
+    `skipped` those with a direction other than read/write; neither is written.
+    """
+
+    IF_NAME = "ecapture-plaintext"
+
+    def __init__(self, path: str, mss: int = tcpsynth.DEFAULT_MSS, max_flows: int = 4096):
+        self.path = path
+        self.unnamed = 0
+        self.skipped = 0
+        self._synth = tcpsynth.Synthesizer(mss=mss, max_flows=max_flows)
+        self._fd = safefile.open_private(path)
+        try:
+            _write_whole(self._fd, pcapng.section_header() +
+                         pcapng.interface_description(pcapng.LINKTYPE_RAW, name=self.IF_NAME))
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def write(self, records) -> None:
+        """Records are for other sinks: this one is fed raw data through `write_data`."""
+
+    def write_data(self, items) -> None:
+        """items: [(ev, conn)] with conn ((local ip, port), (remote ip, port)) or None."""
+        out = []
+        epb = pcapng.enhanced_packet
+        synth = self._synth
+        for ev, conn in items:
+            if conn is None:
+                self.unnamed += 1
+                continue
+            if ev.direction not in (tcpsynth.READ, tcpsynth.WRITE):
+                self.skipped += 1
+                continue
+            length = ev.len if ev.truncated else None
+            packets = synth.packets(conn, ev.direction, ev.payload, ev.ts, length=length)
+            if not packets:
+                continue
+            src = ev.source
+            comment = f"pid={ev.pid} comm={ev.comm} profile={src.profile} target={src.target.name}"
+            if ev.truncated:
+                comment += f" truncated={len(ev.payload)}/{ev.len}"
+            out += [epb(0, ev.ts, p, None, comment) for p in packets]
+        if out:
+            _write_whole(self._fd, b"".join(out))
+
+    def close_conn(self, conn, ts_ns: int) -> None:
+        """Write the FIN exchange of a connection that closed and forget it."""
+        packets = self._synth.close(conn)
+        if packets:
+            _write_whole(self._fd, b"".join(pcapng.enhanced_packet(0, ts_ns, p) for p in packets))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class PacketPcapngWriter:
+    """Whole packets and TLS secrets into a pcapng file, buffered until `flush`.
+
+    `add_interface` hands out ids 0, 1, ...; an interface's IDB reaches the buffer just before
+    its first packet (with those of lower ids still unwritten, since pcapng numbers interfaces
+    by the order of their IDBs).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._interfaces: list[tuple[str, int]] = []
+        self._described = 0            # IDBs in the buffer or the file
+        self._described_in_file = 0
+        self._buf = bytearray()
+        self._fd = safefile.open_private(path)
+        try:
+            _write_whole(self._fd, pcapng.section_header())
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def add_interface(self, name: str, linktype: int = pcapng.LINKTYPE_ETHERNET) -> int:
+        self._interfaces.append((name, linktype))
+        return len(self._interfaces) - 1
+
+    def write_packet(self, if_id: int, ts_ns: int, data: bytes, orig_len: int | None = None,
+                     comment: str | None = None) -> None:
+        if not 0 <= if_id < len(self._interfaces):
+            raise ValueError(f"interface id {if_id} was not added")
+        while self._described <= if_id:
+            name, linktype = self._interfaces[self._described]
+            self._buf += pcapng.interface_description(linktype, name=name)
+            self._described += 1
+        self._buf += pcapng.enhanced_packet(if_id, ts_ns, data, orig_len, comment)
+        if len(self._buf) >= _FLUSH_AT:
+            self.flush()
+
+    def write_secrets(self, lines) -> None:
+        """One Decryption Secrets Block of NSS key log lines; put it before the packets it opens."""
+        if lines:
+            self._buf += pcapng.decryption_secrets(lines)
+
+    def flush(self) -> None:
+        """Write the buffer out; if that fails its packets are lost (and the error raised), and
+        the IDBs that went with them are written again before their next packet."""
+        if self._buf:
+            data, self._buf = self._buf, bytearray()
+            try:
+                _write_whole(self._fd, data)
+            except BaseException:
+                self._described = self._described_in_file
+                raise
+            self._described_in_file = self._described
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
