@@ -43,8 +43,9 @@ def _write_whole(fd: int, data) -> None:
 class PlaintextPcapngSink:
     """Data events → synthesized TCP/IP packets (linktype 101) in a pcapng file.
 
-    Counts in `unnamed` the events whose connection the kernel could not name and in
-    `skipped` those with a direction other than read/write; neither is written.
+    Counts in `unnamed` the events whose connection the kernel could not name (no conn, or an
+    address that is not IPv4/IPv6) and in `skipped` those with a direction other than
+    read/write; neither is written.
     """
 
     IF_NAME = "ecapture-plaintext"
@@ -77,8 +78,12 @@ class PlaintextPcapngSink:
             if ev.direction not in (tcpsynth.READ, tcpsynth.WRITE):
                 self.skipped += 1
                 continue
-            length = ev.len if ev.truncated else None
-            packets = synth.packets(conn, ev.direction, ev.payload, ev.ts, length=length)
+            try:
+                packets = synth.packets(conn, ev.direction, ev.payload, ev.ts,
+                                        length=ev.len if ev.truncated else None)
+            except ValueError:          # an address the kernel reported in a family we cannot name
+                self.unnamed += 1
+                continue
             if not packets:
                 continue
             src = ev.source
