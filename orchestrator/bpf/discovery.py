@@ -43,7 +43,8 @@ class Resolution:
     scope_paths: tuple[str, ...]     # exec paths that put a process in scope; () = no scoping
     scope_real: str | None           # the program's real path, to find running instances
     how: str                         # how the attach path was found, for `plan`
-    addresses: tuple = ()            # per hook: (entry, (return, ...)) virtual addresses; () = by symbol
+    addresses: tuple = ()            # per hook: (entry, (return, ...)) virtual addresses or None (by symbol);
+                                     # () = every hook by symbol
 
 
 MAX_SYMBOLS = 4_000_000     # symbols in all symbol tables of one file (libc has ~3 000)
@@ -266,12 +267,25 @@ def resolve(target: models.Target) -> Resolution:
         attach, how, field = binary, "binary", "binary"
     _require_file(attach, field)
     symbols, _ = _elf_info_for(attach, field)
-    found, missing_optional = [], []
+    secrets_only = _secrets_only(target, attach, hooks, symbols, binary, how)
+    if secrets_only is not None:
+        return secrets_only
+    found, missing_optional, addresses = [], [], []
     for h in hooks:
+        if h.locate == "keylog":
+            located, note = _keylog_hook(attach, h)
+            how += f"; secrets: {note}"
+            if located is None:
+                missing_optional.append(h.symbol)
+            else:
+                found.append(located[0])
+                addresses.append(located[1])
+            continue
         if h.unless is not None and h.unless in symbols:
             continue
         if h.symbol in symbols:
             found.append(h)
+            addresses.append(None)
         elif h.optional:
             missing_optional.append(h.symbol)
         else:
@@ -282,7 +296,37 @@ def resolve(target: models.Target) -> Resolution:
         attach_path=attach, hooks=tuple(found), missing_optional=tuple(missing_optional),
         scope_paths=exec_aliases(binary) if scoped else (),
         scope_real=os.path.realpath(binary) if binary else None, how=how,
+        addresses=tuple(addresses) if any(a is not None for a in addresses) else (),
     )
+
+
+def _secrets_only(target, attach: str, hooks, symbols, binary, how: str) -> Resolution | None:
+    """A TLS library without symbols (a stripped static build): its data functions cannot be
+    found, but its key-log routine can: attach that alone (secrets for a key log or a pcapng)."""
+    absent = [h.symbol for h in hooks if not h.optional and h.locate is None and h.symbol not in symbols]
+    keylog = next((h for h in hooks if h.locate == "keylog"), None)
+    if not absent or keylog is None:
+        return None
+    located, note = _keylog_hook(attach, keylog)
+    if located is None:
+        return None
+    scoped = binary is not None and os.path.realpath(attach) != os.path.realpath(binary)
+    return Resolution(attach_path=attach, hooks=(located[0],), missing_optional=tuple(absent),
+                      scope_paths=exec_aliases(binary) if scoped else (),
+                      scope_real=os.path.realpath(binary) if binary else None,
+                      how=f"{how}; no symbol {', '.join(absent)}: secrets only: {note}", addresses=(located[1],))
+
+
+def _keylog_hook(path: str, hook):
+    """((the hook with its client-random path, (address, ())), what was found) or (None, why not)."""
+    anchor = anchors.keylog_function(path)
+    if anchor is None:
+        return None, "no key-log function found from the TLS key-log labels"
+    random = anchors.client_random(path, hook.stack, anchor.address)
+    if random is None:
+        return None, f"{anchor.describe()}, but the client random's place in the session was not found"
+    located = dataclasses.replace(hook, random_path=(*random.derefs, random.offset))
+    return (located, (anchor.address, ())), f"{anchor.describe()}; {random.describe()}"
 
 
 def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
@@ -317,8 +361,8 @@ def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
             found.setdefault(stack, f"{hit[0]} ({hit[1]})")
     if not found:
         anchor = anchors.keylog_function(binary)
-        stripped = (f"; it holds a TLS stack without symbols (data functions not located): {anchor.describe()}"
-                    if anchor else "")
+        stripped = (f"; it holds a TLS stack without symbols (data functions not located): {anchor.describe()}; "
+                    "name its stack (kind: boringssl, openssl or gnutls) to capture its secrets" if anchor else "")
         raise DiscoveryError("binary", f"{binary}: no TLS stack found: not a Go program using crypto/tls, no "
                                        "SSL_read/gnutls_record_recv in it, and no libssl*, libgnutls* or "
                                        f"libnspr4* among its DT_NEEDED{stripped}")

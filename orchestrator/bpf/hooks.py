@@ -34,6 +34,8 @@ class Payload:
     source: int | str           # arg index or RET
     type: str                   # string | bytes | iovec (an array of NSPR PRIOVec; length_from: their count)
                                 # | go_keylog (writeKeyLog's label, client random and secret)
+                                # | c_keylog (a C key-log routine's label and secret, the client random
+                                #   read from its session: Hook.random_path)
     length_kind: str | None = None
     length_from: int | None = None   # arg index for LEN_ARG / LEN_DEREF
     length32: bool = False           # the length argument is a C int: only its low 32 bits count
@@ -60,6 +62,9 @@ class Hook:
     layered_arg: int | None = None           # NSPR: only calls whose PRFileDesc (this arg) is a layer, not a plain fd
     fd_path: tuple[int, ...] = ()            # the fd is behind pointers: offsets followed from arg fd_arg
     unless: str | None = None                # not probed when the file has this symbol too (it would record twice)
+    locate: str | None = None                # "keylog": found by its key-log labels (anchors), not by symbol
+    random_path: tuple[int, ...] = ()        # c_keylog: pointers followed from the session, then the
+                                             # client random's offset (anchors.RandomPath; set by discovery)
 
     @property
     def needs_conn(self) -> bool:
@@ -109,6 +114,14 @@ def _go(symbol: str, direction: int) -> Hook:
                 fd_arg=0, fd_path=GO_CONN_FD, abi="go", stack="gotls")
 
 
+def _keylog(stack: str, routine: str) -> Hook:
+    # The library's key-log routine(session, label, secret, secret_len), called for every secret
+    # whether or not the program asked for a key log: `tls.secret` records. Not exported: located by
+    # the labels it is called with; the client random is read from the session (anchors.py).
+    return Hook(routine, "entry", RECORD_SECRET, payload=Payload(2, "c_keylog", LEN_ARG, 3, length32=True),
+                session_arg=0, optional=True, stack=stack, locate="keylog")
+
+
 BUILTIN: dict[str, tuple[Hook, ...]] = {
     "openssl": (
         _tls("SSL_write", DIR_WRITE, False),
@@ -118,6 +131,7 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
         # Data already buffered during the handshake is read without a syscall; the handshake's own
         # syscalls tell which socket a new session uses.
         Hook("SSL_do_handshake", "return", RECORD_NONE, session_arg=0),
+        _keylog("openssl", "ssl_log_secret"),
     ),
     # BoringSSL keeps OpenSSL's data functions (without the _ex pair in older builds).
     "boringssl": (
@@ -126,6 +140,7 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
         _tls("SSL_write_ex", DIR_WRITE, True, "boringssl"),
         _tls("SSL_read_ex", DIR_READ, True, "boringssl"),
         Hook("SSL_do_handshake", "return", RECORD_NONE, session_arg=0),
+        _keylog("boringssl", "ssl_log_secret"),
     ),
     "nss": (
         _nspr("PR_Write", DIR_WRITE),
@@ -142,6 +157,7 @@ BUILTIN: dict[str, tuple[Hook, ...]] = {
         _gnutls("gnutls_record_recv", DIR_READ),
         _gnutls("gnutls_record_recv_seq", DIR_READ, optional=True),
         Hook("gnutls_handshake", "return", RECORD_NONE, session_arg=0),
+        _keylog("gnutls", "_gnutls_call_keylog_func"),
     ),
     "gotls": (
         _go("crypto/tls.(*Conn).Write", DIR_WRITE),

@@ -85,12 +85,15 @@ def _int_list(values, lo: int, hi: int) -> list[int]:
 
 
 def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
+    if h.payload is not None and h.payload.type == "c_keylog" and not h.random_path:
+        raise ValueError(f"hook {h.symbol}: the client random's place is not known (discovery sets it)")
     payload = None
     if h.payload is not None:
         src = h.payload.source
         payload = {
             "source": "ret" if src == models.RET else _int_list([src], 0, 5)[0],
-            "type": {"string": "string", "bytes": "bytes", "iovec": "iovec", "go_keylog": "go_keylog"}[h.payload.type],
+            "type": {"string": "string", "bytes": "bytes", "iovec": "iovec", "go_keylog": "go_keylog",
+                     "c_keylog": "c_keylog"}[h.payload.type],
             "length_kind": {None: None, "arg": "arg", "ret": "ret", "deref": "deref"}[h.payload.length_kind],
             "length_from": None if h.payload.length_from is None else _int_list([h.payload.length_from], 0, 5)[0],
             "length32": bool(h.payload.length32),
@@ -112,6 +115,8 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
         "abi": {"c": "c", "go": "go"}[h.abi],
         "fd_path": _int_list(h.fd_path, 0, 4096),
         "layered_arg": None if h.layered_arg is None else _int_list([h.layered_arg], 0, 5)[0],
+        "random_derefs": _int_list(h.random_path[:-1], 0, 65535)[:3],
+        "random_offset": _int_list(h.random_path[-1:], 0, 65535)[0] if h.random_path else 0,
     }
 
 

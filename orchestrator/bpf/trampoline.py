@@ -46,8 +46,9 @@ class Trampoline:
                             if hook.probe == "syscall":
                                 kind = f"syscalls:sys_{'enter' if idx % 2 == 0 else 'exit'}_{hook.symbol}"
                                 owner.attach_tracepoint(self.bpf, kind, f"tramp_{idx}")
-                            elif ps.addresses:
-                                # Go code: a uprobe at the entry, and one at each RET for the return.
+                            elif ps.addresses and ps.addresses[i] is not None:
+                                # Found by address (Go code, a routine found by its labels): a uprobe at
+                                # the entry, and one at each RET for the return.
                                 entry, returns = ps.addresses[i]
                                 kind = "uprobe" if idx % 2 == 0 else f"uprobe at {len(returns)} RET"
                                 for addr in (entry,) if idx % 2 == 0 else returns:

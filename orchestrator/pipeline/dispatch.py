@@ -168,7 +168,7 @@ class Dispatcher:
         elif ev.record == layout.RECORD_SECRET:
             secret = _secret_fields(ev)
             if secret is not None:
-                out.append(events.Record("tls.secret", ev, secret))
+                out.append(events.Record("tls.secret", ev, secret, ev.conn_tuple()))
 
     def evict_idle(self, now: int) -> None:
         stale = [k for k, w in self._workers.items() if now - w.last_seen > self._idle_evict_ns]

@@ -23,7 +23,8 @@ class ProbeSet:
     missing_optional: tuple[str, ...] = ()
     parsers: tuple[str, ...] | None = None   # userspace only: a change makes a generation that compiles nothing
     attach_file: tuple[int, int] = (0, 0)    # (st_dev, st_ino) of attach_path when planned
-    addresses: tuple = ()           # per hook: (entry, (return, ...)) addresses in attach_path; () = by symbol
+    addresses: tuple = ()           # per hook: (entry, (return, ...)) addresses in attach_path, or None: by
+                                    # symbol; () = every hook by symbol
 
     def attach_changed(self) -> bool:
         """Was the attached file replaced on disk since (a package upgrade writes a new inode)?

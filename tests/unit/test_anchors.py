@@ -32,15 +32,17 @@ def test_the_label_anchor_finds_the_routine_the_symbol_table_names():
 
 
 @pytest.mark.skipif(GRPC is None, reason="make setup installs grpcio into .tools/")
-def test_stripped_static_boringssl_fails_the_target_saying_what_it_found():
+def test_stripped_static_boringssl_gives_secrets_only_and_kind_tls_says_how():
     anchor = anchors.keylog_function(GRPC)
     assert anchor is not None and len(anchor.labels) >= 5          # every TLS 1.3 secret leads there
-    with pytest.raises(discovery.DiscoveryError) as exc:
-        discovery.resolve(models.Target("g", "boringssl", binary="/usr/bin/python3.11", library=GRPC))
-    assert "no function symbol 'SSL_write'" in exc.value.message and f"{anchor.address:#x}" in exc.value.message
+    res = discovery.resolve(models.Target("g", "boringssl", binary="/usr/bin/python3.11", library=GRPC))
+    assert [h.symbol for h in res.hooks] == ["ssl_log_secret"] and res.addresses == ((anchor.address, ()),)
+    assert "no symbol SSL_write, SSL_read, SSL_do_handshake: secrets only" in res.how
+    assert res.hooks[0].random_path == (0x30, 0x30)        # ssl->s3->client_random, from the routine's code
     with pytest.raises(discovery.DiscoveryError) as exc:
         discovery.resolve(models.Target("g", "tls", binary=GRPC))
     assert "without symbols" in exc.value.message and "key-log function at" in exc.value.message
+    assert "kind: boringssl, openssl or gnutls" in exc.value.message
 
 
 def test_files_without_labels_or_damaged_give_nothing(tmp_path):
@@ -51,6 +53,47 @@ def test_files_without_labels_or_damaged_give_nothing(tmp_path):
     assert anchors.keylog_function(str(tmp_path / "missing")) is None
 
 
-def test_one_label_alone_is_not_evidence(tmp_path):
-    # OpenSSL 3 passes most labels through tables: its single direct LEA+call is not taken as the routine
-    assert anchors.keylog_function("/usr/lib/x86_64-linux-gnu/libssl.so.3") is None
+LIBSSL3 = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+LIBGNUTLS = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30"
+BORINGSSL = "/usr/lib/x86_64-linux-gnu/android/libssl.so.0"
+
+
+def test_openssl_3s_single_label_counts_only_with_callers_to_back_it():
+    # OpenSSL 3 passes its TLS 1.3 labels through variables: one direct LEA+call (CLIENT_RANDOM)
+    anchor = anchors.keylog_function(LIBSSL3)
+    assert anchor is not None and anchor.labels == ("CLIENT_RANDOM",)
+    with open(LIBSSL3, "rb") as f:
+        text = ELFFile(f).get_section_by_name(".text")
+        code, base = text.data(), text["sh_addr"]
+    assert anchors._direct_calls(code, base, anchor.address) >= anchors.MIN_CALLERS
+    labels = anchors._label_addresses(ELFFile(open(LIBSSL3, "rb")))
+    assert anchors._most_called(code, base, labels) == anchor
+    assert anchors._direct_calls(code, base, anchor.address + 1) == 0        # no calls into its middle
+
+
+@pytest.mark.parametrize("path, stack, expected", [
+    (LIBSSL3, "openssl", ((), 0x160, "SSL_get_client_random")),
+    (LIBGNUTLS, "gnutls", ((), 0x50, "gnutls_session_get_random")),
+    (BORINGSSL, "boringssl", ((0x30,), 0x30, "SSL_get_client_random")),
+])
+def test_client_random_place_from_the_librarys_accessor(path, stack, expected):
+    anchor = anchors.keylog_function(path)
+    found = anchors.client_random(path, stack, anchor.address)
+    assert (found.derefs, found.offset, found.found_by) == expected
+
+
+@pytest.mark.parametrize("path", [LIBSSL3, BORINGSSL, str(CFFI)])
+def test_the_key_log_routines_own_code_agrees_with_the_accessor(path):
+    if not os.path.exists(path):
+        pytest.skip("make setup installs curl_cffi into .tools/")
+    anchor = anchors.keylog_function(path)
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        from_routine = anchors._trace_random(elf, anchor.address)
+        from_accessor = anchors._trace_random(elf, anchors._function_address(elf, "SSL_get_client_random"))
+    assert from_routine is not None and from_routine == from_accessor
+
+
+def test_no_client_random_without_an_accessor_or_a_routine(tmp_path):
+    assert anchors.client_random("/bin/ls", "openssl", None) is None
+    assert anchors.client_random(str(tmp_path / "missing"), "openssl", None) is None

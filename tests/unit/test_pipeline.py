@@ -18,7 +18,7 @@ RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 def _probe_set(ports=(), parsers=None, kind="openssl", target_hooks=None):
     t = models.Target("web", kind, binary="/usr/sbin/nginx", filters=models.Filters(ports=ports))
-    return model.ProbeSet("prof", t, "/lib/libssl.so.3", target_hooks or hooks.BUILTIN["openssl"], (), None,
+    return model.ProbeSet("prof", t, "/lib/libssl.so.3", target_hooks or hooks.BUILTIN["openssl"][:5], (), None,
                           render.Rendered("", "d"), parsers=parsers)
 
 

@@ -106,7 +106,7 @@ def fake_resolve(target):
         raise discovery.DiscoveryError("symbol", "/opt/app: no function symbol 'nope'")
     if target.kind == "openssl":
         return discovery.Resolution(
-            attach_path="/fake/libssl.so.3", hooks=hooks.BUILTIN["openssl"][:2] + hooks.BUILTIN["openssl"][4:],
+            attach_path="/fake/libssl.so.3", hooks=hooks.BUILTIN["openssl"][:2] + hooks.BUILTIN["openssl"][4:5],
             missing_optional=("SSL_write_ex", "SSL_read_ex"), scope_paths=("/usr/sbin/nginx",),
             scope_real="/usr/sbin/nginx", how="fake DT_NEEDED")
     return discovery.Resolution(attach_path="/bin/bash", hooks=hooks.hooks_for(target), missing_optional=(),

@@ -8,6 +8,8 @@ and review the diff of tests/unit/golden/ like any other code change.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import os
 import re
@@ -63,14 +65,19 @@ OPENSSL_FILTERED = models.Target("web", "openssl", binary="/usr/sbin/nginx", fil
 SCOPE = ("/usr/sbin/nginx", "/sbin/nginx")
 SOCKET = models.Target("sql", "socket", filters=models.Filters(ports=(3306, 5432)))
 
+# As discovery hands them over: the key-log routine with the client random's place in the session
+# (BoringSSL's shape, ssl->s3->client_random, so the pointer-following code is in the golden file).
+OPENSSL_HOOKS = tuple(dataclasses.replace(h, random_path=(0x30, 0x30)) if h.locate == "keylog" else h
+                      for h in hooks.BUILTIN["openssl"])
+
 CASES = {
-    "openssl.c": ("nginx-tls", OPENSSL, hooks.BUILTIN["openssl"], ()),
+    "openssl.c": ("nginx-tls", OPENSSL, OPENSSL_HOOKS, ()),
     "bash.c": ("shell-history", BASH, hooks.BUILTIN["bash"], ()),
     "uprobe_int_string.c": ("files", UPROBE_INT_STRING, hooks.hooks_for(UPROBE_INT_STRING), ()),
     "uprobe_bytes_ret.c": ("io", UPROBE_BYTES_RET, hooks.hooks_for(UPROBE_BYTES_RET), ()),
     "uprobe_bytes_arg.c": ("io", UPROBE_BYTES_ARG, hooks.hooks_for(UPROBE_BYTES_ARG), ()),
     # profile name "p": the word nginx must not reach the C through any route but the hashes
-    "openssl_filtered_scoped.c": ("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE),
+    "openssl_filtered_scoped.c": ("p", OPENSSL_FILTERED, OPENSSL_HOOKS, SCOPE),
     # syscall tracepoints (the hook shape whose arguments are not in pt_regs), port-filtered
     "socket.c": ("db", SOCKET, hooks.BUILTIN["socket"], ()),
 }
@@ -80,6 +87,11 @@ CASES = {
 def test_golden(name):
     rendered = render.render(*CASES[name])
     check_golden(name, rendered.text)
+
+
+def test_a_key_log_hook_without_its_client_random_place_is_refused():
+    with pytest.raises(ValueError, match="client random"):
+        render.render("nginx-tls", OPENSSL, hooks.BUILTIN["openssl"], ())
 
 
 def test_no_stale_golden_files():
@@ -94,8 +106,9 @@ def test_every_hook_gets_its_entry_and_return_functions():
     text = _render("openssl.c")
     for i, h in enumerate(hooks.BUILTIN["openssl"]):
         assert f"int hook_{i}_entry(struct pt_regs *ctx)" in text
-        assert f"int hook_{i}_return(struct pt_regs *ctx)" in text    # every openssl hook records at return
-    assert "hook_5_" not in text
+        # every openssl hook records at return, but the key-log routine's (on entry, with the secret)
+        assert (f"int hook_{i}_return(struct pt_regs *ctx)" in text) == (h.locate != "keylog")
+    assert "hook_6_" not in text
     entry_only = _render("uprobe_int_string.c")
     assert "int hook_0_entry(" in entry_only and "hook_0_return" not in entry_only
 
@@ -144,7 +157,7 @@ def test_values_that_are_not_valid_ints_are_rejected(filters):
     """pids are compiled in (render.context), the rest written to maps (render.lane_values)."""
     t = models.Target("web", "openssl", binary="/usr/sbin/nginx", filters=filters)
     with pytest.raises(ValueError):
-        render.context("p", t, hooks.BUILTIN["openssl"]) if filters.pids else render.lane_values(t)
+        render.context("p", t, OPENSSL_HOOKS) if filters.pids else render.lane_values(t)
 
 
 @pytest.mark.parametrize("field, value", [("max_bytes", 8), ("max_bytes", "16k"), ("max_bytes", 1024.0),
@@ -156,7 +169,7 @@ def test_bad_sizes_are_rejected(field, value):
 
 
 def test_context_holds_only_plain_typed_values():
-    ctx = render.context("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"], SCOPE)
+    ctx = render.context("p", OPENSSL_FILTERED, OPENSSL_HOOKS, SCOPE)
 
     def walk(v):
         if isinstance(v, dict):
@@ -177,23 +190,23 @@ def test_strict_undefined_is_on():
     env = render.environment()
     assert env.undefined is jinja2.StrictUndefined
     template = env.get_template(render.TEMPLATE)
-    ctx = render.context("p", OPENSSL, hooks.BUILTIN["openssl"])
+    ctx = render.context("p", OPENSSL, OPENSSL_HOOKS)
     template.render(**ctx)                        # complete context renders
     missing_top = dict(ctx)
     del missing_top["scope"]
     with pytest.raises(jinja2.UndefinedError):
         template.render(**missing_top)
-    missing_nested = render.context("p", OPENSSL, hooks.BUILTIN["openssl"])
+    missing_nested = render.context("p", OPENSSL, OPENSSL_HOOKS)
     del missing_nested["hooks"][0]["ret32"]
     with pytest.raises(jinja2.UndefinedError):
         template.render(**missing_nested)
 
 
 def test_digest_covers_the_text():
-    a = render.render("p", OPENSSL, hooks.BUILTIN["openssl"])
-    assert a.digest == render.render("p", OPENSSL, hooks.BUILTIN["openssl"]).digest
+    a = render.render("p", OPENSSL, OPENSSL_HOOKS)
+    assert a.digest == render.render("p", OPENSSL, OPENSSL_HOOKS).digest
     assert len(a.digest) == 64
-    assert a.digest != render.render("p", OPENSSL_FILTERED, hooks.BUILTIN["openssl"]).digest
+    assert a.digest != render.render("p", OPENSSL_FILTERED, OPENSSL_HOOKS).digest
 
 
 # ------------------------------------------------------------------ path_hash

@@ -1,5 +1,5 @@
 /* ecapture generated program: profile nginx-tls, target web
- * 5 hook(s); max_bytes bound 65536 (each filter configuration sets its own). */
+ * 6 hook(s); max_bytes bound 65536 (each filter configuration sets its own). */
 #include <uapi/linux/ptrace.h>
 #include "shared.h"
 
@@ -428,5 +428,49 @@ int hook_4_entry(struct pt_regs *ctx) {
 int hook_4_return(struct pt_regs *ctx) {
     u32 tid = bpf_get_current_pid_tgid();
     ecap_active_session.delete(&tid);
+    return 0;
+}
+
+/* hook 5: entry probe, record kind 4 */
+int hook_5_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct filter_conf *fc = live_filters();
+    if (!fc) return 0;
+    if (!process_wanted(id >> 32, fc)) return 0;
+    struct stash_val v = {.args = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx)}};
+    s64 ret = 0;
+    struct session_key sk = {.tgid = id >> 32, .session = v.args[0]};
+    s32 *fdp = ecap_session_fd.lookup(&sk);
+    struct conn_t c = {};
+    s32 fd = -1;
+    if (fdp) {
+        fd = *fdp;
+        struct fd_key fk = {.tgid = id >> 32, .fd = fd};
+        struct conn_t *cp = ecap_conns.lookup(&fk);
+        if (cp) c = *cp;
+    }
+    if (!port_wanted(&c, fc)) return 0;
+    u32 limit = fc->max_bytes;
+    struct event *ev = event_start(id, 5, 4, 0, fc->gen);
+    if (!ev) return 0;
+    ev->h.ret = ret;
+    ev->h.session = v.args[0];
+    ev->h.fd = fd;
+    ev->h.conn = c;
+    /* A C key-log routine(session, label, secret, secret_len) on entry: the label string, the secret,
+     * and the client random the routine would read from the session (its place found in the
+     * library's code: anchors.py), laid out as go_keylog's. */
+    u64 rp = v.args[0];
+    if (rp && bpf_probe_read_user(&rp, sizeof(rp), (const void *)(rp + 48)) != 0) rp = 0;
+    u64 ks = (u32)v.args[3];
+    if (ks > 64) ks = 64;
+    long kl = bpf_probe_read_user_str(ev->payload, 64, (const void *)v.args[1]);
+    ev->h.args[0] = kl > 1 ? kl - 1 : 0;
+    ev->h.args[1] = rp && bpf_probe_read_user(ev->payload + 64, 32, (const void *)(rp + 48)) == 0 ? 32 : 0;
+    ev->h.args[2] = ks;
+    if (ks > 0) bpf_probe_read_user(ev->payload + 96, ks & 127, (const void *)v.args[2]);
+    ev->h.cap = 160;
+    ev->h.len = 160;
+    event_submit(ev);
     return 0;
 }
