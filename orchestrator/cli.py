@@ -264,6 +264,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the raw sta
                       f"{_safe(str(t['pid_scope']))}")
             if t["last_error"]:
                 out.print(f"    [yellow]kept last good generation:[/yellow] {_safe(t['last_error'])}")
+    for i in answer.get("packet_capture", []):
+        out.print(f"[bold]packet capture[/bold] on {_safe(i['interface'])} ({', '.join(i['directions'])}) "
+                  f"for {i['sinks']} sink(s)")
 
 
 def _print_summary(summary: dict) -> None:

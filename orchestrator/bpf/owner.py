@@ -50,14 +50,14 @@ def compile(text: str, cflags: list[str]):
         return module
 
 
-def load_func(module, name: str, tracepoint: bool) -> int:
-    """Load one program of `module`; its fd."""
+def load_func(module, name: str, tracepoint: bool, classifier: bool = False) -> int:
+    """Load one program of `module` (a kprobe, a tracepoint, or a TC classifier); its fd."""
     import bcc
 
     with _lock:
         try:
             with _QuietStderr():
-                kind = bcc.BPF.TRACEPOINT if tracepoint else bcc.BPF.KPROBE
+                kind = bcc.BPF.SCHED_CLS if classifier else bcc.BPF.TRACEPOINT if tracepoint else bcc.BPF.KPROBE
                 return module.load_func(name.encode(), kind).fd
         except Exception as exc:
             raise BccError(first_line(exc)) from None

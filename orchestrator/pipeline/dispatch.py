@@ -55,6 +55,7 @@ class Dispatcher:
         self._sink_health: dict = {}             # sink object → _SinkHealth, only for sinks that failed
         self._sink_totals: dict = {}             # (profile, sink label, error kind) → [failures, records, last]
         self._sink_reported = 0                  # clock of the last `loss` records about sinks
+        self._raw: dict = {}                     # profile → [(event, conn)] of this batch, or False: no taker
 
     # ---- producer side (poller threads)
     def submit(self, batch: list) -> None:
@@ -134,6 +135,7 @@ class Dispatcher:
         self.stats.events.update(per_source)
         for records in by_profile.values():
             self.stats.records.update(r.type for r in records)
+        raw_by_profile, self._raw = self._raw, {}
         health = self._sink_health
         for profile, records in by_profile.items():
             if records:
@@ -145,6 +147,15 @@ class Dispatcher:
                         sink.write(records)
                     except Exception as exc:   # a full disk must not stop capture: count it
                         self._sink_failed(profile, sink, records, exc, now)
+        for profile, items in raw_by_profile.items():
+            if items:
+                for sink in self._sinks_for(profile):
+                    if hasattr(sink, "write_data"):
+                        try:
+                            sink.write_data(items)
+                        except Exception as exc:     # counted per target, like records a sink lost
+                            self._sink_failed(profile, sink, [events.Record("data", ev, {}) for ev, _ in items],
+                                              exc, now)
         if health and now - self._sink_reported >= LOSS_REPORT_NS:
             self._sink_housekeeping(now)
 
@@ -157,6 +168,12 @@ class Dispatcher:
                 self._workers[key] = worker
             worker.last_seen = now
             worker.handle(ev, out)
+            raw = self._raw.get(ev.source.profile)
+            if raw is None:
+                raw = self._raw[ev.source.profile] = \
+                    [] if any(hasattr(s, "write_data") for s in self._sinks_for(ev.source.profile)) else False
+            if raw is not False and not worker.excluded:
+                raw.append((ev, worker.conn))       # the plaintext itself, for sinks that take it
         elif ev.record == layout.RECORD_COMMAND:
             shell = ev.source.target.kind           # bash | zsh
             payload = _unmetafy(ev.payload).rstrip(b"\n") if shell == "zsh" else ev.payload

@@ -246,7 +246,7 @@ def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
             add(base + ("filters", "ports"), f"kind {t['kind']} has no connections to filter by port", key=True)
     paths: dict[str, int] = {}
     for i, s in enumerate(doc["spec"].get("sinks", [])):
-        if s["type"] in ("jsonl", "keylog"):      # file sinks
+        if s["type"] in ("jsonl", "keylog", "pcapng"):      # file sinks
             if s["path"] in paths:
                 add(("spec", "sinks", i, "path"), f"same file as sinks[{paths[s['path']]}]")
             paths.setdefault(s["path"], i)

@@ -215,9 +215,17 @@ class Reconciler:
         """New sink objects when the profile's sinks changed, None when they did not, False on failure."""
         if profile.sinks == st.sink_specs and profile.name in self.sinks:
             return None
+        built = []
         try:
-            return [factory.build(s) for s in profile.sinks]
+            for spec in profile.sinks:
+                built.append(factory.build(spec, profile.name))
+            return built
         except (OSError, ValueError) as exc:
+            for sink in built:          # the ones opened before it (a capture they started, files)
+                try:
+                    sink.close()
+                except Exception:
+                    pass
             self._error(st, f"{profile.path}:1:1: spec.sinks: cannot open sink: {exc}",
                         "keeping the last good generation" if last_good else "not applied")
             return False

@@ -77,6 +77,13 @@ class Runtime:
         self._background: list[threading.Thread] = []   # lanes closing, trampolines detaching
         dispatcher.periodic.append(self.collect_losses)
 
+    def key_of(self, target_no: int):
+        """(profile, target) of a target number, or None (any thread: the table only grows)."""
+        for key, no in list(self._target_nos.items()):
+            if no == target_no:
+                return key
+        return None
+
     def _target_no(self, key) -> int:
         if key not in self._target_nos:
             self._target_nos[key] = len(self._target_nos) + 1

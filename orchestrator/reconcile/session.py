@@ -7,8 +7,8 @@ import threading
 import time
 
 from orchestrator import safefile
-from orchestrator.bpf import state
-from orchestrator.pipeline import dispatch
+from orchestrator.bpf import packets, state
+from orchestrator.pipeline import dispatch, events
 from orchestrator.reconcile import control, reconciler, runtime, watcher
 
 
@@ -25,11 +25,24 @@ class ApplySession:
         self.reconciler = reconciler.Reconciler(paths, self.runtime, self.dispatcher, log, warn,
                                                 insecure_profiles=insecure_profiles)
         self.watcher = watcher.Watcher(paths, self._on_change) if watch else None
-        self.control = control.ControlServer({"ping": lambda: "pong", "status": self.reconciler.status,
+        self.control = control.ControlServer({"ping": lambda: "pong", "status": self._status,
                                               "running": self.reconciler.running})
+        packets.configure(self.dispatcher.call_soon, warn, self.runtime.key_of, self._packets_lost)
         self.stop_event = threading.Event()
         self.started = time.time()
         self._retrier = threading.Thread(target=self._retry_loop, name="ecapture-retry", daemon=True)
+
+    def _status(self) -> dict:
+        return {**self.reconciler.status(), "packet_capture": packets.interfaces()}
+
+    def _packets_lost(self, profiles, n: int) -> None:
+        """Packets the classifier's ring had no room for (on the dispatcher thread)."""
+        records = []
+        for profile in profiles:
+            self.dispatcher.stats.losses[(profile, "*", "packets")] += n
+            records.append(events.Record("loss", None, {"profile": profile, "target": "*", "stage": "packets",
+                                                        "count": n}))
+        self.dispatcher.submit_records(records)
 
     def _on_change(self) -> None:
         try:
@@ -45,6 +58,8 @@ class ApplySession:
     def run(self, duration: float | None = None, ready_file: str | None = None) -> bool:
         """Returns False when no profile could be applied at start."""
         self.dispatcher.start()
+        for line in packets.cleanup_stale():
+            self.log(f"removed what a killed apply left: {line}")
         if self.watcher is not None:
             self.watcher.start()      # before the first pass, so no edit in between is missed
         self._on_change()    # guarded like every later pass: one bad file must not stop the start
@@ -84,11 +99,13 @@ class ApplySession:
             self.watcher.stop()
         self.control.close()
         self.reconciler.close()
+        packets.stop()              # what the classifier captured goes to the dispatcher before it stops
         state.close()
         self.dispatcher.stop()
         for sinks in self.reconciler.sinks.values():
             for s in sinks:
                 s.close()
+        packets.close()             # no sink wants an interface now: every filter comes off
         return self.summary()
 
     def summary(self) -> dict:

@@ -5,11 +5,17 @@ from orchestrator.sinks import jsonl, keylog, stdout
 from orchestrator.profile import models
 
 
-def build(spec: models.Sink):
+def build(spec: models.Sink, profile: str = ""):
     if spec.type == "jsonl":
         return jsonl.JsonlSink(spec.option("path"))
     if spec.type == "keylog":
         return keylog.KeylogSink(spec.option("path"))
+    if spec.type == "pcapng":
+        if spec.option("source", "packets") == "plaintext":
+            from orchestrator.sinks import pcapng_sink
+            return pcapng_sink.PlaintextPcapngSink(spec.option("path"))
+        from orchestrator.sinks import packet_sink
+        return packet_sink.PacketPcapngSink(spec.option("path"), spec.option("interfaces"), profile)
     if spec.type == "stdout":
         return stdout.StdoutSink(color=spec.option("color", "auto"), show_data=spec.option("show_data", True),
                                  max_body=spec.option("max_body", 2048), show_secrets=spec.option("show_secrets", False))

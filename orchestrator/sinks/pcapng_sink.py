@@ -47,7 +47,7 @@ class PlaintextPcapngSink:
     address that is not IPv4/IPv6) and in `skipped` those with a direction other than
     read/write; neither is written.
     """
-
+    kind = "pcapng"
     IF_NAME = "ecapture-plaintext"
 
     def __init__(self, path: str, mss: int = tcpsynth.DEFAULT_MSS, max_flows: int = 4096):

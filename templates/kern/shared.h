@@ -45,4 +45,36 @@ ECAP_TABLE("lru_hash", struct session_key, s32, ecap_session_fd, 65536);
 ECAP_TABLE("hash", u32, s32, ecap_connecting, 8192);
 ECAP_TABLE("hash", u32, u64, ecap_accepting, 8192);
 
+/* Packet capture (tc.c.j2, owner: bpf/packets.py): the connections the targets' hooks were seen on,
+ * keyed by both endpoints in a fixed order (the lower port, or on a tie the lower address, first)
+ * so either direction of a packet finds it. The probes claim a connection the first time they
+ * see it (event.h flow_claim); the classifier keeps its packets and names the process. */
+struct flow_key { u16 family; u16 port_a; u16 port_b; u16 _pad; u8 addr_a[16]; u8 addr_b[16]; };
+struct flow_owner { u32 tgid; u16 target; u16 _pad; char comm[16]; };
+ECAP_TABLE("lru_hash", struct flow_key, struct flow_owner, ecap_flow_owner, 65536);
+
+/* Is (a, pa) before (b, pb) in the key's order? */
+static __always_inline int endpoint_first(const u8 *a, u16 pa, const u8 *b, u16 pb) {
+    if (pa != pb) return pa < pb;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (a[i] != b[i]) return a[i] < b[i];
+    }
+    return 1;
+}
+
+static __always_inline void flow_key_of(struct flow_key *k, u16 family, const u8 *a, u16 pa, const u8 *b, u16 pb) {
+    k->family = family;
+    k->_pad = 0;
+    if (endpoint_first(a, pa, b, pb)) {
+        k->port_a = pa; k->port_b = pb;
+        __builtin_memcpy(k->addr_a, a, 16);
+        __builtin_memcpy(k->addr_b, b, 16);
+    } else {
+        k->port_a = pb; k->port_b = pa;
+        __builtin_memcpy(k->addr_a, b, 16);
+        __builtin_memcpy(k->addr_b, a, 16);
+    }
+}
+
 #endif

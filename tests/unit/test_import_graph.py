@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / PKG
 ALLOWED: dict[str, set[str]] = {
     "cli": {"reconcile", "plan", "bpf", "profile", "preflight", "termtext", "workdir"},
     "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir"},
-    "sinks": {"pipeline", "profile", "safefile", "termtext"},
+    "sinks": {"pipeline", "bpf", "profile", "safefile", "termtext"},   # bpf: the packet sink subscribes to the capture
     "plan": {"bpf", "profile"},
     "pipeline": {"bpf", "parsers"},
     "bpf": {"profile"},

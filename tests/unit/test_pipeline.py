@@ -288,3 +288,26 @@ def test_http1_parse_error_record_fields_are_unchanged():
     assert [r["type"] for r in recs] == ["parse_error"]
     assert {k: recs[0][k] for k in ("protocol", "offset")} == {"protocol": "http1", "offset": 16}
     assert "invalid header line" in recs[0]["reason"] and "direction" not in recs[0]
+
+
+class PlaintextSink(ListSink):
+    """A sink that also takes the plaintext itself (pcapng source: plaintext)."""
+
+    def __init__(self):
+        super().__init__()
+        self.data = []
+
+    def write_data(self, items):
+        self.data += [(ev.direction, ev.payload, conn) for ev, conn in items]
+
+
+def test_plaintext_reaches_sinks_that_take_it_in_order_with_its_connection_and_port_filter():
+    ps = _probe_set(ports=(443,))
+    taker, plain = PlaintextSink(), ListSink()
+    d = dispatch.Dispatcher(lambda _p: [taker, plain])
+    d.process([events.decode(_raw(REQ, seq=0), ps), events.decode(_raw(RESP, seq=1, direction=layout.DIR_WRITE), ps),
+               events.decode(_raw(b"elsewhere", seq=2, lport=8080, session=0xdef, fd=6), ps)])
+    conn = (("127.0.0.1", 443), ("127.0.0.1", 40000))
+    assert taker.data == [(layout.DIR_READ, REQ, conn), (layout.DIR_WRITE, RESP, conn)]   # port 8080: filtered out
+    assert [r["type"] for r in taker.records] == [r["type"] for r in plain.records] == ["http.request", "http.response"]
+    assert not hasattr(plain, "data")

@@ -143,6 +143,28 @@ static __always_inline void event_submit(struct event *ev) {
     if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP) != 0) count_loss(LOSS_RINGBUF);
 }
 
+/* (Here, not in shared.h: bcc rewrites table calls only in the text it is given, not in headers.)
+ * A probe saw connection `c` in process `id`: record it as the target's, once. An IPv4-mapped
+ * IPv6 socket's packets are IPv4 on the wire: keyed as IPv4. */
+static __always_inline void flow_claim(const struct conn_t *c, u64 id, u16 target) {
+    u32 l[4], r[4];
+    __builtin_memcpy(l, c->laddr, 16);
+    __builtin_memcpy(r, c->raddr, 16);
+    u16 family = c->family;
+    if (family == 10 && (l[0] | l[1] | r[0] | r[1]) == 0 && l[2] == bpf_htonl(0xffff) && r[2] == bpf_htonl(0xffff)) {
+        family = 2;
+        l[0] = l[3]; r[0] = r[3];
+        l[1] = l[2] = l[3] = 0;
+        r[1] = r[2] = r[3] = 0;
+    }
+    struct flow_key k = {};
+    flow_key_of(&k, family, (const u8 *)l, c->lport, (const u8 *)r, c->rport);
+    if (ecap_flow_owner.lookup(&k)) return;
+    struct flow_owner o = {.tgid = id >> 32, .target = target};
+    bpf_get_current_comm(&o.comm, sizeof(o.comm));
+    ecap_flow_owner.update(&k, &o);
+}
+
 /* hook 0: return probe, record kind 1 */
 int hook_0_entry(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
@@ -197,6 +219,7 @@ int hook_0_return(struct pt_regs *ctx) {
         if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
         else if (!want) return 0;
     }
+    if (c.family) flow_claim(&c, id, ECAP_TARGET);     /* its packets are this target's (tc.c.j2) */
     u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
     struct event *ev = event_start(id, 0, 1, 2, v.gen);
     if (!ev) return 0;
@@ -264,6 +287,7 @@ int hook_1_return(struct pt_regs *ctx) {
         if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
         else if (!want) return 0;
     }
+    if (c.family) flow_claim(&c, id, ECAP_TARGET);     /* its packets are this target's (tc.c.j2) */
     u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
     struct event *ev = event_start(id, 1, 1, 1, v.gen);
     if (!ev) return 0;
@@ -331,6 +355,7 @@ int hook_2_return(struct pt_regs *ctx) {
         if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
         else if (!want) return 0;
     }
+    if (c.family) flow_claim(&c, id, ECAP_TARGET);     /* its packets are this target's (tc.c.j2) */
     u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
     struct event *ev = event_start(id, 2, 1, 2, v.gen);
     if (!ev) return 0;
@@ -400,6 +425,7 @@ int hook_3_return(struct pt_regs *ctx) {
         if (fc->gen != v.gen) deferred = 1;    /* rewritten meanwhile */
         else if (!want) return 0;
     }
+    if (c.family) flow_claim(&c, id, ECAP_TARGET);     /* its packets are this target's (tc.c.j2) */
     u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
     struct event *ev = event_start(id, 3, 1, 1, v.gen);
     if (!ev) return 0;
@@ -454,6 +480,7 @@ int hook_5_entry(struct pt_regs *ctx) {
         if (cp) c = *cp;
     }
     if (!port_wanted(&c, fc)) return 0;
+    if (c.family) flow_claim(&c, id, ECAP_TARGET);     /* its packets are this target's (tc.c.j2) */
     u32 limit = fc->max_bytes;
     struct event *ev = event_start(id, 5, 4, 0, fc->gen);
     if (!ev) return 0;
