@@ -68,7 +68,7 @@ static __always_inline void event_submit(struct event *ev) {
 }
 
 /* (Here, not in shared.h: bcc rewrites table calls only in the text it is given, not in headers.)
- * A probe saw connection `c` in process `id`: record it as the target's, once. An IPv4-mapped
+ * A probe saw connection c in the current process: record it as the target's, once. An IPv4-mapped
  * IPv6 socket's packets are IPv4 on the wire: keyed as IPv4. */
 static __always_inline void flow_claim(const struct conn_t *c, u64 id, u16 target) {
     u32 l[4], r[4];
