@@ -348,15 +348,18 @@ def test_event_h_is_plain_c():
     assert jinja2.Environment(keep_trailing_newline=True).from_string(text).render() == text
 
 
-@pytest.mark.parametrize("needle, owner", [
-    (r"\bfilter_(conf|gate|uids|comms|ports)\b|\bfc->|struct filter_conf \*", "filters.c.j2"),
-    (r"\bscope\.(lookup|update|delete)\b|sched_process_", "scope.c.j2"),
-    (r"\bPT_REGS_|ctx->args\[|ctx->ret\b", "hooks.c.j2"),
+@pytest.mark.parametrize("needle, owners", [
+    (r"\bfilter_(conf|gate|uids|comms|ports)\b|\bfc->|struct filter_conf \*", ["filters.c.j2"]),
+    (r"\bscope\.(lookup|update|delete)\b|sched_process_", ["scope.c.j2"]),
+    # the target programs' probe ABIs; the shared state's one raw tracepoint reads its syscall's registers
+    (r"\bPT_REGS_|ctx->args\[|ctx->ret\b", ["hooks.c.j2", "state.c.j2"]),
 ])
-def test_each_concern_lives_in_one_template(needle, owner):
+def test_each_concern_lives_in_one_template(needle, owners):
     """The filter maps, the scope table and the probe ABIs are each known to one file."""
     users = sorted(name for name, text in TEMPLATES.items() if re.search(needle, text))
-    assert users == [owner]
+    assert users == owners
+    if "state.c.j2" in owners:
+        assert len(re.findall(needle, TEMPLATES["state.c.j2"])) == 3      # nr, regs, the fd: nothing else
 
 
 def test_probe_skeleton_stays_short():
