@@ -8,6 +8,9 @@ four modes, alternated round-robin so that noise hits every mode alike:
             uretprobes its trampolines use, and the same tracepoints) with empty programs
   ecapture  `ecapture apply` with the http1 parser and a JSONL sink
   sslsniff  bcc's sslsniff-bpfcc (a patched temporary copy: see `_sslsniff_copy`)
+  keys      keys and packets: `ecapture apply` with only the TLS secret hook (`capture: [secrets]`)
+            and the TC classifier on lo into a pcapng sink; every request of the run is counted
+            in the file with tshark (decrypted with the secrets the file holds, no key file)
 
 With `--server go`, the server is instead a Go HTTPS server (tests/support/gotls, built with
 Debian's Go) and ecapture's target is `kind: gotls` on it; sslsniff does not apply there.
@@ -42,7 +45,7 @@ from orchestrator.plan import build  # noqa: E402
 from orchestrator.profile import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
 
-MODES = ("bare", "floor", "ecapture", "sslsniff")
+MODES = ("bare", "floor", "ecapture", "sslsniff", "keys")
 ECAPTURE = ROOT / ".venv" / "bin" / "ecapture"
 SSLSNIFF = Path("/usr/sbin/sslsniff-bpfcc")
 UPROBE_EVENTS = Path("/sys/kernel/tracing/uprobe_events")
@@ -52,6 +55,7 @@ BPF_STATS = False       # --bpf-stats: the kernel is timing BPF programs
 # Targets from the issue.
 FLOOR_RATIO = 0.75      # ecapture >= 0.75 x floor
 SSLSNIFF_RATIO = 2.0    # ecapture >= 2 x sslsniff
+KEYS_RATIO = 0.9        # keys >= 0.9 x bare
 
 # --------------------------------------------------------------------------- wrk
 
@@ -222,7 +226,12 @@ def real_tracepoints(ps) -> list[tuple[str, str]]:
     """The tracepoints the real program attaches: the target's own (process scope) and the shared
     state's (connections and sessions)."""
     state_text = (render.KERN_DIR / "state.c.j2").read_text()
-    return sorted(set(re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", ps.rendered.text + state_text)))
+    return sorted(set(re.findall(r"(?<!RAW_)TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", ps.rendered.text + state_text)))
+
+
+def raw_tracepoints() -> list[str]:
+    """The raw tracepoints of the shared state (sys_enter: the sessions' socket I/O)."""
+    return sorted(set(re.findall(r"RAW_TRACEPOINT_PROBE\((\w+)\)", (render.KERN_DIR / "state.c.j2").read_text())))
 
 
 def empty_program(ps, tracepoints) -> str:
@@ -238,6 +247,8 @@ def empty_program(ps, tracepoints) -> str:
         lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return 0; }}")
     for category, event in tracepoints:
         lines.append(f"TRACEPOINT_PROBE({category}, {event}) {{ return 0; }}")
+    for event in raw_tracepoints():
+        lines.append(f"RAW_TRACEPOINT_PROBE({event}) {{ return 0; }}")
     return "\n".join(lines) + "\n"
 
 
@@ -258,7 +269,8 @@ class FloorMode:
         text = empty_program(ps, self.tracepoints)
         self.probe_set = dataclasses.replace(ps, rendered=render.Rendered(text, "bench-floor"))
         self.describe = (f"{len(ps.hooks)} hooks ({', '.join(h.symbol + ':' + h.on for h in ps.hooks)}) "
-                         f"on {ps.attach_path} + {len(self.tracepoints)} tracepoints, empty programs")
+                         f"on {ps.attach_path} + {len(self.tracepoints)} tracepoints + raw tracepoint "
+                         f"{', '.join(raw_tracepoints())}, empty programs")
         self.leftovers: list[str] = []
 
     def run(self, url, duration, connections, ctx) -> WrkResult:
@@ -271,7 +283,8 @@ class FloorMode:
         try:
             for i, hook in enumerate(ps.hooks):
                 for pid in ps.target.filters.pids or (-1,):
-                    if ps.addresses:      # Go code: a uprobe at the entry, one at each RET for returns
+                    if ps.addresses and ps.addresses[i] is not None:
+                        # by address (Go code, a key-log routine): a uprobe at the entry, one at each RET
                         entry, returns = ps.addresses[i]
                         for addr, fn in [(entry, "entry")] + [(r, "return") for r in returns]:
                             b.attach_uprobe(name=ps.attach_path.encode(), addr=addr,
@@ -339,6 +352,27 @@ spec:
       path: {jsonl}
 """
 
+KEYS_PROFILE_TEMPLATE = """\
+# bench/overhead.py keys mode: nginx's TLS secrets and its packets on lo, into a pcapng file
+apiVersion: ecapture/v1
+kind: CaptureProfile
+metadata:
+  name: bench-overhead
+spec:
+  targets:
+    - name: web
+      kind: openssl
+      binary: /usr/sbin/nginx
+      capture: [secrets]
+  parsers: []
+  sinks:
+    - type: pcapng
+      path: {pcap}
+      interfaces: [lo]
+    - type: jsonl
+      path: {jsonl}
+"""
+
 TYPE_RE = re.compile(rb'^\{"type":"([^"]+)"')
 PID_RE = re.compile(rb'"pid":(\d+)')
 LOSS_RE = re.compile(rb'"stage":"([^"]*)".*?"count":(\d+)|"count":(\d+).*?"stage":"([^"]*)"')
@@ -384,19 +418,22 @@ def count_jsonl(path: Path, worker_pid: int):
 
 
 class EcaptureMode:
+    name = "ecapture"
+
     def __init__(self, tmp: Path, profile_text: str):
         self.tmp = tmp
         self.profile_text = profile_text
         self.captures: list[Capture] = []
 
     def run(self, url, duration, connections, ctx) -> WrkResult:
-        n = len(self.captures)
-        jsonl = self.tmp / f"ecapture-{n}.jsonl"
-        profile = self.tmp / f"ecapture-{n}.yaml"
-        ready = self.tmp / f"ecapture-{n}.ready"
+        n = f"{self.name}-{len(self.captures)}"
+        jsonl = self.tmp / f"{n}.jsonl"
+        profile = self.tmp / f"{n}.yaml"
+        ready = self.tmp / f"{n}.ready"
+        ready.unlink(missing_ok=True)       # a stale one would start wrk before apply is ready
         profile.write_text(self.profile_text.format(jsonl=jsonl))
-        stderr_path = self.tmp / f"ecapture-{n}.stderr"
-        with open(stderr_path, "wb") as err, open(self.tmp / f"ecapture-{n}.stdout", "wb") as out:
+        stderr_path = self.tmp / f"{n}.stderr"
+        with open(stderr_path, "wb") as err, open(self.tmp / f"{n}.stdout", "wb") as out:
             proc = subprocess.Popen([str(ECAPTURE), "apply", str(profile), "--ready-file", str(ready)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             try:
@@ -412,8 +449,9 @@ class EcaptureMode:
                 result = measured_wrk(url, duration, connections, proc.pid)
             finally:
                 rc = stop_process(proc)
-        text = stderr_path.read_text(errors="replace") + (self.tmp / f"ecapture-{n}.stdout").read_text(
-            errors="replace")
+        text = stderr_path.read_text(errors="replace") + (self.tmp / f"{n}.stdout").read_text(errors="replace")
+        if os.environ.get("BENCH_DEBUG"):
+            print(text)
         if "added web" not in text:
             print(f"  ! ecapture did not report the target as added:\n{text}")
         if rc not in (0, 130, -signal.SIGINT):
@@ -428,6 +466,29 @@ class EcaptureMode:
             losses=losses, loss_lines=[ln for ln in summary if "loss" in ln.lower()],
             summary=next((ln for ln in summary if "stopped after" in ln), "")))
         jsonl.unlink(missing_ok=True)
+        return result
+
+
+class KeysMode(EcaptureMode):
+    """Keys and packets: the JSONL holds only secrets (and loss records); requests are counted
+    in the pcapng file with tshark, decrypted by the secrets the file itself holds."""
+    name = "keys"
+
+    def __init__(self, tmp: Path):
+        super().__init__(tmp, "")
+        self.decrypted: list[tuple[int, int, int, dict]] = []   # (completed, requests in the file, secrets, losses)
+
+    def run(self, url, duration, connections, ctx) -> WrkResult:
+        n = len(self.captures)
+        pcap = self.tmp / f"keys-{n}.pcapng"
+        self.profile_text = KEYS_PROFILE_TEMPLATE.format(pcap=pcap, jsonl="{jsonl}")
+        result = super().run(url, duration, connections, ctx)
+        c = self.captures[-1]
+        out = subprocess.run(["tshark", "-n", "-r", str(pcap), "-Y", "http.request", "-T", "fields",
+                              "-e", "http.request.method"], capture_output=True, text=True)
+        requests = sum(len(ln.split(",")) for ln in out.stdout.splitlines() if ln.strip())
+        self.decrypted.append((result.requests, requests, c.types.get("tls.secret", 0), c.losses))
+        pcap.unlink(missing_ok=True)
         return result
 
 
@@ -542,15 +603,16 @@ def main(argv=None) -> int:
                     help="what serves HTTPS: nginx (openssl target) or a Go server (gotls target)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="time the BPF programs (kernel BPF_ENABLE_STATS; adds a little overhead to every mode)")
-    ap.add_argument("--pyspy", metavar="FILE", help="record py-spy on `ecapture apply` during round 1's wrk run "
+    ap.add_argument("--pyspy", metavar="FILE", help="record py-spy on `ecapture apply` (ecapture mode, else keys) "
+                    "during round 1's wrk run "
                     "(flame graph if SVG ends in .svg, else collapsed stacks)")
     args = ap.parse_args(argv)
-    default_modes = [m for m in MODES if args.server == "nginx" or m != "sslsniff"]
+    default_modes = [m for m in MODES if m != "keys" and (args.server == "nginx" or m != "sslsniff")]
     modes = [m for m in (args.modes or ",".join(default_modes)).split(",") if m]
     if any(m not in MODES for m in modes):
         ap.error(f"--modes: choose from {', '.join(MODES)}")
-    if args.server == "go" and "sslsniff" in modes:
-        ap.error("--server go: sslsniff does not capture Go's crypto/tls")
+    if args.server == "go" and ("sslsniff" in modes or "keys" in modes):
+        ap.error("--server go: sslsniff does not capture Go's crypto/tls; keys mode runs on nginx")
     if "sslsniff" in modes and not SSLSNIFF.exists():
         print(f"overhead: cannot run: missing {SSLSNIFF}")
         return 0
@@ -582,6 +644,8 @@ def main(argv=None) -> int:
             impl["ecapture"] = EcaptureMode(tmp, profile_text)
         if "sslsniff" in modes:
             impl["sslsniff"] = SslsniffMode(tmp)
+        if "keys" in modes:
+            impl["keys"] = KeysMode(tmp)
 
         with server_cm as srv:
             workers = srv.worker_pids()
@@ -594,7 +658,7 @@ def main(argv=None) -> int:
             run_wrk(srv.url, 2, args.connections)   # warm-up, not counted
             for r in range(1, args.rounds + 1):
                 for m in modes:
-                    if m == "ecapture" and args.pyspy and r == 1:
+                    if m == ("ecapture" if "ecapture" in modes else "keys") and args.pyspy and r == 1:
                         ctx["during_ecapture"] = lambda pid: _pyspy(pid, args.pyspy, args.duration)
                     else:
                         ctx.pop("during_ecapture", None)
@@ -689,7 +753,9 @@ def report(args, modes, rps, results, impl, errors) -> None:
                 print(f"  {m} {label.lower()} cost by round: {'; '.join(vals)}")
     print()
     pairs = (("ecapture", "floor", "c/b ecapture/floor"), ("ecapture", "sslsniff", "c/d ecapture/sslsniff"),
-             ("floor", "bare", "b/a floor/bare"), ("sslsniff", "floor", "d/b sslsniff/floor"))
+             ("floor", "bare", "b/a floor/bare"), ("sslsniff", "floor", "d/b sslsniff/floor"),
+             ("keys", "bare", "e/a keys/bare"), ("ecapture", "bare", "c/a ecapture/bare"),
+             ("keys", "ecapture", "e/c keys/ecapture"))
     for a, b, label in pairs:
         if a in med and b in med:
             print(f"{label:<24} {med[a] / med[b]:.2f}")
@@ -718,6 +784,19 @@ def report(args, modes, rps, results, impl, errors) -> None:
             for ln in c.loss_lines:
                 print(f"  {ln}")
         verdicts.append((f"{mode}: every completed request captured (request and response)", all_ok))
+    if "keys" in impl and impl["keys"].decrypted:
+        print()
+        all_ok = True
+        for i, (completed, found, secrets, losses) in enumerate(impl["keys"].decrypted, 1):
+            ok = found >= completed and not losses
+            all_ok &= ok
+            print(f"keys round {i}: wrk completed {completed}; decrypted from the pcapng by tshark: {found} "
+                  f"requests; tls.secret records {secrets}; loss records: "
+                  f"{', '.join(f'{k}={v}' for k, v in sorted(losses.items())) or 'none'}")
+        verdicts.append(("keys: every completed request decrypted from the pcapng, 0 losses", all_ok))
+    if "keys" in med and "bare" in med:
+        verdicts.append((f"keys >= {KEYS_RATIO} x bare ({med['keys'] / med['bare']:.2f})",
+                         med["keys"] >= KEYS_RATIO * med["bare"]))
     if "sslsniff" in impl and impl["sslsniff"].runs:
         for i, s in enumerate(impl["sslsniff"].runs, 1):
             print(f"sslsniff round {i}: wrk completed {s['completed']}; printed >= {s['reads']} READ, "

@@ -246,7 +246,20 @@ def _exec_aliases(path: str, _dir_stamps: tuple) -> tuple[str, ...]:
 
 
 def resolve(target: models.Target) -> Resolution:
+    res = _resolve(target)
+    if not res.hooks:
+        raise DiscoveryError("capture", f"{res.attach_path}: nothing to probe for capture "
+                                        f"[{', '.join(target.capture)}] ({res.how})")
+    return res
+
+
+def _resolve(target: models.Target) -> Resolution:
     hooks = hooks_mod.hooks_for(target)
+    if not hooks and target.kind != "tls":
+        raise DiscoveryError("capture", f"kind {target.kind} has nothing to probe for capture "
+                                        f"[{', '.join(target.capture)}]" +
+                             (": its secrets are not captured (no key-log routine is located for it)"
+                              if target.capture == ("secrets",) else ""))
     binary = target.binary or hooks_mod.DEFAULT_BINARY.get(target.kind)
     if target.kind in hooks_mod.SYSCALL_KINDS:
         if binary:
@@ -368,7 +381,7 @@ def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
                                        f"libnspr4* among its DT_NEEDED{stripped}")
     stack = next(s for s in hooks_mod.TLS_STACKS if s in found)
     chosen = models.Target(target.name, stack, binary=binary, filters=target.filters, max_bytes=target.max_bytes,
-                           ring_buffer_kib=target.ring_buffer_kib)
+                           ring_buffer_kib=target.ring_buffer_kib, capture=target.capture)
     res = resolve(chosen)
     others = [f"{s}: {found[s]}" for s in hooks_mod.TLS_STACKS if s in found and s != stack]
     how = f"kind tls found {stack}: {res.how}" + \

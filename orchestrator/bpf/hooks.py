@@ -206,8 +206,17 @@ def hooks_for(target: models.Target) -> tuple[Hook, ...]:
     if target.kind == "tls":
         return ()          # discovery decides which stack's hooks (TLS_STACKS)
     if target.kind in BUILTIN:
-        return BUILTIN[target.kind]
+        return tuple(h for h in BUILTIN[target.kind] if _captured(h, target.capture))
     return (_uprobe_hook(target),)
+
+
+def _captured(h: Hook, capture) -> bool:
+    """Is the hook needed for what the target captures? (Session learning serves both.)"""
+    if h.record == RECORD_SECRET:
+        return "secrets" in capture
+    if h.record == RECORD_DATA and h.stack is not None:
+        return "data" in capture
+    return True
 
 
 def _uprobe_hook(t: models.Target) -> Hook:

@@ -32,23 +32,19 @@ HEADER = struct.Struct("<QIIIIHBx16s40s4x")
 FLOW_KEY = struct.Struct("<HHHH16s16s")
 
 
-class Packet:
-    __slots__ = ("ts", "ifindex", "length", "tgid", "target_no", "direction", "comm", "flow", "data")
+# A captured packet, as a tuple (cheap to make by the hundred thousand):
+TS, IFINDEX, LENGTH, TGID, TARGET_NO, DIRECTION, COMM, FLOW, DATA = range(9)
+#   ts         ns since the epoch
+#   length     the packet's length on the wire (DATA may be shorter: SNAPLEN)
+#   tgid       the process whose probe claimed its connection, 0: not claimed yet
+#   comm       that process's name (16 bytes, NUL-padded)
+#   flow       its connection's key (shared.h flow_key: both endpoints, in the kernel's order)
 
 
-def decode(raw: bytes, mono_to_epoch_ns: int) -> Packet:
+def decode(raw: bytes, mono_to_epoch_ns: int) -> tuple:
     ts, ifindex, length, cap, tgid, target_no, direction, comm, flow = HEADER.unpack_from(raw)
-    p = Packet()
-    p.ts = ts + mono_to_epoch_ns
-    p.ifindex = ifindex
-    p.length = length
-    p.tgid = tgid
-    p.target_no = target_no
-    p.direction = direction
-    p.comm = comm
-    p.flow = flow            # the connection's key (both endpoints, in the kernel's order)
-    p.data = raw[HEADER.size:HEADER.size + cap]
-    return p
+    return (ts + mono_to_epoch_ns, ifindex, length, tgid, target_no, direction, comm, flow,
+            raw[HEADER.size:HEADER.size + cap])
 
 
 def flow_key(conn) -> bytes:
@@ -213,7 +209,7 @@ class PacketCapture:
             subs = list(self._subs.items())
             names = dict(self._names)
         for sink, wanted in subs:
-            mine = [p for p in batch if names.get(p.ifindex) in wanted]
+            mine = [p for p in batch if names.get(p[IFINDEX]) in wanted]
             if mine:
                 sink.write_packets(mine, names)
 

@@ -242,6 +242,9 @@ def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
         seen.setdefault(t["name"], i)
         if t["kind"] == "uprobe":
             _check_uprobe_args(t, base, add)
+        if "capture" in t and t["kind"] not in models.TLS_KINDS:
+            add(base + ("capture",), f"kind {t['kind']} captures no TLS: `capture` is for {', '.join(models.TLS_KINDS)}",
+                key=True)
         if t.get("filters", {}).get("ports") and t["kind"] not in models.CONNECTION_KINDS:
             add(base + ("filters", "ports"), f"kind {t['kind']} has no connections to filter by port", key=True)
     paths: dict[str, int] = {}
@@ -307,6 +310,7 @@ def _build(doc, filename, marks, digest, base_dir) -> models.Profile:
             filters=models.Filters(tuple(f.get("pids", ())), tuple(f.get("uids", ())),
                                    tuple(f.get("comm", ())), tuple(f.get("ports", ()))),
             max_bytes=t.get("max_bytes", 16384), ring_buffer_kib=t.get("ring_buffer_kib", 8192),
+            capture=tuple(t.get("capture", ("data", "secrets"))),
             line=yamlmarks.mark_for(marks, ("spec", "targets", i))[0],
             index=i,
             field_marks=tuple((k, *yamlmarks.mark_for(marks, ("spec", "targets", i, k))) for k in t),

@@ -7,6 +7,7 @@ RET = "ret"  # an arg index meaning "the return value"
 
 # Kinds whose records belong to a connection (and so can be filtered by port).
 CONNECTION_KINDS = ("openssl", "boringssl", "gnutls", "nss", "gotls", "tls", "socket")
+TLS_KINDS = ("openssl", "boringssl", "gnutls", "nss", "gotls", "tls")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Target:
     filters: Filters = field(default_factory=Filters)
     max_bytes: int = 16384
     ring_buffer_kib: int = 8192
+    capture: tuple[str, ...] = ("data", "secrets")   # TLS kinds: the plaintext, the TLS secrets, or both
     line: int = 1             # where the target starts in its file, for messages
     index: int = field(default=0, compare=False)          # position in spec.targets
     field_marks: tuple = field(default=(), compare=False)  # (field, line, col) of each key, for messages

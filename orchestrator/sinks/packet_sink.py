@@ -17,6 +17,8 @@ import collections
 import time
 
 from orchestrator.bpf import packets
+from orchestrator.bpf.packets import COMM, DATA, FLOW, IFINDEX, LENGTH, TARGET_NO, TGID, TS
+from orchestrator.sinks import pcapng
 from orchestrator.sinks.pcapng_sink import PacketPcapngWriter
 
 HOLD_NS = 300_000_000
@@ -35,7 +37,7 @@ class PacketPcapngSink:
         self._clock = clock
         self._writer = PacketPcapngWriter(path)
         self._ids = {name: self._writer.add_interface(name) for name in interfaces}
-        self._flows: collections.OrderedDict = collections.OrderedDict()   # flow key → comment
+        self._flows: collections.OrderedDict = collections.OrderedDict()   # flow key → encoded comment
         self._held: collections.deque = collections.deque()                # (packet, if_id), arrival order
         self._pending: dict = {}                                           # flow key → [(packet, if_id)]
         self._pending_count = 0
@@ -66,17 +68,17 @@ class PacketPcapngSink:
         self._writer.flush()
 
     def write_packets(self, batch, names) -> None:
-        ids = self._ids
+        ids, flows = self._ids, self._flows
         held = self._held
         for p in batch:
-            if_id = ids.get(names.get(p.ifindex))
+            if_id = ids.get(names.get(p[IFINDEX]))
             if if_id is None:
                 continue
-            if p.tgid and p.flow not in self._flows:
-                owner = self._describe(p.target_no)
+            if p[TGID] and p[FLOW] not in flows:
+                owner = self._describe(p[TARGET_NO])
                 if owner is None or owner[0] != self.profile:
                     continue            # another profile's connection
-                self._claim(p.flow, p.tgid, p.comm.split(b"\0", 1)[0].decode("utf-8", "replace"), owner[1])
+                self._claim(p[FLOW], p[TGID], p[COMM].split(b"\0", 1)[0].decode("utf-8", "replace"), owner[1])
             held.append((p, if_id))
         self._release(self._clock())
         self._writer.flush()
@@ -92,34 +94,39 @@ class PacketPcapngSink:
     def _claim(self, key: bytes, pid: int, comm: str, target: str) -> None:
         if key in self._flows:
             return
-        self._flows[key] = f"pid={pid} comm={comm} profile={self.profile} target={target}"
+        opts = self._flows[key] = pcapng.comment_options(
+            f"pid={pid} comm={comm} profile={self.profile} target={target}")
         if len(self._flows) > MAX_FLOWS:
             self._flows.popitem(last=False)
         waiting = self._pending.pop(key, None)
         if waiting:
             self._pending_count -= len(waiting)
-            comment = self._flows[key]
             for p, if_id in waiting:
-                self._write(p, if_id, comment)
+                self._write(p, if_id, opts)
 
-    def _write(self, p, if_id: int, comment: str) -> None:
-        self._writer.write_packet(if_id, p.ts, p.data, p.length, comment)
+    def _write(self, p, if_id: int, opts: bytes) -> None:
+        self._writer.write_encoded(if_id, p[TS], p[DATA], p[LENGTH], opts)
         self.written += 1
 
     def _release(self, now: int) -> None:
         held, flows, pending = self._held, self._flows, self._pending
-        while held and held[0][0].ts + HOLD_NS <= now:
+        due = now - HOLD_NS
+        write = self._writer.write_encoded
+        written = 0
+        while held and held[0][0][TS] <= due:
             p, if_id = held.popleft()
-            comment = flows.get(p.flow)
-            if comment is not None:
-                self._write(p, if_id, comment)
+            opts = flows.get(p[FLOW])
+            if opts is not None:
+                write(if_id, p[TS], p[DATA], p[LENGTH], opts)
+                written += 1
             elif self._pending_count >= MAX_PENDING:
                 self.overflow += 1
             else:
-                pending.setdefault(p.flow, []).append((p, if_id))
+                pending.setdefault(p[FLOW], []).append((p, if_id))
                 self._pending_count += 1
+        self.written += written
         if pending:
-            for key in [k for k, v in pending.items() if v[0][0].ts + UNCLAIMED_NS <= now]:
+            for key in [k for k, v in pending.items() if v[0][0][TS] + UNCLAIMED_NS <= now]:
                 dropped = pending.pop(key)
                 self._pending_count -= len(dropped)
                 self.not_claimed += len(dropped)
@@ -130,9 +137,9 @@ class PacketPcapngSink:
             self._capture = None
         while self._held:
             p, if_id = self._held.popleft()
-            comment = self._flows.get(p.flow)
-            if comment is not None:
-                self._write(p, if_id, comment)
+            opts = self._flows.get(p[FLOW])
+            if opts is not None:
+                self._write(p, if_id, opts)
             else:
                 self.not_claimed += 1
         self.not_claimed += self._pending_count

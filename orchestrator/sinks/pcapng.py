@@ -75,6 +75,23 @@ def enhanced_packet(if_id: int, ts_ns: int, data: bytes, orig_len: int | None = 
     return block(EPB_TYPE, head + data, opts)
 
 
+_EPB_HEAD = struct.Struct("<IIIIIII")
+_PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def comment_options(comment: str) -> bytes:
+    """The encoded options of a packet comment, to pass to `packet` for many packets."""
+    return options([(OPT_COMMENT, comment.encode("utf-8"))])
+
+
+def packet(if_id: int, ts_ns: int, data: bytes, orig_len: int, opts: bytes = b"") -> bytes:
+    """enhanced_packet with its options already encoded: the per-packet path of a busy capture."""
+    pad = _PADS[len(data) & 3]
+    total = 32 + len(data) + len(pad) + len(opts)
+    return b"".join((_EPB_HEAD.pack(EPB_TYPE, total, if_id, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF,
+                                    len(data), orig_len), data, pad, opts, _U32.pack(total)))
+
+
 def decryption_secrets(lines, secrets_type: int = SECRETS_TLS_KEYLOG) -> bytes:
     """DSB carrying NSS key log lines (str or bytes, with or without their newline)."""
     text = b"".join((ln if isinstance(ln, bytes) else ln.encode("ascii")).rstrip(b"\r\n") + b"\n"

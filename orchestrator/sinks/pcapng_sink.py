@@ -143,6 +143,14 @@ class PacketPcapngWriter:
         if len(self._buf) >= _FLUSH_AT:
             self.flush()
 
+    def write_encoded(self, if_id: int, ts_ns: int, data: bytes, orig_len: int, opts: bytes) -> None:
+        """write_packet with its options already encoded (pcapng.comment_options)."""
+        while self._described <= if_id:
+            name, linktype = self._interfaces[self._described]
+            self._buf += pcapng.interface_description(linktype, name=name)
+            self._described += 1
+        self._buf += pcapng.packet(if_id, ts_ns, data, orig_len, opts)
+
     def write_secrets(self, lines) -> None:
         """One Decryption Secrets Block of NSS key log lines; put it before the packets it opens."""
         if lines:

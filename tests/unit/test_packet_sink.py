@@ -23,12 +23,8 @@ class Clock:
 
 
 def _packet(conn, ts, tgid=0, target_no=0, payload=b"x"):
-    p = packets.Packet()
-    p.ts, p.ifindex, p.length, p.tgid, p.target_no, p.direction = ts, 1, 54 + len(payload), tgid, target_no, 2
-    p.comm = b"nginx\0".ljust(16, b"\0")
-    p.flow = packets.flow_key(conn)
-    p.data = b"\0" * 54 + payload
-    return p
+    return (ts, 1, 54 + len(payload), tgid, target_no, 2, b"nginx\0".ljust(16, b"\0"), packets.flow_key(conn),
+            b"\0" * 54 + payload)
 
 
 def _record(type_, conn, fields=None):
@@ -138,3 +134,11 @@ def test_order_is_kept_within_a_connection(tmp_path):
     bodies = _packets_written(tmp_path / "p.pcapng")
     assert [int(body[body.index(b"seg") + 3:][:1]) for body in bodies] == [0, 1, 2, 3, 4]
     sink.close()
+
+
+def test_decode_reads_the_kernels_packet_header():
+    flow = packets.flow_key(CONN)
+    raw = packets.HEADER.pack(5, 1, 1500, 3, 77, 9, 2, b"nginx".ljust(16, b"\0"), flow) + b"abc" + b"\0" * 5
+    p = packets.decode(raw, 1000)
+    assert (p[packets.TS], p[packets.IFINDEX], p[packets.LENGTH], p[packets.TGID], p[packets.TARGET_NO],
+            p[packets.DIRECTION], p[packets.FLOW], p[packets.DATA]) == (1005, 1, 1500, 77, 9, 2, flow, b"abc")

@@ -546,3 +546,12 @@ def test_packet_writer_interfaces_secrets_and_failed_flush(tshark, tmp_path, mon
     rows = run_tshark(tshark, path, "-T", "fields", "-e", "frame.interface_name", "-e", "eth.type",
                       "-e", "http.request.uri", "-e", "frame.comment")
     assert rows == [["eth0", "0x0800", "", "eth"]] * 2 + [["eth0", "0x0800", "/on/eth", "eth"], ["lo", "", "", "lo"]]
+
+
+def test_the_fast_packet_path_encodes_what_enhanced_packet_does():
+    for size in range(0, 9):
+        data = bytes(range(size))
+        for comment in (None, "pid=1 comm=x profile=p target=t", "é"):
+            opts = pcapng.comment_options(comment) if comment else b""
+            assert pcapng.packet(2, 1_700_000_000_123_456_789, data, size + 5, opts) == \
+                pcapng.enhanced_packet(2, 1_700_000_000_123_456_789, data, size + 5, comment)

@@ -107,3 +107,15 @@ def test_go_secrets_become_tls_secret_records_and_key_log_lines(tmp_path):
     stdout.StdoutSink(color="never", file=quiet).write(out)
     stdout.StdoutSink(color="never", file=loud, show_secrets=True).write(out)
     assert quiet.getvalue() == "" and secret.hex() in loud.getvalue()
+
+
+def test_capture_chooses_the_hooks_and_session_learning_serves_both():
+    def symbols(kind, capture):
+        return [h.symbol for h in hooks.hooks_for(models.Target("t", kind, binary="/x", capture=capture))]
+    assert symbols("openssl", ("secrets",)) == ["SSL_do_handshake", "ssl_log_secret"]
+    assert "ssl_log_secret" not in symbols("openssl", ("data",)) and "SSL_read" in symbols("openssl", ("data",))
+    assert symbols("gotls", ("secrets",)) == ["crypto/tls.(*Config).writeKeyLog"]
+    assert symbols("socket", ("data",)) == symbols("socket", ("data", "secrets"))     # plaintext: not TLS
+    with pytest.raises(discovery.DiscoveryError) as exc:
+        discovery.resolve(models.Target("t", "nss", binary="/usr/bin/curl", capture=("secrets",)))
+    assert exc.value.field == "capture" and "no key-log routine" in exc.value.message
