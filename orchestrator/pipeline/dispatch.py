@@ -186,6 +186,11 @@ class Dispatcher:
             secret = _secret_fields(ev)
             if secret is not None:
                 out.append(events.Record("tls.secret", ev, secret, ev.conn_tuple()))
+            else:       # the kernel could not read the label, random or secret: say so, never drop it quietly
+                src = ev.source
+                self.stats.losses[(src.profile, src.target.name, "secret.unreadable")] += 1
+                out.append(events.Record("loss", None, {"profile": src.profile, "target": src.target.name,
+                                                        "stage": "secret.unreadable", "count": 1}))
 
     def evict_idle(self, now: int) -> None:
         stale = [k for k, w in self._workers.items() if now - w.last_seen > self._idle_evict_ns]

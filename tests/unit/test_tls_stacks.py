@@ -94,6 +94,7 @@ def test_go_secrets_become_tls_secret_records_and_key_log_lines(tmp_path):
     text = (tmp_path / "keys.log").read_text()
     assert text == f"CLIENT_HANDSHAKE_TRAFFIC_SECRET {random.hex()} {secret.hex()}\n"
     assert stat.S_IMODE(os.stat(tmp_path / "keys.log").st_mode) == 0o600
+    assert d.stats.losses[("prof", "web", "secret.unreadable")] == 2        # the two bad ones: counted
     (rec,) = _run(recs_raw[:1], ps)
     assert rec["type"] == "tls.secret" and rec["label"] == "CLIENT_HANDSHAKE_TRAFFIC_SECRET" and rec["tls"] == "gotls"
     assert rec["client_random"] == random.hex() and rec["secret"] == secret.hex()
