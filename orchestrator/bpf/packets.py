@@ -86,6 +86,7 @@ class PacketCapture:
         self._warn = warn or (lambda line: None)
         self._lock = threading.Lock()
         self._subs: dict = {}               # sink → frozenset of interface names
+        self._sink_ports: dict = {}         # sink → frozenset of ports, or None: any
         self._refs: collections.Counter = collections.Counter()
         self._names: dict[int, str] = {}    # ifindex → name
         self._attachment = tc.TcAttachment()
@@ -99,46 +100,54 @@ class PacketCapture:
         self.ports: set[int] | None = None  # young connections: only these ports (None: any)
 
     # ---- sinks
-    def subscribe(self, sink, interfaces) -> None:
-        """Capture on `interfaces` for `sink` (its write_packets gets their packets); all or nothing."""
+    def subscribe(self, sink, interfaces, ports=None) -> None:
+        """Capture on `interfaces` for `sink` (its write_packets gets their packets); all or nothing.
+        `ports`: the only ports its connections can have (its targets' port filters), None: any."""
         names = list(dict.fromkeys(interfaces))
         for name in names:
             check_interface(name)
         with self._lock:
             self._start()
-            added = []
+            added, counted = [], []
             try:
                 for name in names:
                     if self._refs[name] == 0:
+                        added.append(name)
                         for direction in directions_for(name):
                             self._attachment.attach(name, self._fds[direction], (direction,))
                         self._names[socket_index(name)] = name
-                        added.append(name)
                     self._refs[name] += 1
+                    counted.append(name)
             except (tc.TcError, OSError) as exc:
-                for name in names:
-                    if self._refs[name]:
-                        self._refs[name] -= 1
+                for name in counted:
+                    self._refs[name] -= 1
+                    if self._refs[name] <= 0:
+                        del self._refs[name]
                 for name in added:
                     self._detach(name)
                 raise PacketError(str(exc)) from None
             self._subs[sink] = frozenset(names)
+            self._sink_ports[sink] = frozenset(ports) if ports else None
+            self._update_ports()
 
     def unsubscribe(self, sink) -> None:
         with self._lock:
             names = self._subs.pop(sink, frozenset())
+            self._sink_ports.pop(sink, None)
+            if self._bpf is not None:
+                self._update_ports()
             for name in names:
                 self._refs[name] -= 1
                 if self._refs[name] <= 0:
                     del self._refs[name]
                     self._detach(name)
 
-    def set_young_ports(self, ports) -> None:
-        """Young connections are captured only on these ports (None or empty: any port)."""
-        with self._lock:
-            self.ports = set(ports) if ports else None
-            if self._bpf is not None:
-                self._write_ports()
+    def _update_ports(self) -> None:
+        """Young connections are captured only on the ports some sink's targets filter on; any
+        port as soon as one sink's targets have no port filter."""
+        wanted = list(self._sink_ports.values())
+        self.ports = None if not wanted or any(p is None for p in wanted) else set().union(*wanted)
+        self._write_ports()
 
     def interfaces(self) -> list[dict]:
         """For `status`: each attached interface, its directions and how many sinks want it."""
@@ -165,7 +174,6 @@ class PacketCapture:
             self._close_bpf()
             raise PacketError(f"packet capture: {exc}") from None
         self._fds = {"ingress": ingress, "egress": egress}
-        self._write_ports()
         self._stop.clear()
         self._thread = threading.Thread(target=self._drain_loop, name="ecapture-packets", daemon=True)
         self._thread.start()

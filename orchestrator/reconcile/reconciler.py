@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from orchestrator import workdir
 from orchestrator.plan import build, diff
 from orchestrator.sinks import factory
-from orchestrator.profile import errors, load, trust
+from orchestrator.profile import errors, load, models, trust
 
 PLAN_RETRY_CAP_S = 2.0       # cheap to retry (ELF and /proc reads): a process that appears is seen soon
 LOAD_RETRY_CAP_S = 30.0      # a failed compile or sink: back off further
@@ -218,7 +218,7 @@ class Reconciler:
         built = []
         try:
             for spec in profile.sinks:
-                built.append(factory.build(spec, profile.name))
+                built.append(factory.build(spec, profile.name, _ports_of(profile)))
             return built
         except (OSError, ValueError) as exc:
             for sink in built:          # the ones opened before it (a capture they started, files)
@@ -316,6 +316,15 @@ class Reconciler:
     def running(self) -> list[dict]:
         """Every running target as plan.diff sees it, for `ecapture plan` to decide as apply would."""
         return [dataclasses.asdict(self.runtime.view(rt)) for rt in list(self.runtime.targets.values())]
+
+
+def _ports_of(profile) -> set | None:
+    """The only ports the profile's connections can have: its targets' port filters, or None
+    (any port) when a connection target has none."""
+    targets = [t for t in profile.targets if t.kind in models.CONNECTION_KINDS]
+    if not targets or any(not t.filters.ports for t in targets):
+        return None
+    return {p for t in targets for p in t.filters.ports}
 
 
 def _filter_values(filters) -> dict:

@@ -5,7 +5,8 @@ from orchestrator.sinks import jsonl, keylog, stdout
 from orchestrator.profile import models
 
 
-def build(spec: models.Sink, profile: str = ""):
+def build(spec: models.Sink, profile: str = "", ports=None):
+    """`ports`: for a packet capture, the only ports its profile's connections can have (None: any)."""
     if spec.type == "jsonl":
         return jsonl.JsonlSink(spec.option("path"))
     if spec.type == "keylog":
@@ -15,7 +16,7 @@ def build(spec: models.Sink, profile: str = ""):
             from orchestrator.sinks import pcapng_sink
             return pcapng_sink.PlaintextPcapngSink(spec.option("path"))
         from orchestrator.sinks import packet_sink
-        return packet_sink.PacketPcapngSink(spec.option("path"), spec.option("interfaces"), profile)
+        return packet_sink.PacketPcapngSink(spec.option("path"), spec.option("interfaces"), profile, ports=ports)
     if spec.type == "stdout":
         return stdout.StdoutSink(color=spec.option("color", "auto"), show_data=spec.option("show_data", True),
                                  max_body=spec.option("max_body", 2048), show_secrets=spec.option("show_secrets", False))

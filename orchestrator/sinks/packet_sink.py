@@ -30,7 +30,8 @@ MAX_PENDING = 200_000        # packets of unclaimed connections held at once; be
 class PacketPcapngSink:
     kind = "pcapng"
 
-    def __init__(self, path: str, interfaces, profile: str, describe=None, clock=time.time_ns, subscribe=True):
+    def __init__(self, path: str, interfaces, profile: str, describe=None, clock=time.time_ns, subscribe=True,
+                 ports=None):
         self.path = path
         self.profile = profile
         self._describe = describe or packets.describe_target   # target number → (profile, target) or None
@@ -49,7 +50,7 @@ class PacketPcapngSink:
         if subscribe:
             self._capture = packets.capture()
             try:
-                self._capture.subscribe(self, list(self._ids))
+                self._capture.subscribe(self, list(self._ids), ports)
             except Exception:
                 self._writer.close()
                 raise

@@ -142,3 +142,18 @@ def test_decode_reads_the_kernels_packet_header():
     p = packets.decode(raw, 1000)
     assert (p[packets.TS], p[packets.IFINDEX], p[packets.LENGTH], p[packets.TGID], p[packets.TARGET_NO],
             p[packets.DIRECTION], p[packets.FLOW], p[packets.DATA]) == (1005, 1, 1500, 77, 9, 2, flow, b"abc")
+
+
+def test_young_connections_are_wanted_only_on_the_ports_the_targets_filter_on():
+    from orchestrator.profile import models
+    from orchestrator.reconcile.reconciler import _ports_of
+
+    def profile(*targets):
+        return models.Profile("p", "/p.yaml", tuple(targets), None, ())
+    web = models.Target("web", "openssl", binary="/x", filters=models.Filters(ports=(443,)))
+    api = models.Target("api", "gotls", binary="/y", filters=models.Filters(ports=(8443, 443)))
+    shell = models.Target("sh", "bash")
+    anything = models.Target("db", "socket")
+    assert _ports_of(profile(web, api, shell)) == {443, 8443}      # a shell has no connections
+    assert _ports_of(profile(web, anything)) is None                # one target on any port: any port
+    assert _ports_of(profile(shell)) is None
