@@ -40,6 +40,7 @@ class PacketPcapngSink:
         self._ids = {name: self._writer.add_interface(name) for name in interfaces}
         self._flows: collections.OrderedDict = collections.OrderedDict()   # flow key → encoded comment
         self._held: collections.deque = collections.deque()                # (packet, if_id), arrival order
+        self._keys: dict = {}                                              # record conn → flow key
         self._pending: dict = {}                                           # flow key → [(packet, if_id)]
         self._pending_count = 0
         self.written = 0
@@ -61,10 +62,17 @@ class PacketPcapngSink:
                    for r in records if r.type == "tls.secret"]
         if secrets:          # first: a claim below may write the packets these secrets open
             self._writer.write_secrets(secrets)
+        keys = self._keys
         for r in records:
             ev = r.event
             if ev is not None and r.conn is not None:
-                self._claim(packets.flow_key(r.conn), ev.pid, ev.comm, ev.source.target.name)
+                key = keys.get(r.conn)
+                if key is None:
+                    if len(keys) >= MAX_FLOWS:
+                        keys.clear()
+                    key = keys[r.conn] = packets.flow_key(r.conn)
+                if key not in self._flows:
+                    self._claim(key, ev.pid, ev.comm, ev.source.target.name)
         self._release(self._clock())
         self._writer.flush()
 
