@@ -53,6 +53,27 @@ def open_private(path: str, truncate: bool = False) -> int:
     return fd
 
 
+def write_whole(fd: int, data) -> None:
+    """Append all of `data` to a file opened by open_private, or, on a short write or an error
+    (ENOSPC, EFBIG, EIO, ...), none of it: the file is cut back to its size before, then the
+    error is raised. A reader never finds half a record or half a block."""
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(view):
+            n = os.write(fd, view[done:])
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+    except BaseException:
+        if done:
+            # The offset sits right after our bytes (O_APPEND or not): cut them off again.
+            start = os.lseek(fd, 0, os.SEEK_CUR) - done
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)
+        raise
+
+
 def problems(path: str) -> list[str]:
     """Why `open_private(path)` would refuse `path`, without creating or opening anything.
 

@@ -29,23 +29,7 @@ class JsonlSink:
         """
         encode = self._encode
         data = b"\n".join([encode(r.to_dict()) for r in records]) + b"\n"
-        fd = self._file.fileno()
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(data):
-                n = os.write(fd, view[done:])
-                if n <= 0:
-                    import errno
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                done += n
-        except BaseException:
-            if done:
-                # The offset sits right after our bytes (O_APPEND or not): cut them off again.
-                start = os.lseek(fd, 0, os.SEEK_CUR) - done
-                os.ftruncate(fd, start)
-                os.lseek(fd, start, os.SEEK_SET)
-            raise
+        safefile.write_whole(self._file.fileno(), data)
 
     def close(self) -> None:
         if not self._file.closed:

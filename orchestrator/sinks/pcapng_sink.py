@@ -13,31 +13,12 @@ file never ends in half a block (the same rule as the JSONL sink).
 """
 from __future__ import annotations
 
-import errno
 import os
 
 from orchestrator import safefile
 from orchestrator.sinks import pcapng, tcpsynth
 
 _FLUSH_AT = 1 << 20      # PacketPcapngWriter writes its buffer out past this many bytes
-
-
-def _write_whole(fd: int, data) -> None:
-    """All of `data` or, on an error, none of it (the file is truncated back) and raise."""
-    view = memoryview(data)
-    done = 0
-    try:
-        while done < len(view):
-            n = os.write(fd, view[done:])
-            if n <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            done += n
-    except BaseException:
-        if done:
-            start = os.lseek(fd, 0, os.SEEK_CUR) - done
-            os.ftruncate(fd, start)
-            os.lseek(fd, start, os.SEEK_SET)
-        raise
 
 
 class PlaintextPcapngSink:
@@ -57,7 +38,7 @@ class PlaintextPcapngSink:
         self._synth = tcpsynth.Synthesizer(mss=mss, max_flows=max_flows)
         self._fd = safefile.open_private(path)
         try:
-            _write_whole(self._fd, pcapng.section_header() +
+            safefile.write_whole(self._fd, pcapng.section_header() +
                          pcapng.interface_description(pcapng.LINKTYPE_RAW, name=self.IF_NAME))
         except BaseException:
             os.close(self._fd)
@@ -92,13 +73,13 @@ class PlaintextPcapngSink:
                 comment += f" truncated={len(ev.payload)}/{ev.len}"
             out += [epb(0, ev.ts, p, None, comment) for p in packets]
         if out:
-            _write_whole(self._fd, b"".join(out))
+            safefile.write_whole(self._fd, b"".join(out))
 
     def close_conn(self, conn, ts_ns: int) -> None:
         """Write the FIN exchange of a connection that closed and forget it."""
         packets = self._synth.close(conn)
         if packets:
-            _write_whole(self._fd, b"".join(pcapng.enhanced_packet(0, ts_ns, p) for p in packets))
+            safefile.write_whole(self._fd, b"".join(pcapng.enhanced_packet(0, ts_ns, p) for p in packets))
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -122,7 +103,7 @@ class PacketPcapngWriter:
         self._buf = bytearray()
         self._fd = safefile.open_private(path)
         try:
-            _write_whole(self._fd, pcapng.section_header())
+            safefile.write_whole(self._fd, pcapng.section_header())
         except BaseException:
             os.close(self._fd)
             raise
@@ -162,7 +143,7 @@ class PacketPcapngWriter:
         if self._buf:
             data, self._buf = self._buf, bytearray()
             try:
-                _write_whole(self._fd, data)
+                safefile.write_whole(self._fd, data)
             except BaseException:
                 self._described = self._described_in_file
                 raise
