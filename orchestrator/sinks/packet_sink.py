@@ -38,6 +38,7 @@ class PacketPcapngSink:
         self._clock = clock
         self._writer = PacketPcapngWriter(path)
         self._ids = {name: self._writer.add_interface(name) for name in interfaces}
+        self._writer.describe_all()
         self._flows: collections.OrderedDict = collections.OrderedDict()   # flow key → encoded comment
         self._held: collections.deque = collections.deque()                # (packet, if_id), arrival order
         self._keys: dict = {}                                              # record conn → flow key
@@ -114,26 +115,27 @@ class PacketPcapngSink:
                 self._write(p, if_id, opts)
 
     def _write(self, p, if_id: int, opts: bytes) -> None:
-        self._writer.write_encoded(if_id, p[TS], p[DATA], p[LENGTH], opts)
+        self._writer.append(pcapng.packet(if_id, p[TS], p[DATA], p[LENGTH], opts))
         self.written += 1
 
     def _release(self, now: int) -> None:
         held, flows, pending = self._held, self._flows, self._pending
         due = now - HOLD_NS
-        write = self._writer.write_encoded
-        written = 0
+        encode = pcapng.packet
+        blocks = []
         while held and held[0][0][TS] <= due:
             p, if_id = held.popleft()
             opts = flows.get(p[FLOW])
             if opts is not None:
-                write(if_id, p[TS], p[DATA], p[LENGTH], opts)
-                written += 1
+                blocks.append(encode(if_id, p[TS], p[DATA], p[LENGTH], opts))
             elif self._pending_count >= MAX_PENDING:
                 self.overflow += 1
             else:
                 pending.setdefault(p[FLOW], []).append((p, if_id))
                 self._pending_count += 1
-        self.written += written
+        if blocks:
+            self._writer.append(b"".join(blocks))
+            self.written += len(blocks)
         if pending:
             for key in [k for k, v in pending.items() if v[0][0][TS] + UNCLAIMED_NS <= now]:
                 dropped = pending.pop(key)

@@ -124,6 +124,17 @@ class PacketPcapngWriter:
         if len(self._buf) >= _FLUSH_AT:
             self.flush()
 
+    def describe_all(self) -> None:
+        """Put every added interface's IDB in the buffer now, so `append` needs no check."""
+        while self._described < len(self._interfaces):
+            name, linktype = self._interfaces[self._described]
+            self._buf += pcapng.interface_description(linktype, name=name)
+            self._described += 1
+
+    def append(self, blocks: bytes) -> None:
+        """Encoded packet blocks (pcapng.packet) of interfaces already described (describe_all)."""
+        self._buf += blocks
+
     def write_encoded(self, if_id: int, ts_ns: int, data: bytes, orig_len: int, opts: bytes) -> None:
         """write_packet with its options already encoded (pcapng.comment_options)."""
         while self._described <= if_id:
