@@ -111,7 +111,8 @@ def test_trampolines_and_generations_release_everything(nginx_server):
     before = perf_event_fds()
     assert before > empty
     tramp = trampoline.Trampoline(ps).attach()
-    assert len(tramp.attached) == 2 * len(ps.hooks)   # an entry and a return uprobe per hook
+    # an entry uprobe per hook, and a return uprobe per hook that records at return
+    assert len(tramp.attached) == len(ps.hooks) + sum(h.on == "return" for h in ps.hooks)
     attached = perf_event_fds()
     assert attached > before
     gen = loader.LoadedTarget(ps, target_no=1).load()
@@ -132,7 +133,8 @@ def test_attach_failure_rolls_back(nginx_server):
     prof = load.load_file(os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "nginx-tls.yaml"))
     (ps,), _ = build.plan_profile(prof)
     from orchestrator.bpf import hooks
-    bad = dataclasses.replace(ps, hooks=ps.hooks + (hooks.Hook("SSL_no_such_symbol", "entry", hooks.RECORD_CALL),))
+    bad = dataclasses.replace(ps, hooks=ps.hooks + (hooks.Hook("SSL_no_such_symbol", "entry", hooks.RECORD_CALL),),
+                              addresses=ps.addresses + (None,) if ps.addresses else ())
     # The library has no such symbol: attaching it fails after the others attached.
     state.shared()
     before = perf_event_fds()
