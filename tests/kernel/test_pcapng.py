@@ -94,26 +94,36 @@ def test_nginx_packets_decrypt_with_no_key_file(apply_profile, nginx_server, h2_
                                   "http2.headers.status == 200", "-T", "fields", "-e", "frame.number")
 
 
-def test_go_packets_decrypt_with_no_key_file(apply_profile, tmp_path):
-    go = gobuild.toolchains()["go1.19-debian"]
-    binary = gobuild.build(go, "pie-stripped", tmp_path / "gotls", tmp_path / "cache")
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+@pytest.fixture(scope="module")
+def go_server_binary(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gotls")
+    binary = gobuild.build(gobuild.toolchains()["go1.19-debian"], "pie-stripped", out / "gotls", out / "cache")
+    cert, key = out / "c.pem", out / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return binary, cert, key
+
+
+@pytest.mark.parametrize("tls, http", [("1.3", "1.1"), ("1.2", "1.1"), ("1.3", "2")])
+def test_go_packets_decrypt_with_no_key_file(apply_profile, go_server_binary, tmp_path, tls, http):
+    binary, cert, key = go_server_binary
     port = free_port()
     pcap = tmp_path / "out.pcapng"
-    paths = [f"/go/{i}" for i in range(3)]
+    paths = [f"/go/{tls}/{http}/{i}" for i in range(3)]
+    env = {**os.environ, "GOTLS_TLS12": "1" if tls == "1.2" else "0"}
     with apply_profile(PACKETS.format(kind="gotls", binary=binary, pcap=pcap)) as cap:
-        server = listen.start_server([str(binary), "serve", str(cert), str(key), f"127.0.0.1:{port}"], port)
+        server = listen.start_server([str(binary), "serve", str(cert), str(key), f"127.0.0.1:{port}"], port, env=env)
         try:
             for p in paths:
-                out = subprocess.run(["curl", "-sk", "--http1.1", f"https://127.0.0.1:{port}{p}"], capture_output=True,
-                                     timeout=30)
+                out = subprocess.run(["curl", "-sk", "--http2" if http == "2" else "--http1.1",
+                                      f"https://127.0.0.1:{port}{p}"], capture_output=True, timeout=30)
                 assert out.returncode == 0, out.stderr
-            assert cap.wait_for(lambda rs: sum(r["type"] == "tls.secret" for r in rs) >= 3 * 4, 20), cap.stderr
+            per_handshake = 1 if tls == "1.2" else 4
+            assert cap.wait_for(lambda rs: sum(r["type"] == "tls.secret" for r in rs) >= 3 * per_handshake, 20), \
+                cap.stderr
         finally:
             server.kill()
-    _check_packets_file(pcap, paths, "http.request.uri", binary.name)
+    _check_packets_file(pcap, paths, "http2.headers.path" if http == "2" else "http.request.uri", binary.name)
 
 
 PLAINTEXT = """
