@@ -309,11 +309,12 @@ def capture() -> PacketCapture:
 
 
 def cleanup_stale() -> list[str]:
-    """Remove the classifier filters a killed apply left (at start); what was removed, one line each."""
+    """Remove the classifier filters a killed apply left (at start); what was removed, one line
+    each. Raises PacketError when the interfaces cannot be read."""
     try:
         return tc.cleanup_stale()
     except tc.TcError as exc:
-        return [f"(not checked: {exc})"]
+        raise PacketError(f"cannot look for filters a killed apply left: {exc}") from None
 
 
 def interfaces() -> list[dict]:

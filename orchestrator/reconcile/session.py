@@ -58,8 +58,11 @@ class ApplySession:
     def run(self, duration: float | None = None, ready_file: str | None = None) -> bool:
         """Returns False when no profile could be applied at start."""
         self.dispatcher.start()
-        for line in packets.cleanup_stale():
-            self.log(f"removed what a killed apply left: {line}")
+        try:
+            for line in packets.cleanup_stale():
+                self.log(f"removed what a killed apply left: {line}")
+        except packets.PacketError as exc:
+            self.warn(str(exc))
         if self.watcher is not None:
             self.watcher.start()      # before the first pass, so no edit in between is missed
         self._on_change()    # guarded like every later pass: one bad file must not stop the start
