@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import socket
 import struct
 import threading
 import time
@@ -115,7 +116,7 @@ class PacketCapture:
                         added.append(name)
                         for direction in directions_for(name):
                             self._attachment.attach(name, self._fds[direction], (direction,))
-                        self._names[socket_index(name)] = name
+                        self._names[socket.if_nametoindex(name)] = name
                     self._refs[name] += 1
                     counted.append(name)
             except (tc.TcError, OSError) as exc:
@@ -161,7 +162,8 @@ class PacketCapture:
             return
         try:
             state.shared()
-            text = render.kernel_template(TEMPLATE, snaplen=SNAPLEN, young_packets=YOUNG_PACKETS, cpus=render.possible_cpus(),
+            text = render.kernel_template(TEMPLATE, snaplen=SNAPLEN, young_packets=YOUNG_PACKETS,
+                                          cpus=render.possible_cpus(),
                                           ring_pages=RING_KIB * 1024 // os.sysconf("SC_PAGE_SIZE"))
             self._bpf = owner.compile(text, render.cflags())
             ingress = owner.load_func(self._bpf, "tc_ingress", tracepoint=False, classifier=True)
@@ -236,8 +238,11 @@ class PacketCapture:
             delta, self._lost_seen = total - self._lost_seen, total
             sinks = list(self._subs)
         if delta and sinks:
-            profiles = sorted({getattr(s, "profile", "") for s in sinks})
-            self._submit(lambda: [s.packets_lost(delta) for s in sinks] and _report_loss(profiles, delta))
+            def report():
+                for sink in sinks:
+                    sink.packets_lost(delta)
+                _report_loss(sorted({getattr(s, "profile", "") for s in sinks}), delta)
+            self._submit(report)
 
     def stop(self) -> None:
         """Stop reading: what is in the ring is handed over first (at exit, before the dispatcher stops)."""
@@ -267,10 +272,6 @@ class PacketCapture:
         if self._bpf is not None:
             owner.cleanup(self._bpf)
             self._bpf = None
-
-
-def socket_index(name: str) -> int:
-    return __import__("socket").if_nametoindex(name)
 
 
 _lock = threading.Lock()
