@@ -280,7 +280,7 @@ def _resolve(target: models.Target) -> Resolution:
         attach, how, field = binary, "binary", "binary"
     _require_file(attach, field)
     symbols, _ = _elf_info_for(attach, field)
-    secrets_only = _secrets_only(target, attach, hooks, symbols, binary, how)
+    secrets_only = _secrets_only(attach, hooks, symbols, binary, how)
     if secrets_only is not None:
         return secrets_only
     found, missing_optional, addresses = [], [], []
@@ -313,7 +313,7 @@ def _resolve(target: models.Target) -> Resolution:
     )
 
 
-def _secrets_only(target, attach: str, hooks, symbols, binary, how: str) -> Resolution | None:
+def _secrets_only(attach: str, hooks, symbols, binary, how: str) -> Resolution | None:
     """A TLS library without symbols (a stripped static build): its data functions cannot be
     found, but its key-log routine can: attach that alone (secrets for a key log or a pcapng)."""
     absent = [h.symbol for h in hooks if not h.optional and h.locate is None and h.symbol not in symbols]
