@@ -11,6 +11,8 @@ four modes, alternated round-robin so that noise hits every mode alike:
   keys      keys and packets: `ecapture apply` with only the TLS secret hook (`capture: [secrets]`)
             and the TC classifier on lo into a pcapng sink; every request of the run is counted
             in the file with tshark (decrypted with the secrets the file holds, no key file)
+  secrets   keys without packets: the same target into a keylog sink only (what the probes and
+            the shared state cost, without the classifier)
 
 With `--server go`, the server is instead a Go HTTPS server (tests/support/gotls, built with
 Debian's Go) and ecapture's target is `kind: gotls` on it; sslsniff does not apply there.
@@ -45,7 +47,7 @@ from orchestrator.plan import build  # noqa: E402
 from orchestrator.profile import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
 
-MODES = ("bare", "floor", "ecapture", "sslsniff", "keys")
+MODES = ("bare", "floor", "ecapture", "sslsniff", "keys", "secrets")
 ECAPTURE = ROOT / ".venv" / "bin" / "ecapture"
 SSLSNIFF = Path("/usr/sbin/sslsniff-bpfcc")
 UPROBE_EVENTS = Path("/sys/kernel/tracing/uprobe_events")
@@ -492,6 +494,21 @@ class KeysMode(EcaptureMode):
         return result
 
 
+class SecretsMode(EcaptureMode):
+    """The keys mode's target without the classifier: its secrets into a key log."""
+    name = "secrets"
+
+    def __init__(self, tmp: Path):
+        super().__init__(tmp, "")
+
+    def run(self, url, duration, connections, ctx) -> WrkResult:
+        keys = self.tmp / f"secrets-{len(self.captures)}.keys"
+        self.profile_text = KEYS_PROFILE_TEMPLATE.replace(
+            "    - type: pcapng\n      path: {pcap}\n      interfaces: [lo]\n",
+            f"    - type: keylog\n      path: {keys}\n")
+        return super().run(url, duration, connections, ctx)
+
+
 # --------------------------------------------------------------------------- (d) sslsniff
 
 MIN_LINE = "u32 buf_copy_size = min((size_t)MAX_BUF_SIZE, (size_t)len);"
@@ -607,11 +624,11 @@ def main(argv=None) -> int:
                     "during round 1's wrk run "
                     "(flame graph if SVG ends in .svg, else collapsed stacks)")
     args = ap.parse_args(argv)
-    default_modes = [m for m in MODES if m != "keys" and (args.server == "nginx" or m != "sslsniff")]
+    default_modes = [m for m in MODES if m not in ("keys", "secrets") and (args.server == "nginx" or m != "sslsniff")]
     modes = [m for m in (args.modes or ",".join(default_modes)).split(",") if m]
     if any(m not in MODES for m in modes):
         ap.error(f"--modes: choose from {', '.join(MODES)}")
-    if args.server == "go" and ("sslsniff" in modes or "keys" in modes):
+    if args.server == "go" and {"sslsniff", "keys", "secrets"} & set(modes):
         ap.error("--server go: sslsniff does not capture Go's crypto/tls; keys mode runs on nginx")
     if "sslsniff" in modes and not SSLSNIFF.exists():
         print(f"overhead: cannot run: missing {SSLSNIFF}")
@@ -646,6 +663,8 @@ def main(argv=None) -> int:
             impl["sslsniff"] = SslsniffMode(tmp)
         if "keys" in modes:
             impl["keys"] = KeysMode(tmp)
+        if "secrets" in modes:
+            impl["secrets"] = SecretsMode(tmp)
 
         with server_cm as srv:
             workers = srv.worker_pids()
@@ -755,7 +774,8 @@ def report(args, modes, rps, results, impl, errors) -> None:
     pairs = (("ecapture", "floor", "c/b ecapture/floor"), ("ecapture", "sslsniff", "c/d ecapture/sslsniff"),
              ("floor", "bare", "b/a floor/bare"), ("sslsniff", "floor", "d/b sslsniff/floor"),
              ("keys", "bare", "e/a keys/bare"), ("ecapture", "bare", "c/a ecapture/bare"),
-             ("keys", "ecapture", "e/c keys/ecapture"))
+             ("keys", "ecapture", "e/c keys/ecapture"), ("secrets", "bare", "f/a secrets/bare"),
+             ("keys", "secrets", "e/f keys/secrets"))
     for a, b, label in pairs:
         if a in med and b in med:
             print(f"{label:<24} {med[a] / med[b]:.2f}")
@@ -784,6 +804,11 @@ def report(args, modes, rps, results, impl, errors) -> None:
             for ln in c.loss_lines:
                 print(f"  {ln}")
         verdicts.append((f"{mode}: every completed request captured (request and response)", all_ok))
+    if "secrets" in impl and impl["secrets"].captures:
+        print()
+        for i, c in enumerate(impl["secrets"].captures, 1):
+            print(f"secrets round {i}: wrk completed {c.completed}; tls.secret records {c.types.get('tls.secret', 0)}; "
+                  f"loss records: {', '.join(f'{k}={v}' for k, v in sorted(c.losses.items())) or 'none'}")
     if "keys" in impl and impl["keys"].decrypted:
         print()
         all_ok = True
