@@ -95,6 +95,7 @@ class PacketCapture:
         self._fds: dict[str, int] = {}
         self._reader = None
         self._lost = None
+        self._on = None                     # the shared ecap_packets_on switch, while capturing
         self._lost_seen = 0
         self._stop = threading.Event()
         self._thread = None
@@ -172,6 +173,8 @@ class PacketCapture:
             self._ports = owner.table(self._bpf, "young_ports")
             self._ports_set = owner.table(self._bpf, "young_ports_set")
             self._reader = ringreader.RingReader(owner.table(self._bpf, "packets").map_fd, RING_KIB * 1024)
+            self._on = owner.table(self._bpf, "ecap_packets_on")
+            self._on[ctypes.c_int(0)] = ctypes.c_uint32(1)       # the probes start claiming connections
         except owner.BccError as exc:
             self._close_bpf()
             raise PacketError(f"packet capture: {exc}") from None
@@ -266,6 +269,9 @@ class PacketCapture:
             self._close_bpf()
 
     def _close_bpf(self) -> None:
+        if self._on is not None:
+            self._on[ctypes.c_int(0)] = ctypes.c_uint32(0)
+            self._on = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

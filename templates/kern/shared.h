@@ -52,6 +52,8 @@ ECAP_TABLE("hash", u32, u64, ecap_accepting, 8192);
 struct flow_key { u16 family; u16 port_a; u16 port_b; u16 _pad; u8 addr_a[16]; u8 addr_b[16]; };
 struct flow_owner { u32 tgid; u16 target; u16 _pad; char comm[16]; };
 ECAP_TABLE("lru_hash", struct flow_key, struct flow_owner, ecap_flow_owner, 65536);
+/* [0] != 0 while a classifier captures (bpf/packets.py): until then the probes claim nothing. */
+ECAP_TABLE("array", u32, u32, ecap_packets_on, 1);
 
 /* Is (a, pa) before (b, pb) in the key's order? */
 static __always_inline int endpoint_first(const u8 *a, u16 pa, const u8 *b, u16 pb) {

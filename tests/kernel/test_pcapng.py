@@ -94,6 +94,21 @@ def test_nginx_packets_decrypt_with_no_key_file(apply_profile, nginx_server, h2_
                                   "http2.headers.status == 200", "-T", "fields", "-e", "frame.number")
 
 
+def test_a_long_connection_is_kept_past_its_handshake(apply_profile, nginx_server, tmp_path):
+    """40 requests on one keep-alive connection: far more packets than a young connection's 16, so
+    the ones after its handshake are there only because the probes claimed it in the kernel."""
+    pcap = tmp_path / "out.pcapng"
+    paths = [f"/long/{i}" for i in range(40)]
+    with apply_profile(PACKETS.format(kind="openssl", binary="/usr/sbin/nginx", pcap=pcap)) as cap:
+        out = subprocess.run(["curl", "-sk", "--http1.1", *(f"{nginx_server.url}{p}" for p in paths)],
+                             capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert cap.wait_for(lambda rs: any(r["type"] == "tls.secret" for r in rs), 20), cap.stderr
+    ports = {ln for ln in tshark(pcap, "-Y", "http.request", "-T", "fields", "-e", "tcp.srcport")}
+    assert len(ports) == 1                       # one connection carried them all
+    _check_packets_file(pcap, paths, "http.request.uri", "nginx")
+
+
 @pytest.fixture(scope="module")
 def go_server_binary(tmp_path_factory):
     out = tmp_path_factory.mktemp("gotls")

@@ -135,6 +135,9 @@ static __always_inline void event_submit(struct event *ev) {
  * A probe saw connection c in the current process: record it as the target's, once. An IPv4-mapped
  * IPv6 socket's packets are IPv4 on the wire: keyed as IPv4. */
 static __always_inline void flow_claim(const struct conn_t *c, u64 id, u16 target) {
+    u32 zero = 0;
+    u32 *on = ecap_packets_on.lookup(&zero);
+    if (!on || !*on) return;        /* no packet capture: one array lookup per record, nothing more */
     u32 l[4], r[4];
     __builtin_memcpy(l, c->laddr, 16);
     __builtin_memcpy(r, c->raddr, 16);
