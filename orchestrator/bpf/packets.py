@@ -241,11 +241,8 @@ class PacketCapture:
             delta, self._lost_seen = total - self._lost_seen, total
             sinks = list(self._subs)
         if delta and sinks:
-            def report():
-                for sink in sinks:
-                    sink.packets_lost(delta)
-                _report_loss(sorted({getattr(s, "profile", "") for s in sinks}), delta)
-            self._submit(report)
+            profiles = sorted({getattr(s, "profile", "") for s in sinks})
+            self._submit(lambda: _report_loss(profiles, delta))
 
     def stop(self) -> None:
         """Stop reading: what is in the ring is handed over first (at exit, before the dispatcher stops)."""

@@ -38,7 +38,6 @@ class PacketPcapngSink:
         self._clock = clock
         self._writer = PacketPcapngWriter(path)
         self._ids = {name: self._writer.add_interface(name) for name in interfaces}
-        self._writer.describe_all()
         self._flows: collections.OrderedDict = collections.OrderedDict()   # flow key → encoded comment
         self._held: collections.deque = collections.deque()                # (packet, if_id), arrival order
         self._keys: dict = {}                                              # record conn → flow key
@@ -47,7 +46,6 @@ class PacketPcapngSink:
         self.written = 0
         self.not_claimed = 0          # packets of connections no target of this profile claimed
         self.overflow = 0             # unclaimed packets beyond MAX_PENDING
-        self.lost = 0                 # packets the kernel ring had no room for while this sink captured
         self._capture = None
         if subscribe:
             self._capture = packets.capture()
@@ -92,9 +90,6 @@ class PacketPcapngSink:
             held.append((p, if_id))
         self._release(self._clock())
         self._writer.flush()
-
-    def packets_lost(self, n: int) -> None:
-        self.lost += n
 
     def tick(self) -> None:
         self._release(self._clock())

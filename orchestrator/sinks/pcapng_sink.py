@@ -116,32 +116,23 @@ class PacketPcapngWriter:
                      comment: str | None = None) -> None:
         if not 0 <= if_id < len(self._interfaces):
             raise ValueError(f"interface id {if_id} was not added")
-        while self._described <= if_id:
-            name, linktype = self._interfaces[self._described]
-            self._buf += pcapng.interface_description(linktype, name=name)
-            self._described += 1
+        self._describe(if_id + 1)
         self._buf += pcapng.enhanced_packet(if_id, ts_ns, data, orig_len, comment)
         if len(self._buf) >= _FLUSH_AT:
             self.flush()
 
-    def describe_all(self) -> None:
-        """Put every added interface's IDB in the buffer now, so `append` needs no check."""
-        while self._described < len(self._interfaces):
-            name, linktype = self._interfaces[self._described]
-            self._buf += pcapng.interface_description(linktype, name=name)
-            self._described += 1
-
     def append(self, blocks: bytes) -> None:
-        """Encoded packet blocks (pcapng.packet) of interfaces already described (describe_all)."""
+        """Packet blocks already encoded (pcapng.packet) for any added interface: every IDB goes
+        first (again, after a failed flush took them with it)."""
+        self._describe(len(self._interfaces))
         self._buf += blocks
 
-    def write_encoded(self, if_id: int, ts_ns: int, data: bytes, orig_len: int, opts: bytes) -> None:
-        """write_packet with its options already encoded (pcapng.comment_options)."""
-        while self._described <= if_id:
+    def _describe(self, count: int) -> None:
+        """The IDBs of the first `count` interfaces, in order, those not in the buffer or file yet."""
+        while self._described < count:
             name, linktype = self._interfaces[self._described]
             self._buf += pcapng.interface_description(linktype, name=name)
             self._described += 1
-        self._buf += pcapng.packet(if_id, ts_ns, data, orig_len, opts)
 
     def write_secrets(self, lines) -> None:
         """One Decryption Secrets Block of NSS key log lines; put it before the packets it opens."""

@@ -555,3 +555,23 @@ def test_the_fast_packet_path_encodes_what_enhanced_packet_does():
             opts = pcapng.comment_options(comment) if comment else b""
             assert pcapng.packet(2, 1_700_000_000_123_456_789, data, size + 5, opts) == \
                 pcapng.enhanced_packet(2, 1_700_000_000_123_456_789, data, size + 5, comment)
+
+
+def test_appended_blocks_follow_their_interfaces_even_after_a_failed_flush(tmp_path, monkeypatch):
+    path = tmp_path / "tc.pcapng"
+    w = pcapng_sink.PacketPcapngWriter(str(path))
+    lo = w.add_interface("lo")
+    w.append(pcapng.packet(lo, TS, b"lost", 4))
+    with monkeypatch.context() as m:
+        _fail_writes_on(m, w._fd, after=0)
+        with pytest.raises(OSError):
+            w.flush()                           # the IDB went with the failed buffer
+    w.append(pcapng.packet(lo, TS + 1, b"kept", 4))
+    w.close()
+    data = path.read_bytes()
+    kinds, at = [], 0
+    while at < len(data):
+        btype, length = struct.unpack_from("<II", data, at)
+        kinds.append(btype)
+        at += length
+    assert kinds == [pcapng.SHB_TYPE, pcapng.IDB_TYPE, pcapng.EPB_TYPE] and b"kept" in data and b"lost" not in data
