@@ -16,11 +16,15 @@ Sans-IO: nothing here (or in any parser) touches sockets, bcc, threads or clocks
 """
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["Message", "ParseError", "Fail", "Parser"]
 
 _ABSENT = object()
 
 
+# Compiled by mypyc (scripts/build_fast.sh); the parsers that stay Python subclass these.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Message:
     """A parsed message: ``type`` = record type, ``fields`` = its JSON-ready fields."""
 
@@ -35,12 +39,13 @@ class Message:
             return NotImplemented
         return self.type == other.type and self.fields == other.fields
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return "%s(%r, %r)" % (type(self).__name__, self.type, self.fields)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ParseError(Message):
     """The parse_error message: the parser stopped at `offset` (bytes of that direction's
     stream, uncaptured bytes included) for `reason`; it ignores all later input."""
@@ -76,6 +81,7 @@ class Fail(Exception):
         self.offset = offset
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Parser:
     """Base of every parser: the guard that turns any exception into one `ParseError`.
 
@@ -95,7 +101,8 @@ class Parser:
 
     def _fail(self, out: list, reason: str, offset: int, direction=_ABSENT) -> None:
         self._halt()
-        out.append(ParseError(self.PROTOCOL, reason, offset, direction))
+        # getattr: compiled, `self.PROTOCOL` would read this class's own "" for a Python subclass
+        out.append(ParseError(getattr(self, "PROTOCOL"), reason, offset, direction))
         self._release()
 
     def _guard(self, out: list, exc: BaseException, offset: int, direction=_ABSENT) -> None:

@@ -46,8 +46,7 @@ Design notes
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from orchestrator.parsers import base, http_shape
 from orchestrator.parsers.base import ParseError
@@ -66,43 +65,75 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True)
-class Request(base.Message):
-    type: ClassVar[str] = "http.request"
-    method: str
-    path: str
+class _HttpMessage(base.Message):
+    """Request and Response: the parsed parts; ``fields`` shapes them into the record's fields."""
+
+    _PARTS: ClassVar[tuple[str, ...]] = ()
     version: str  # "HTTP/1.1"
     headers: list[tuple[str, str]]  # in order, names as sent (trailers appended)
     body: bytes
     body_len: int  # true body length on the wire (may be > len(body))
     truncated: bool  # body (or part of it) not captured / cut at max_body
 
-    @property
-    def fields(self) -> dict:
+    def _parts(self) -> tuple:
+        return tuple(getattr(self, name) for name in self._PARTS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._parts() == other._parts()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__,
+                           ", ".join("%s=%r" % (n, getattr(self, n)) for n in self._PARTS))
+
+
+class Request(_HttpMessage):
+    _PARTS: ClassVar[tuple[str, ...]] = ("method", "path", "version", "headers", "body", "body_len", "truncated")
+    method: str
+    path: str
+
+    def __init__(self, method: str, path: str, version: str, headers: list[tuple[str, str]], body: Any,
+                 body_len: int, truncated: bool) -> None:
+        self.type = "http.request"
+        self.method = method
+        self.path = path
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.body_len = body_len
+        self.truncated = truncated
+
+    @property  # type: ignore[misc]
+    def fields(self) -> dict:  # type: ignore[override]
         """The http.request record's fields (without the connection's: direction, ...)."""
         return http_shape.body_fields(
             {"method": self.method, "path": self.path, "version": self.version,
              "headers": header_fields(self.headers)}, self.body, self.body_len, self.truncated)
 
 
-@dataclass(slots=True)
-class Response(base.Message):
-    type: ClassVar[str] = "http.response"
+class Response(_HttpMessage):
+    _PARTS: ClassVar[tuple[str, ...]] = ("status", "reason", "version", "headers", "body", "body_len", "truncated")
     status: int
     reason: str
-    version: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    body_len: int
-    truncated: bool
 
-    @property
-    def fields(self) -> dict:
+    def __init__(self, status: int, reason: str, version: str, headers: list[tuple[str, str]], body: Any,
+                 body_len: int, truncated: bool) -> None:
+        self.type = "http.response"
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.body_len = body_len
+        self.truncated = truncated
+
+    @property  # type: ignore[misc]
+    def fields(self) -> dict:  # type: ignore[override]
         """The http.response record's fields (without the connection's: direction, request, ...)."""
         return http_shape.body_fields(
             {"status": self.status, "reason": self.reason, "version": self.version,
              "headers": header_fields(self.headers)}, self.body, self.body_len, self.truncated)
-
 
 
 Event = Request | Response | ParseError
@@ -165,7 +196,7 @@ _ROLE_RESPONSE = 2
 _Fail = base.Fail
 
 
-def _classify_start(head: bytes) -> int:
+def _classify_start(head: Any) -> int:
     """First bytes of a stream -> role; 0 = need more, -1 = not HTTP/1.x."""
     if head.startswith(_RESP_MAGIC):
         return _ROLE_RESPONSE
@@ -177,7 +208,7 @@ def _classify_start(head: bytes) -> int:
     return -1
 
 
-def looks_like_http1(data: bytes) -> bool:
+def looks_like_http1(data: Any) -> bool:
     """Cheap detection from the first bytes of a stream.
 
     True iff `data` starts with a known method token followed by a space, or
@@ -237,13 +268,13 @@ class Http1Parser(base.Parser):
 
     def __init__(self, max_body: int = 16384) -> None:
         self._max_body = max(0, int(max_body))
-        self._buf: bytes | bytearray = b""
+        self._buf: Any = b""                 # bytes | bytearray
         self._pos = 0  # read offset into _buf
         self._base = 0  # stream offset of _buf[0]
         self._state = _S_START
         self._role = _ROLE_UNKNOWN
         self._scan = 0  # stream offset where the pending line/block search resumes
-        self._msg: Request | Response | None = None
+        self._msg: Any = None                # Request | Response | None
         self._msg_start = 0
         self._remaining = 0
         self._parts: list[bytes] | None = None
@@ -279,7 +310,7 @@ class Http1Parser(base.Parser):
             self._state = _S_UPGRADED
             self._release()
 
-    def feed(self, data: bytes, missing: int = 0) -> list[Request | Response | ParseError]:
+    def feed(self, data: Any, missing: Any = 0) -> list[Request | Response | ParseError]:
         """Feed the next chunk of ONE direction of a connection.
 
         `missing` = number of bytes that followed `data` on the wire but were
@@ -493,7 +524,7 @@ class Http1Parser(base.Parser):
             if version != "HTTP/1.1" and version != "HTTP/1.0" and not _VERSION_S.fullmatch(version):
                 raise _Fail("invalid HTTP version %r" % version[:20], start_off)
             self._parse_fields(lines, 1, text, start_off, headers, cl, te)
-            msg = Request(method, target, version, headers, b"", 0, False)
+            msg: Any = Request(method, target, version, headers, b"", 0, False)
             self._msg = msg
             if te:
                 codings = ",".join(te).split(",")

@@ -24,17 +24,18 @@ wire; ``truncated: true`` when bytes were cut or not captured.
 from __future__ import annotations
 
 from base64 import b64encode
+from typing import Any
 
 __all__ = ["header_fields", "body_fields", "join_body"]
 
 
 def header_fields(pairs: list[tuple[str, str]]) -> dict[str, str | list[str]]:
     """The ``headers`` object of an http.request / http.response record (see the module doc)."""
-    out: dict[str, str | list[str]] = {}
+    out: dict[str, Any] = {}
     spelling: dict[str, str] = {}
     for name, value in pairs:
         key = spelling.setdefault(name.lower(), name)
-        prev = out.get(key)
+        prev: Any = out.get(key)
         if prev is None:
             out[key] = value
         elif type(prev) is list:
@@ -53,7 +54,7 @@ def join_body(parts: list[bytes] | None) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def body_fields(fields: dict, body: bytes, body_len: int, truncated: bool) -> dict:
+def body_fields(fields: dict, body: Any, body_len: int, truncated: bool) -> dict:
     """Add ``body``, ``body_len`` and, when they apply, ``body_encoding`` and ``truncated``
     to `fields` (returned)."""
     try:

@@ -6,6 +6,7 @@ records: parsed protocol messages where a parser applies, raw `data` otherwise.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from orchestrator.bpf import layout
 from orchestrator.parsers import http1, http2, mysql, postgres
@@ -27,21 +28,21 @@ class ConnectionWorker:
     __slots__ = ("key", "parsers_allowed", "fd", "conn", "conn_resolved", "streams", "pending", "last_seen",
                  "excluded", "ports", "last_event", "ident", "whole", "held")
 
-    def __init__(self, key, parsers_allowed, ports=()):
-        self.key = key
-        self.parsers_allowed = parsers_allowed     # None: auto-detect; () raw only
-        self.fd = None
-        self.conn = None
+    def __init__(self, key: Any, parsers_allowed: Any, ports: Any = ()) -> None:
+        self.key: Any = key
+        self.parsers_allowed: Any = parsers_allowed   # None: auto-detect; () raw only
+        self.fd: int | None = None
+        self.conn: Any = None
         self.conn_resolved = False
-        self.streams: dict[int, object] = {}       # direction → Http1Parser | "raw"
+        self.streams: dict[int, Any] = {}          # direction → Http1Parser | "raw"
         self.pending: deque = deque()               # (ts, method, path) of requests awaiting a response
         self.last_seen = 0
         self.excluded = False                       # a userspace port filter rejected it
-        self.ports = ports
-        self.last_event = None
-        self.ident = None
-        self.whole = None                            # a connection-level parser, once chosen
-        self.held = None                             # a first chunk waiting for the other side
+        self.ports: Any = ports
+        self.last_event: Any = None
+        self.ident: Any = None
+        self.whole: Any = None                       # a connection-level parser, once chosen
+        self.held: Any = None                        # a first chunk waiting for the other side
 
     def _reset(self):
         self.whole = None
@@ -101,7 +102,7 @@ class ConnectionWorker:
             self._feed(held, out)
         return True
 
-    def _http1_start(self, first: bytes) -> bool:
+    def _http1_start(self, first: Any) -> bool:
         allowed = self.parsers_allowed
         return (allowed is None or "http1" in allowed) and http1.looks_like_http1(first)
 
@@ -138,7 +139,7 @@ class ConnectionWorker:
                 return parser()
         return None
 
-    def _choose(self, first: bytes):
+    def _choose(self, first: Any) -> Any:
         return http1.Http1Parser() if self._http1_start(first) else "raw"
 
     def _data_record(self, ev: events.Event) -> events.Record:
@@ -159,7 +160,7 @@ class ConnectionWorker:
                 other = self.streams.get(layout.DIR_READ if ev.direction == layout.DIR_WRITE else layout.DIR_WRITE)
                 if isinstance(other, http1.Http1Parser):
                     other.expect_head_response()
-            fields = {"direction": DIRECTIONS.get(ev.direction, "?")}
+            fields: dict[str, Any] = {"direction": DIRECTIONS.get(ev.direction, "?")}
             fields.update(msg.fields)
             return events.Record(msg.type, ev, fields, self.conn)
         if isinstance(msg, http1.Response):

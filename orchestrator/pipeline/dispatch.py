@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import time
+from typing import Any
 
 from orchestrator.bpf import layout
 from orchestrator.pipeline import connections, events
@@ -45,17 +46,17 @@ class Dispatcher:
         self._idle_evict_ns = idle_evict_ns
         self._queue: queue.Queue = queue.Queue(maxsize=max_batches)
         self._workers: dict = {}
-        self._thread: threading.Thread | None = None
+        self._consumer: threading.Thread | None = None
         self._stop = threading.Event()
         self._last_sweep = 0
         self.stats = Stats()
-        self.periodic = []                       # callables run about once a second on this thread
+        self.periodic: list = []                 # callables run about once a second on this thread
         self.warn = warn or _stderr_warn         # one line for people (rate-limited per sink)
         self._warn_interval_ns = warn_interval_ns
         self._sink_health: dict = {}             # sink object → _SinkHealth, only for sinks that failed
         self._sink_totals: dict = {}             # (profile, sink label, error kind) → [failures, records, last]
         self._sink_reported = 0                  # clock of the last `loss` records about sinks
-        self._raw: dict = {}                     # profile → [(event, conn)] of this batch, or False: no taker
+        self._raw: dict[Any, Any] = {}                     # profile → [(event, conn)] of this batch, or False: no taker
 
     # ---- producer side (poller threads)
     def submit(self, batch: list) -> None:
@@ -63,7 +64,7 @@ class Dispatcher:
 
     def submit_records(self, records: list) -> None:
         """Records made outside the event path (loss, lifecycle); ordered with the events."""
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is self._consumer:
             self.process(records)
         else:
             self._queue.put(records)
@@ -74,14 +75,14 @@ class Dispatcher:
 
     # ---- consumer side
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ecapture-dispatch", daemon=True)
-        self._thread.start()
+        self._consumer = threading.Thread(target=self._run, name="ecapture-dispatch", daemon=True)
+        self._consumer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Drain everything queued, flush connections, then stop."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._consumer is not None:
+            self._consumer.join(timeout)
         else:
             self._drain()
         self.flush_all()
@@ -117,8 +118,8 @@ class Dispatcher:
             self._sink_housekeeping(now)
 
     def process(self, batch: list) -> None:
-        by_profile: dict[str, list] = {}
-        per_source = collections.Counter()
+        by_profile: dict[Any, list] = {}
+        per_source: collections.Counter = collections.Counter()
         now = self._clock()
         route = self._route
         for item in batch:
@@ -168,7 +169,7 @@ class Dispatcher:
                 self._workers[key] = worker
             worker.last_seen = now
             worker.handle(ev, out)
-            raw = self._raw.get(ev.source.profile)
+            raw: Any = self._raw.get(ev.source.profile)
             if raw is None:
                 raw = self._raw[ev.source.profile] = \
                     [] if any(hasattr(s, "write_data") for s in self._sinks_for(ev.source.profile)) else False
@@ -357,7 +358,7 @@ class _SinkHealth:
 
 
 def _error_kind(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
         return errno.errorcode[exc.errno]
     return type(exc).__name__
 
@@ -411,7 +412,7 @@ def _secret_fields(ev: events.Event) -> dict | None:
 ZSH_META = 0x83
 
 
-def _unmetafy(line: bytes) -> bytes:
+def _unmetafy(line: Any) -> Any:
     """zsh keeps special bytes in its strings as Meta followed by the byte XOR 32 (zsh.h)."""
     if ZSH_META not in line:
         return line

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import time
+from typing import Any
 
 from orchestrator.bpf import layout
 
@@ -22,6 +23,29 @@ class Event:
     __slots__ = ("ts", "seq", "session", "ret", "args", "pid", "tid", "uid", "fd", "len", "truncated",
                  "hook", "record", "direction", "family", "lport", "rport", "laddr", "raddr", "comm",
                  "payload", "source")
+    # Typed attributes: mypyc (scripts/build_fast.sh) compiles them into a C struct.
+    ts: int
+    seq: int
+    session: int
+    ret: int
+    args: tuple
+    pid: int
+    tid: int
+    uid: int
+    fd: int
+    len: int
+    truncated: bool
+    hook: int
+    record: int
+    direction: int
+    family: int
+    lport: int
+    rport: int
+    laddr: Any
+    raddr: Any
+    comm: str
+    payload: Any
+    source: Any
 
     def conn_tuple(self):
         """((local ip, port), (remote ip, port)) or None when the kernel did not know it."""
@@ -30,7 +54,7 @@ class Event:
         return (_ip(self.family, self.laddr), self.lport), (_ip(self.family, self.raddr), self.rport)
 
 
-def decode(raw: bytes, source) -> Event:
+def decode(raw: Any, source: Any) -> Event:
     """`source` is the probe set the sample came from (target, hooks)."""
     (ts, seq, session, ret, a0, a1, a2, a3, a4, a5, pid, tid, uid, fd, ln, cap, hook, record, direction,
      flags, _gen, family, lport, rport, _pad, laddr, raddr, comm) = _unpack(raw)
@@ -63,7 +87,7 @@ def decode(raw: bytes, source) -> Event:
 _ip_cache: dict = {}
 
 
-def _ip(family: int, raw: bytes) -> str:
+def _ip(family: int, raw: Any) -> str:
     key = (family, raw)
     text = _ip_cache.get(key)
     if text is None:
@@ -85,7 +109,7 @@ def endpoint(pair) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def text_or_base64(data: bytes) -> tuple[str, str | None]:
+def text_or_base64(data: Any) -> tuple[str, str | None]:
     """(value, encoding): UTF-8 text as is, anything else base64."""
     try:
         return data.decode("utf-8"), None
@@ -96,8 +120,12 @@ def text_or_base64(data: bytes) -> tuple[str, str | None]:
 class Record:
     """One output record: `type` plus fields; the common fields come from the event that completed it."""
     __slots__ = ("type", "event", "fields", "conn")
+    type: str
+    event: Event | None
+    fields: dict
+    conn: Any
 
-    def __init__(self, type_: str, event: Event | None, fields: dict, conn=None):
+    def __init__(self, type_: str, event: Event | None, fields: dict, conn: Any = None):
         self.type = type_
         self.event = event
         # A record made outside the event path (loss, ...) is stamped once, when it is made.
@@ -106,7 +134,7 @@ class Record:
 
     def to_dict(self) -> dict:
         ev = self.event
-        d = {"type": self.type}
+        d: dict[str, Any] = {"type": self.type}
         if ev is not None:
             src = ev.source
             d.update(ts=ev.ts, seq=ev.seq, profile=src.profile, target=src.target.name,

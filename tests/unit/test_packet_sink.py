@@ -29,7 +29,8 @@ def _packet(conn, ts, tgid=0, target_no=0, payload=b"x"):
 
 def _record(type_, conn, fields=None):
     source = types.SimpleNamespace(profile="web", target=types.SimpleNamespace(name="srv"))
-    ev = types.SimpleNamespace(pid=77, comm="nginx", source=source)
+    ev = events.Event()
+    ev.pid, ev.comm, ev.source = 77, "nginx", source
     return events.Record(type_, ev, fields or {}, conn)
 
 
