@@ -3,21 +3,31 @@ parser → JSONL, with no kernel in the timed part (issue 12, target 1).
 
 Recording (needs root; a few seconds): nginx (one worker, HTTP/1.1 and HTTP/2 over TLS) under
 `wrk` (HTTP/1.1, keep-alive) and `curl --http2` (many requests per connection), captured by the
-real lane of `profiles/nginx-tls.yaml` (in this process, through reconcile.runtime), every record
-copied as the ring buffer held it. Then each set is replayed `--repeat` times through a fresh
-Dispatcher with a JSONL sink (a temporary file), timed with the process's CPU clock.
+real lane of an nginx `openssl` target (in this process, through reconcile.runtime), every record
+copied as the ring buffer held it.
 
-Prints events and records per CPU-second for each protocol, and the SHA-256 of the JSONL each
-pipeline wrote (the pipelines to compare must write the same bytes). The pure-Python pipeline
-is the baseline; a faster one is measured beside it in the same run.
+Then each set is replayed `--repeat` times by each pipeline, each in its own process, timed with
+the process's CPU clock (the fastest pass counts), rounds alternating between the pipelines:
 
-    .venv/bin/python bench/pipeline.py [--seconds 3] [--repeat 3] [--keep DIR]
+  baseline   the pure-Python pipeline of --baseline REV (a `git archive` of it; default 2d1e8af,
+             main before issue 12)
+  python     this tree's pipeline as Python (ECAPTURE_PURE_PYTHON=1)
+  compiled   this tree's pipeline as built by scripts/build_fast.py (mypyc), when built
+
+Every pipeline must write the same JSONL, byte for byte (the clock offset is pinned, so the
+timestamps agree); the bench stops otherwise. Prints events per CPU-second and the ratio to the
+baseline per protocol.
+
+    .venv/bin/python bench/pipeline.py [--seconds 3] [--repeat 3] [--rounds 2] [--keep DIR]
+                                       [--baseline REV]
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -26,15 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from orchestrator.bpf import loader, state  # noqa: E402
-from orchestrator.pipeline import dispatch, events  # noqa: E402
-from orchestrator.plan import build  # noqa: E402
-from orchestrator.profile import load  # noqa: E402
-from orchestrator.reconcile import runtime  # noqa: E402
-from orchestrator.sinks import jsonl  # noqa: E402
-from tests.support.nginx import NginxServer  # noqa: E402
+BASELINE = "2d1e8af"
+PIPELINES = ("baseline", "python", "compiled")
 
 PROFILE = """\
 apiVersion: ecapture/v1
@@ -56,6 +59,13 @@ spec:
 
 def record(tmp: Path, seconds: float) -> tuple[object, dict[str, list[bytes]]]:
     """(the probe set, {"http1": raw records, "http2": raw records}) of real nginx traffic."""
+    sys.path.insert(0, str(ROOT))
+    from orchestrator.bpf import loader, state
+    from orchestrator.pipeline import dispatch
+    from orchestrator.plan import build
+    from orchestrator.profile import load
+    from orchestrator.reconcile import runtime
+    from tests.support.nginx import NginxServer
     profile = tmp / "profile.yaml"
     profile.write_text(PROFILE.format(jsonl=tmp / "unused.jsonl"))
     (ps,), failed = build.plan_profile(load.load_file(str(profile)))
@@ -103,7 +113,10 @@ def _curl_http2(url: str, seconds: float) -> None:
 
 def replay(ps, raws: list[bytes], out: Path, repeat: int, batch: int = 256) -> tuple[float, int, str]:
     """(CPU seconds of the fastest pass, records written per pass, sha256 of the JSONL: every pass
-    must write the same bytes, else the replay is not a fair comparison and this raises)."""
+    must write the same bytes, else the replay is not a fair comparison and this raises).
+    Runs in a worker process, with the pipeline's tree first on sys.path."""
+    from orchestrator.pipeline import dispatch, events
+    from orchestrator.sinks import jsonl
     best, digests = None, set()
     for _ in range(repeat):
         out.unlink(missing_ok=True)
@@ -123,6 +136,41 @@ def replay(ps, raws: list[bytes], out: Path, repeat: int, batch: int = 256) -> t
     return best, counter.n, digests.pop()
 
 
+def worker(tree: str, records: str, out_dir: str, repeat: int) -> None:
+    """One pipeline's replay of every recorded set; prints one JSON line of results."""
+    sys.path.insert(0, tree)
+    from orchestrator.pipeline import events
+    from orchestrator.plan import build
+    from orchestrator.profile import load
+    saved = pickle.loads(Path(records).read_bytes())
+    events.MONO_TO_EPOCH_NS = saved["mono_to_epoch_ns"]     # the same timestamps in every process
+    (ps,), failed = build.plan_profile(load.load_file(saved["profile"]))
+    assert not failed, failed
+    mode = "python"
+    try:
+        from orchestrator import fastpath
+        mode = fastpath.mode
+    except ImportError:
+        pass
+    result = {"mode": mode, "sets": {}}
+    for name, raws in saved["sets"].items():
+        if raws:
+            cpu, n, digest = replay(ps, raws, Path(out_dir) / f"{name}.jsonl", repeat)
+            result["sets"][name] = {"cpu": cpu, "events": len(raws), "records": n, "digest": digest}
+    print(json.dumps(result))
+
+
+def baseline_tree(rev: str, tmp: Path) -> Path:
+    """A copy of the repository's `orchestrator/` (and schemas, templates) at `rev`."""
+    tree = tmp / f"baseline-{rev}"
+    if not tree.exists():
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "orchestrator", "schemas", "templates"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 class RecordCounter:
     def __init__(self):
         self.n = 0
@@ -131,11 +179,27 @@ class RecordCounter:
         self.n += len(records)
 
 
+def run_worker(pipeline: str, tree: Path, records: Path, out: Path, repeat: int) -> dict:
+    env = dict(os.environ, ECAPTURE_PURE_PYTHON="1" if pipeline != "compiled" else "0")
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(tree), str(records), str(out), str(repeat)],
+                          capture_output=True, text=True, env=env, cwd=str(tree))
+    if proc.returncode != 0:
+        raise SystemExit(f"pipeline: the {pipeline} replay failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 6 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic recorded per protocol")
-    ap.add_argument("--repeat", type=int, default=3, help="replays per protocol (the fastest counts)")
-    ap.add_argument("--keep", metavar="DIR", help="keep the recorded records and JSONL output here")
+    ap.add_argument("--repeat", type=int, default=3, help="replays per protocol and round (the fastest counts)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds over the pipelines, alternated")
+    ap.add_argument("--baseline", default=BASELINE, help="git revision of the baseline pipeline")
+    ap.add_argument("--keep", metavar="DIR", help="keep the recorded records and JSONL output here; "
+                    "if DIR already holds records, replay those instead of recording")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("pipeline: recording needs root (it loads the real lane)")
@@ -143,18 +207,52 @@ def main(argv=None) -> int:
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ecap-pipeline-"))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        ps, sets = record(tmp, args.seconds)
-        print(f"pipeline: recorded {', '.join(f'{k} {len(v)} records' for k, v in sets.items())} "
-              f"({args.seconds:g} s each); replaying each {args.repeat} times, fastest pass counts")
-        print(f"{'protocol':<8} {'events':>8} {'records':>8} {'CPU s':>7} {'events/CPU-s':>13} "
-              f"{'records/CPU-s':>14}  jsonl sha256")
-        for name, raws in sets.items():
-            if not raws:
+        saved = tmp / "records.pickle"
+        if args.keep and saved.exists():
+            print(f"pipeline: replaying the records kept in {saved}")
+        else:
+            profile = tmp / "profile.yaml"
+            ps, sets = record(tmp, args.seconds)
+            from orchestrator.pipeline import events
+            saved.write_bytes(pickle.dumps({"profile": str(profile), "sets": sets,
+                                            "mono_to_epoch_ns": events.MONO_TO_EPOCH_NS}))
+        sets = pickle.loads(saved.read_bytes())["sets"]
+        print(f"pipeline: {', '.join(f'{k} {len(v)} records' for k, v in sets.items())}; each replayed "
+              f"{args.repeat} times per round by each pipeline, {args.rounds} rounds, fastest pass counts")
+        trees = {"baseline": baseline_tree(args.baseline, tmp), "python": ROOT, "compiled": ROOT}
+        sys.path.insert(0, str(ROOT))
+        from orchestrator import fastpath
+        pipelines = [p for p in PIPELINES if p != "compiled" or fastpath.mode == "compiled"]
+        if "compiled" not in pipelines:
+            print(f"pipeline: no compiled pipeline ({fastpath.reason})")
+        best: dict = {}
+        digests: dict = {}
+        for _ in range(args.rounds):
+            for p in pipelines:
+                res = run_worker(p, trees[p], saved, tmp / p, args.repeat)
+                if p == "compiled" and res["mode"] != "compiled":
+                    raise SystemExit("pipeline: the compiled pipeline did not load its extensions")
+                for name, r in res["sets"].items():
+                    key = (p, name)
+                    if key not in best or r["cpu"] < best[key]["cpu"]:
+                        best[key] = r
+                    digests.setdefault(name, set()).add(r["digest"])
+        for name, ds in digests.items():
+            if len(ds) != 1:
+                raise SystemExit(f"pipeline: the pipelines wrote different JSONL for {name}: {sorted(ds)}")
+        print(f"{'protocol':<8} {'pipeline':<9} {'events':>7} {'records':>7} {'CPU s':>7} {'events/CPU-s':>13} "
+              f"{'µs/event':>9} {'× baseline':>10}  jsonl sha256")
+        for name in sets:
+            if (pipelines[0], name) not in best:
                 print(f"{name:<8} nothing recorded")
                 continue
-            cpu, n, digest = replay(ps, raws, tmp / f"{name}.jsonl", args.repeat)
-            print(f"{name:<8} {len(raws):>8} {n:>8} {cpu:>7.3f} {len(raws) / cpu:>13.0f} {n / cpu:>14.0f}  "
-                  f"{digest[:16]}")
+            base = best[("baseline", name)]
+            for p in pipelines:
+                r = best[(p, name)]
+                rate = r["events"] / r["cpu"]
+                print(f"{name:<8} {p:<9} {r['events']:>7} {r['records']:>7} {r['cpu']:>7.3f} {rate:>13.0f} "
+                      f"{r['cpu'] / r['events'] * 1e6:>9.2f} {base['cpu'] / r['cpu']:>10.2f}  {r['digest'][:16]}")
+        print("pipeline: every pipeline wrote the same JSONL (byte for byte) for each protocol")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
