@@ -149,3 +149,40 @@ class Record:
                     d["tls"] = stack
         d.update(self.fields)
         return d
+
+    def to_json(self, encode: Any) -> bytes:
+        """`encode(self.to_dict())` (msgspec's JSON encoder), byte for byte, without building the
+        dict: the fields this record shares with its connection's other records are encoded
+        once per connection (see _prefix) and the record's own fields are spliced in after them."""
+        ev = self.event
+        fields = self.fields
+        if ev is None or not fields or not _PREFIX_KEYS.isdisjoint(fields):
+            return encode(self.to_dict())
+        src = ev.source
+        hooks = src.hooks
+        stack = hooks[ev.hook].stack if ev.hook < len(hooks) else None
+        # Everything _prefix reads, by value: a reloaded target may reuse its names with other hooks.
+        key = (src.profile, src.target.name, stack, ev.record, ev.fd, ev.pid, ev.tid, ev.comm, ev.uid, self.conn)
+        prefix = _prefixes.get(key)
+        if prefix is None:
+            prefix = _prefix(self, encode, key)
+        return b"".join((b'{"type":', encode(self.type), b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
+                         prefix, b",", encode(fields)[1:]))
+
+
+# to_dict's keys before the record's own fields; a record whose fields reuse one of them
+# (to_dict then updates it in place) takes the slow path of to_json.
+_PREFIX_KEYS = frozenset({"type", "ts", "seq", "profile", "target", "pid", "tid", "comm", "uid", "conn", "fd", "tls"})
+_prefixes: dict = {}
+
+
+def _prefix(record: Record, encode: Any, key: tuple) -> bytes:
+    """The encoded `,"profile":...,"uid":...[,"conn":{...}][,"fd":...][,"tls":...]` of to_dict."""
+    d = Record(record.type, record.event, {}, record.conn).to_dict()
+    for k in ("type", "ts", "seq"):
+        del d[k]
+    prefix = b"," + encode(d)[1:-1]
+    if len(_prefixes) > 4096:
+        _prefixes.clear()
+    _prefixes[key] = prefix
+    return prefix

@@ -28,7 +28,7 @@ class JsonlSink:
         grows without bound, and the records would reach the file late and out of order.
         """
         encode = self._encode
-        data = b"\n".join([encode(r.to_dict()) for r in records]) + b"\n"
+        data = b"\n".join([r.to_json(encode) for r in records]) + b"\n"
         safefile.write_whole(self._file.fileno(), data)
 
     def close(self) -> None:

@@ -206,3 +206,34 @@ def test_every_compiled_source_exists_and_the_digest_follows_them():
         assert (ROOT / rel).is_file(), rel
     assert len(fastpath.sources_digest()) == 64
     assert set(fastpath.MODULES) >= {"orchestrator.parsers.http1", "orchestrator.pipeline.dispatch"}
+
+
+def test_to_json_is_the_encoded_dict_byte_for_byte():
+    import msgspec
+
+    from orchestrator.pipeline import dispatch, events
+    from tests.support import replay
+
+    encode = msgspec.json.Encoder().encode
+    sources = {"web": replay.probe_set("web"), "ported": replay.probe_set("ported", ports=(443,))}
+
+    class Keep:
+        def __init__(self):
+            self.records = []
+
+        def write(self, records):
+            self.records += records
+
+    keep = Keep()
+    d = dispatch.Dispatcher(lambda _p: [keep])
+    raws = corpus(seed=5, connections=80)
+    d.process([events.decode(raw, sources[src]) for src, raw in raws])
+    d.flush_all()
+    ev = keep.records[0].event
+    odd = [events.Record("x", ev, {"pid": 1, "a": "é\n\"\\"}, keep.records[0].conn),   # a field named like a common one
+           events.Record("x", ev, {}, None),
+           events.Record("loss", None, {"profile": "p", "count": 2}),
+           events.Record("x", ev, {"nested": {"k": [1, 2.5, None, True]}}, (("::1", 1), ("10.0.0.1", 2)))]
+    assert len(keep.records) > 200
+    for r in keep.records + odd:
+        assert r.to_json(encode) == encode(r.to_dict()), r.type
