@@ -24,6 +24,8 @@ SOURCES = (
     "orchestrator/parsers/http1.py",
 )
 MODULES = tuple(s[:-3].replace("/", ".") for s in SOURCES)
+# Hand-written C accelerators: imported only by compiled modules, never in the Python mode.
+EXTENSIONS = {"orchestrator.parsers._http1head": "orchestrator/parsers/_http1head.c"}
 STAMP = PACKAGE_ROOT / ".compiled-digest"
 
 mode = "python"           # "compiled" when the extensions are in use; see install()
@@ -32,7 +34,7 @@ reason = "not built"
 
 def sources_digest() -> str:
     h = hashlib.sha256()
-    for rel in SOURCES:
+    for rel in (*SOURCES, *EXTENSIONS.values()):
         h.update(rel.encode() + b"\0" + (PACKAGE_ROOT.parent / rel).read_bytes())
     return h.hexdigest()
 
@@ -43,14 +45,16 @@ def write_stamp() -> None:
 
 def _built() -> bool:
     return all(any(PACKAGE_ROOT.parent.joinpath(*m.split(".")[:-1]).glob(m.split(".")[-1] + ".*.so"))
-               for m in MODULES)
+               for m in (*MODULES, *EXTENSIONS))
 
 
 class _SourceFirst:
-    """A meta-path finder that loads MODULES from their .py files."""
+    """A meta-path finder that loads MODULES from their .py files and hides EXTENSIONS."""
 
     @staticmethod
     def find_spec(name, path=None, target=None):
+        if name in EXTENSIONS:
+            raise ImportError(f"{name}: the compiled hot path is not in use ({reason})", name=name)
         if name not in MODULES:
             return None
         file = PACKAGE_ROOT.parent.joinpath(*name.split(".")).with_suffix(".py")
@@ -79,5 +83,5 @@ def install() -> None:
         stamp = None
     mode, reason = decide(built, os.environ.get("ECAPTURE_PURE_PYTHON"), stamp,
                           sources_digest() if built else "")
-    if mode != "compiled" and built and not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
+    if mode != "compiled" and not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
         sys.meta_path.insert(0, _SourceFirst())

@@ -20,10 +20,12 @@ from orchestrator import fastpath  # noqa: E402
 def main() -> int:
     os.chdir(ROOT)
     from mypyc.build import mypycify
-    from setuptools import setup
+    from setuptools import Extension, setup
 
     modules = mypycify(["--follow-imports=silent", *fastpath.SOURCES], group_name="orchestrator.compiled",
                        opt_level="3", debug_level="0")
+    modules += [Extension(name, [src], extra_compile_args=["-O2", "-Wall", "-Werror"])
+                for name, src in fastpath.EXTENSIONS.items()]
     setup(name="ecapture-fastpath", ext_modules=modules, script_args=["build_ext", "--inplace", "-q"])
     fastpath.write_stamp()
     return 0

@@ -66,17 +66,34 @@ __all__ = [
 
 
 class _HttpMessage(base.Message):
-    """Request and Response: the parsed parts; ``fields`` shapes them into the record's fields."""
+    """Request and Response: the parsed parts; ``fields`` shapes them into the record's fields.
 
-    _PARTS: ClassVar[tuple[str, ...]] = ()
+    A message whose header block the C accelerator took (see _http1head.c) carries that block's
+    record JSON in `head_json` and its raw bytes in `head`; `headers` is then made from `head`
+    only when something asks for it."""
+
     version: str  # "HTTP/1.1"
-    headers: list[tuple[str, str]]  # in order, names as sent (trailers appended)
     body: bytes
     body_len: int  # true body length on the wire (may be > len(body))
     truncated: bool  # body (or part of it) not captured / cut at max_body
+    head: bytes | None
+    head_json: bytes | None
+    _headers: list[tuple[str, str]] | None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """In order, names as sent (trailers appended)."""
+        pairs = self._headers
+        if pairs is None:
+            pairs = self._headers = _head_pairs(self.head or b"")
+        return pairs
+
+    @headers.setter
+    def headers(self, pairs: list[tuple[str, str]]) -> None:
+        self._headers = pairs
 
     def _parts(self) -> tuple:
-        return tuple(getattr(self, name) for name in self._PARTS)
+        raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -84,25 +101,30 @@ class _HttpMessage(base.Message):
         return self._parts() == other._parts()  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
-        return "%s(%s)" % (type(self).__name__,
-                           ", ".join("%s=%r" % (n, getattr(self, n)) for n in self._PARTS))
+        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % pair for pair in self._parts()))
 
 
 class Request(_HttpMessage):
-    _PARTS: ClassVar[tuple[str, ...]] = ("method", "path", "version", "headers", "body", "body_len", "truncated")
     method: str
     path: str
 
-    def __init__(self, method: str, path: str, version: str, headers: list[tuple[str, str]], body: Any,
+    def __init__(self, method: str, path: str, version: str, headers: list[tuple[str, str]] | None, body: Any,
                  body_len: int, truncated: bool) -> None:
         self.type = "http.request"
         self.method = method
         self.path = path
         self.version = version
-        self.headers = headers
+        self._headers = headers
         self.body = body
         self.body_len = body_len
         self.truncated = truncated
+        self.head = None
+        self.head_json = None
+
+    def _parts(self) -> tuple:
+        return (("method", self.method), ("path", self.path), ("version", self.version),
+                ("headers", self.headers), ("body", self.body), ("body_len", self.body_len),
+                ("truncated", self.truncated))
 
     @property  # type: ignore[misc]
     def fields(self) -> dict:  # type: ignore[override]
@@ -113,20 +135,26 @@ class Request(_HttpMessage):
 
 
 class Response(_HttpMessage):
-    _PARTS: ClassVar[tuple[str, ...]] = ("status", "reason", "version", "headers", "body", "body_len", "truncated")
     status: int
     reason: str
 
-    def __init__(self, status: int, reason: str, version: str, headers: list[tuple[str, str]], body: Any,
+    def __init__(self, status: int, reason: str, version: str, headers: list[tuple[str, str]] | None, body: Any,
                  body_len: int, truncated: bool) -> None:
         self.type = "http.response"
         self.status = status
         self.reason = reason
         self.version = version
-        self.headers = headers
+        self._headers = headers
         self.body = body
         self.body_len = body_len
         self.truncated = truncated
+        self.head = None
+        self.head_json = None
+
+    def _parts(self) -> tuple:
+        return (("status", self.status), ("reason", self.reason), ("version", self.version),
+                ("headers", self.headers), ("body", self.body), ("body_len", self.body_len),
+                ("truncated", self.truncated))
 
     @property  # type: ignore[misc]
     def fields(self) -> dict:  # type: ignore[override]
@@ -134,6 +162,25 @@ class Response(_HttpMessage):
         return http_shape.body_fields(
             {"status": self.status, "reason": self.reason, "version": self.version,
              "headers": header_fields(self.headers)}, self.body, self.body_len, self.truncated)
+
+
+def _head_pairs(head: bytes) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a header block the C accelerator took (CRLF lines, ASCII)."""
+    text = head.decode("latin-1")
+    if text.endswith("\r"):
+        text = text[:-1]
+    pairs = []
+    for line in text.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        pairs.append((name, value.strip(" \t")))
+    return pairs
+
+
+try:
+    # Only the compiled build has it (orchestrator/fastpath.py hides it from the Python one).
+    from orchestrator.parsers._http1head import head as _fast_head  # type: ignore[import-not-found]
+except ImportError:
+    _fast_head = None
 
 
 Event = Request | Response | ParseError
@@ -503,6 +550,11 @@ class Http1Parser(base.Parser):
 
     def _on_head(self, buf, pos: int, line_end: int, events: list) -> None:
         """Header block buf[pos:line_end] complete: build the message, pick the body mode."""
+        if _fast_head is not None:
+            parts = _fast_head(buf, pos, line_end, self._role == _ROLE_REQUEST)
+            if parts is not None:
+                self._on_fast_head(parts, bytes(buf[pos:line_end]), events)
+                return
         if buf[line_end - 1] == 13:
             line_end -= 1
         text = buf[pos:line_end].decode("latin-1")
@@ -581,6 +633,39 @@ class Http1Parser(base.Parser):
                 self._emit(events)
             return
         self._state = _S_EOF_BODY
+
+    def _on_fast_head(self, parts: tuple, head: bytes, events: list) -> None:
+        """_on_head for a block the C accelerator took: it is well formed, its Content-Length is
+        one number (-1: none) and its Transfer-Encoding, if any, is chunked."""
+        first, second, version, head_json, length, chunked = parts
+        if self._role == _ROLE_REQUEST:
+            msg: Any = Request(first, second, version, None, b"", 0, False)
+        else:
+            msg = Response(first, second, version, None, b"", 0, False)
+        msg.head = head
+        msg.head_json = head_json
+        self._msg = msg
+        if self._role == _ROLE_RESPONSE:
+            status = first
+            if status < 200:
+                self._emit(events)
+                return
+            if self._head_pending:
+                self._head_pending -= 1
+                self._emit(events)
+                return
+            if status == 204 or status == 304:
+                self._emit(events)
+                return
+        if chunked:
+            self._state = _S_CHUNK_SIZE
+        elif length > 0:
+            self._remaining = length
+            self._state = _S_BODY
+        elif length == 0 or self._role == _ROLE_REQUEST:
+            self._emit(events)
+        else:
+            self._state = _S_EOF_BODY
 
     def _begin(self, buf, pos: int, n: int) -> bool:
         """At a message start: True = looks right, False = need more; raises on garbage."""
@@ -728,6 +813,7 @@ class Http1Parser(base.Parser):
                     text = buf[pos:end].decode("latin-1")
                     self._parse_fields(_split_lines(text), 0, text, self._base + pos,
                                        self._msg.headers, [], [])
+                    self._msg.head_json = None      # the trailers are fields too
                     pos = r[1]
                     self._emit(events)
                     continue

@@ -5,14 +5,19 @@ records: parsed protocol messages where a parser applies, raw `data` otherwise.
 """
 from __future__ import annotations
 
+from base64 import b64encode
 from collections import deque
 from typing import Any
+
+import msgspec
 
 from orchestrator.bpf import layout
 from orchestrator.parsers import http1, http2, mysql, postgres
 from orchestrator.pipeline import events, sockets
 
 DIRECTIONS = {layout.DIR_READ: "read", layout.DIR_WRITE: "write"}
+_DIRECTION_JSON = {d: b'"direction":"%s",' % name.encode() for d, name in DIRECTIONS.items()}
+_encode = msgspec.json.Encoder().encode
 
 # Parsers that see both directions of a connection, tried in this order on its first bytes
 # (HTTP/1.x, one parser per direction, comes last).
@@ -153,17 +158,22 @@ class ConnectionWorker:
     def _message_record(self, msg, ev: events.Event) -> events.Record:
         """An HTTP/1 message's record: its own fields (headers and body shaped by
         parsers.http_shape, as for HTTP/2) after the direction, plus the request a response
-        answers and the latency."""
+        answers and the latency. A message with `head_json` (the compiled path) gets the same
+        fields as JSON text (`_message_tail`)."""
         if isinstance(msg, http1.Request):
             self.pending.append((ev.ts, msg.method, msg.path))
             if msg.method == "HEAD":
                 other = self.streams.get(layout.DIR_READ if ev.direction == layout.DIR_WRITE else layout.DIR_WRITE)
                 if isinstance(other, http1.Http1Parser):
                     other.expect_head_response()
+            if msg.head_json is not None:
+                return events.Record(msg.type, ev, None, self.conn, self._message_tail(msg, ev))
             fields: dict[str, Any] = {"direction": DIRECTIONS.get(ev.direction, "?")}
             fields.update(msg.fields)
             return events.Record(msg.type, ev, fields, self.conn)
         if isinstance(msg, http1.Response):
+            if msg.head_json is not None:
+                return events.Record(msg.type, ev, None, self.conn, self._message_tail(msg, ev))
             fields = {"direction": DIRECTIONS.get(ev.direction, "?")}
             fields.update(msg.fields)
             if self.pending and msg.status >= 200:
@@ -172,6 +182,24 @@ class ConnectionWorker:
                               latency_ms=round((ev.ts - req_ts) / 1e6, 3))
             return events.Record(msg.type, ev, fields, self.conn)
         return events.Record(msg.type, ev, msg.fields, self.conn)   # the parse_error
+
+    def _message_tail(self, msg: Any, ev: events.Event) -> bytes:
+        """`_message_record`'s fields as JSON text without braces, as msgspec would encode them."""
+        direction = _DIRECTION_JSON.get(ev.direction, b'"direction":"?",')
+        body = msg.body
+        try:
+            text = body.decode("utf-8")
+            body_json = b',"body":%s,"body_len":%d' % (_encode(text), msg.body_len)
+        except UnicodeDecodeError:
+            body_json = b',"body":"%s","body_len":%d,"body_encoding":"base64"' % (b64encode(body), msg.body_len)
+        if msg.truncated:
+            body_json += b',"truncated":true'
+        tail = direction + msg.head_json + body_json
+        if isinstance(msg, http1.Response) and self.pending and msg.status >= 200:
+            req_ts, method, path = self.pending.popleft()
+            tail += b',"request":%s,"latency_ms":%s' % (_encode({"method": method, "path": path}),
+                                                        _encode(round((ev.ts - req_ts) / 1e6, 3)))
+        return tail
 
     def finish(self, out: list) -> None:
         """End of connection (or eviction): flush messages delimited by close."""

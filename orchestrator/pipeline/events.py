@@ -11,6 +11,8 @@ import ipaddress
 import time
 from typing import Any
 
+import msgspec
+
 from orchestrator.bpf import layout
 
 _unpack = layout.HEADER.unpack_from
@@ -84,6 +86,7 @@ def decode(raw: Any, source: Any) -> Event:
     return ev
 
 
+_decode_json = msgspec.json.Decoder().decode
 _ip_cache: dict = {}
 
 
@@ -118,19 +121,33 @@ def text_or_base64(data: Any) -> tuple[str, str | None]:
 
 
 class Record:
-    """One output record: `type` plus fields; the common fields come from the event that completed it."""
-    __slots__ = ("type", "event", "fields", "conn")
+    """One output record: `type` plus fields; the common fields come from the event that completed it.
+
+    The record's own fields are a dict, or (`tail`) their JSON text without the braces, made by
+    the compiled HTTP/1 path; `fields` then decodes it only when a sink asks for it."""
+    __slots__ = ("type", "event", "_fields", "conn", "tail")
     type: str
     event: Event | None
-    fields: dict
+    _fields: dict | None
     conn: Any
+    tail: bytes | None
 
-    def __init__(self, type_: str, event: Event | None, fields: dict, conn: Any = None):
+    def __init__(self, type_: str, event: Event | None, fields: dict | None, conn: Any = None,
+                 tail: bytes | None = None):
         self.type = type_
         self.event = event
         # A record made outside the event path (loss, ...) is stamped once, when it is made.
-        self.fields = fields if event is not None or "ts" in fields else {"ts": time.time_ns(), **fields}
+        self._fields = fields if event is not None or fields is None or "ts" in fields \
+            else {"ts": time.time_ns(), **fields}
         self.conn = conn          # ((lip, lport), (rip, rport)) or None
+        self.tail = tail
+
+    @property
+    def fields(self) -> dict:
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = _decode_json(b"{" + (self.tail or b"") + b"}")
+        return fields
 
     def to_dict(self) -> dict:
         ev = self.event
@@ -155,8 +172,9 @@ class Record:
         dict: the fields this record shares with its connection's other records are encoded
         once per connection (see _prefix) and the record's own fields are spliced in after them."""
         ev = self.event
-        fields = self.fields
-        if ev is None or not fields or not _PREFIX_KEYS.isdisjoint(fields):
+        tail = self.tail
+        fields = self._fields
+        if ev is None or (tail is None and (not fields or not _PREFIX_KEYS.isdisjoint(fields))):
             return encode(self.to_dict())
         src = ev.source
         hooks = src.hooks
@@ -166,6 +184,9 @@ class Record:
         prefix = _prefixes.get(key)
         if prefix is None:
             prefix = _prefix(self, encode, key)
+        if tail is not None:
+            return b"".join((b'{"type":', encode(self.type), b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
+                             prefix, b",", tail, b"}"))
         return b"".join((b'{"type":', encode(self.type), b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
                          prefix, b",", encode(fields)[1:]))
 

@@ -1,0 +1,271 @@
+/* The common case of an HTTP/1.x header block, parsed and shaped into its record's JSON in C.
+ *
+ * head(buf, start, end, is_request) looks at the block buf[start:end] as Http1Parser._on_head
+ * receives it (end = the end of its last line, before an optional CR). It takes only blocks
+ * whose every byte is printable ASCII or a tab, with CRLF line endings, a plain start line
+ * (HTTP/1.0 or HTTP/1.1), header lines that Http1Parser accepts, at most one Content-Length
+ * (digits only) and at most one Transfer-Encoding (exactly "chunked"). For anything else it
+ * returns None, and the Python code parses the block as before: errors and odd cases have one
+ * implementation only.
+ *
+ * For a block it takes it returns
+ *   request:  (method, target, version, fragment, content_length, chunked)
+ *   response: (status, reason, version, fragment, content_length, chunked)
+ * where fragment is the record's `"method":...,"path":...,"version":...,"headers":{...}` (or
+ * `"status":...,"reason":...`) exactly as msgspec encodes the fields that http1.Request.fields /
+ * Response.fields and http_shape.header_fields make (tests/unit/test_http1head.py checks this
+ * against them), content_length is -1 when absent and chunked is 1 when Transfer-Encoding is
+ * chunked, else 0.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define MAX_FIELDS 100
+
+typedef struct {
+    const unsigned char *name, *value;
+    Py_ssize_t name_len, value_len;
+    int group;        /* index of the first field with the same name (case-insensitive) */
+} field_t;
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} out_t;
+
+static int out_grow(out_t *o, Py_ssize_t more) {
+    if (o->len + more <= o->cap) return 0;
+    Py_ssize_t cap = o->cap * 2 > o->len + more ? o->cap * 2 : o->len + more + 256;
+    char *d = PyMem_Realloc(o->data, cap);
+    if (!d) { PyErr_NoMemory(); return -1; }
+    o->data = d;
+    o->cap = cap;
+    return 0;
+}
+
+static int out_raw(out_t *o, const char *s, Py_ssize_t n) {
+    if (out_grow(o, n) < 0) return -1;
+    memcpy(o->data + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+
+#define OUT_LIT(o, s) out_raw((o), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+/* A JSON string as msgspec writes it; the input is printable ASCII or tab only. */
+static int out_str(out_t *o, const unsigned char *s, Py_ssize_t n) {
+    if (out_grow(o, 2 * n + 2) < 0) return -1;
+    char *d = o->data + o->len;
+    *d++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '"' || c == '\\') { *d++ = '\\'; *d++ = (char)c; }
+        else if (c == '\t') { *d++ = '\\'; *d++ = 't'; }
+        else *d++ = (char)c;
+    }
+    *d++ = '"';
+    o->len = d - o->data;
+    return 0;
+}
+
+static int is_tchar(unsigned char c) {
+    if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int same_name(const field_t *a, const field_t *b) {
+    if (a->name_len != b->name_len) return 0;
+    for (Py_ssize_t i = 0; i < a->name_len; i++) {
+        unsigned char x = a->name[i], y = b->name[i];
+        if (x >= 'A' && x <= 'Z') x += 32;
+        if (y >= 'A' && y <= 'Z') y += 32;
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
+/* s[:n] equals `lower` ignoring ASCII case */
+static int ieq(const unsigned char *s, Py_ssize_t n, const char *lower) {
+    if (n != (Py_ssize_t)strlen(lower)) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char x = s[i];
+        if (x >= 'A' && x <= 'Z') x += 32;
+        if (x != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+
+static int name_is(const field_t *f, const char *lower) { return ieq(f->name, f->name_len, lower); }
+
+static int is_version(const unsigned char *s, Py_ssize_t n) {
+    return n == 8 && memcmp(s, "HTTP/1.", 7) == 0 && (s[7] == '0' || s[7] == '1');
+}
+
+/* headers object of the record: http_shape.header_fields's grouping, in first-seen order. */
+static int out_headers(out_t *o, field_t *f, int n) {
+    if (OUT_LIT(o, "\"headers\":{") < 0) return -1;
+    int first = 1;
+    for (int i = 0; i < n; i++) {
+        if (f[i].group != i) continue;
+        int count = 0;
+        for (int j = i; j < n; j++) count += f[j].group == i;
+        if (!first && OUT_LIT(o, ",") < 0) return -1;
+        first = 0;
+        if (out_str(o, f[i].name, f[i].name_len) < 0 || OUT_LIT(o, ":") < 0) return -1;
+        if (count == 1) {
+            if (out_str(o, f[i].value, f[i].value_len) < 0) return -1;
+        } else if (name_is(&f[i], "cookie")) {
+            /* one string, the values joined with "; " */
+            if (OUT_LIT(o, "\"") < 0) return -1;
+            int k = 0;
+            for (int j = i; j < n; j++) {
+                if (f[j].group != i) continue;
+                if (k++ && OUT_LIT(o, "; ") < 0) return -1;
+                Py_ssize_t at = o->len;
+                if (out_str(o, f[j].value, f[j].value_len) < 0) return -1;
+                /* drop the quotes out_str put around the piece */
+                memmove(o->data + at, o->data + at + 1, o->len - at - 2);
+                o->len -= 2;
+            }
+            if (OUT_LIT(o, "\"") < 0) return -1;
+        } else {
+            if (OUT_LIT(o, "[") < 0) return -1;
+            int k = 0;
+            for (int j = i; j < n; j++) {
+                if (f[j].group != i) continue;
+                if (k++ && OUT_LIT(o, ",") < 0) return -1;
+                if (out_str(o, f[j].value, f[j].value_len) < 0) return -1;
+            }
+            if (OUT_LIT(o, "]") < 0) return -1;
+        }
+    }
+    return OUT_LIT(o, "}");
+}
+
+static PyObject *head(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t start, end;
+    int is_request;
+    if (!PyArg_ParseTuple(args, "Onnp", &obj, &start, &end, &is_request)) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *result = NULL;
+    out_t o = {NULL, 0, 0};
+    const unsigned char *buf = view.buf;
+    if (start < 0 || end > view.len || start >= end) goto none;
+    if (buf[end - 1] == '\r') end--;
+    const unsigned char *p = buf + start, *stop = buf + end;
+
+    /* every byte printable ASCII or tab, or the CR LF between lines */
+    for (const unsigned char *q = p; q < stop; q++) {
+        unsigned char c = *q;
+        if (c >= 0x20 && c < 0x7f) continue;
+        if (c == '\t') continue;
+        if (c == '\r' && q + 1 < stop && q[1] == '\n') { q++; continue; }
+        goto none;
+    }
+    /* the lines */
+    const unsigned char *line = p;
+    const unsigned char *eol = memchr(line, '\r', stop - line);
+    if (!eol) eol = stop;
+    const unsigned char *sl = line;
+    Py_ssize_t sl_len = eol - line;
+
+    field_t fields[MAX_FIELDS];
+    int n = 0;
+    Py_ssize_t content_length = -1;
+    int chunked = 0, te_seen = 0;
+    line = eol < stop ? eol + 2 : stop;
+    while (line < stop) {
+        eol = memchr(line, '\r', stop - line);
+        if (!eol) eol = stop;
+        const unsigned char *colon = memchr(line, ':', eol - line);
+        if (!colon || colon == line || n == MAX_FIELDS) goto none;
+        for (const unsigned char *q = line; q < colon; q++)
+            if (*q == ' ' || *q == '\t') goto none;
+        const unsigned char *v = colon + 1, *ve = eol;
+        while (v < ve && (*v == ' ' || *v == '\t')) v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+        field_t *f = &fields[n];
+        f->name = line;
+        f->name_len = colon - line;
+        f->value = v;
+        f->value_len = ve - v;
+        f->group = n;
+        for (int j = 0; j < n; j++)
+            if (fields[j].group == j && same_name(&fields[j], f)) { f->group = j; break; }
+        if (name_is(f, "content-length")) {
+            if (content_length >= 0 || f->value_len == 0 || f->value_len > 18) goto none;
+            Py_ssize_t x = 0;
+            for (Py_ssize_t i = 0; i < f->value_len; i++) {
+                if (f->value[i] < '0' || f->value[i] > '9') goto none;
+                x = x * 10 + (f->value[i] - '0');
+            }
+            content_length = x;
+        } else if (name_is(f, "transfer-encoding")) {
+            if (te_seen || !ieq(f->value, f->value_len, "chunked")) goto none;
+            te_seen = chunked = 1;
+        }
+        n++;
+        line = eol < stop ? eol + 2 : stop;
+    }
+
+    if (out_grow(&o, 256) < 0) goto done;
+    if (is_request) {
+        const unsigned char *sp1 = memchr(sl, ' ', sl_len);
+        if (!sp1 || sp1 == sl) goto none;
+        const unsigned char *sp2 = memchr(sp1 + 1, ' ', sl + sl_len - sp1 - 1);
+        if (!sp2 || sp2 == sp1 + 1) goto none;
+        if (memchr(sp2 + 1, ' ', sl + sl_len - sp2 - 1)) goto none;
+        for (const unsigned char *q = sl; q < sp1; q++)
+            if (!is_tchar(*q)) goto none;
+        const unsigned char *ver = sp2 + 1;
+        Py_ssize_t ver_len = sl + sl_len - ver;
+        if (!is_version(ver, ver_len)) goto none;
+        if (OUT_LIT(&o, "\"method\":") < 0 || out_str(&o, sl, sp1 - sl) < 0 ||
+            OUT_LIT(&o, ",\"path\":") < 0 || out_str(&o, sp1 + 1, sp2 - sp1 - 1) < 0 ||
+            OUT_LIT(&o, ",\"version\":") < 0 || out_str(&o, ver, ver_len) < 0 ||
+            OUT_LIT(&o, ",") < 0 || out_headers(&o, fields, n) < 0)
+            goto done;
+        result = Py_BuildValue("(s#s#s#y#ni)", (const char *)sl, (Py_ssize_t)(sp1 - sl),
+                               (const char *)(sp1 + 1), (Py_ssize_t)(sp2 - sp1 - 1),
+                               (const char *)ver, ver_len, o.data, o.len, content_length, chunked);
+    } else {
+        if (sl_len < 12 || !is_version(sl, 8) || sl[8] != ' ') goto none;
+        const unsigned char *code = sl + 9;
+        for (int i = 0; i < 3; i++)
+            if (code[i] < '0' || code[i] > '9') goto none;
+        if (sl_len > 12 && sl[12] != ' ') goto none;
+        int status = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
+        if (status < 100) goto none;
+        const unsigned char *reason = sl_len > 12 ? sl + 13 : sl + sl_len;
+        Py_ssize_t reason_len = sl + sl_len - reason;
+        char num[8];
+        int num_len = snprintf(num, sizeof num, "%d", status);
+        if (OUT_LIT(&o, "\"status\":") < 0 || out_raw(&o, num, num_len) < 0 ||
+            OUT_LIT(&o, ",\"reason\":") < 0 || out_str(&o, reason, reason_len) < 0 ||
+            OUT_LIT(&o, ",\"version\":") < 0 || out_str(&o, sl, 8) < 0 ||
+            OUT_LIT(&o, ",") < 0 || out_headers(&o, fields, n) < 0)
+            goto done;
+        result = Py_BuildValue("(is#s#y#ni)", status, (const char *)reason, reason_len, (const char *)sl,
+                               (Py_ssize_t)8, o.data, o.len, content_length, chunked);
+    }
+    goto done;
+none:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(o.data);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"head", head, METH_VARARGS, "The common case of an HTTP/1.x header block (see the module's source)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_http1head", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__http1head(void) { return PyModule_Create(&module); }
