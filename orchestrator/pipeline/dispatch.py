@@ -24,6 +24,8 @@ from orchestrator.bpf import layout
 from orchestrator.pipeline import connections, events
 
 IDLE_EVICT_NS = 60 * 1_000_000_000
+MAX_QUEUED_BYTES = 128 << 20                 # events waiting for the dispatcher, payloads + EVENT_OVERHEAD each
+EVENT_OVERHEAD = 1024                        # what a decoded event costs in memory besides its payload
 WARN_INTERVAL_NS = 10 * 1_000_000_000        # at most one warning line per failing sink this often
 LOSS_REPORT_NS = 1_000_000_000               # sink losses go out as `loss` records this often
 
@@ -40,11 +42,16 @@ class Stats:
 
 class Dispatcher:
     def __init__(self, sinks_for, clock=time.time_ns, idle_evict_ns: int = IDLE_EVICT_NS, max_batches: int = 4096,
-                 warn=None, warn_interval_ns: int = WARN_INTERVAL_NS):
+                 warn=None, warn_interval_ns: int = WARN_INTERVAL_NS, max_queued_bytes: int = MAX_QUEUED_BYTES):
         self._sinks_for = sinks_for              # profile name → list of sinks
         self._clock = clock
         self._idle_evict_ns = idle_evict_ns
-        self._queue: queue.Queue = queue.Queue(maxsize=max_batches)
+        self._queue: queue.Queue = queue.Queue(maxsize=max_batches)   # (bytes it holds, batch)
+        # The queue is bounded in bytes too: a poller waits for room, so an overload backs up into
+        # the kernel ring buffer (whose drops are counted) instead of into this process's memory.
+        self._max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._room = threading.Condition()
         self._workers: dict = {}
         self._consumer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -60,18 +67,33 @@ class Dispatcher:
 
     # ---- producer side (poller threads)
     def submit(self, batch: list) -> None:
-        self._queue.put(batch)
+        """Queue decoded events; waits while the queue holds max_queued_bytes (see __init__)."""
+        size = EVENT_OVERHEAD * len(batch)
+        for ev in batch:
+            size += len(ev.payload)
+        consumer = self._consumer
+        with self._room:
+            # Never wait on the dispatcher's own thread (it would wait for itself), nor without one.
+            while (self._queued_bytes and self._queued_bytes + size > self._max_queued_bytes
+                   and consumer is not None and consumer.is_alive() and threading.current_thread() is not consumer):
+                self._room.wait(0.5)
+            self._queued_bytes += size
+        self._queue.put((size, batch))
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     def submit_records(self, records: list) -> None:
         """Records made outside the event path (loss, lifecycle); ordered with the events."""
         if threading.current_thread() is self._consumer:
             self.process(records)
         else:
-            self._queue.put(records)
+            self._queue.put((0, records))
 
     def call_soon(self, fn) -> None:
         """Run `fn` on the dispatcher thread after everything submitted so far."""
-        self._queue.put([fn])
+        self._queue.put((0, [fn]))
 
     # ---- consumer side
     def start(self) -> None:
@@ -90,19 +112,30 @@ class Dispatcher:
     def _run(self) -> None:
         while True:
             try:
-                batch = self._queue.get(timeout=0.2)
+                size, batch = self._queue.get(timeout=0.2)
             except queue.Empty:
                 if self._stop.is_set():
                     return
                 self._tick()
                 continue
-            self.process(batch)
+            try:
+                self.process(batch)
+            finally:
+                self._release(size)
             self._tick()
+
+    def _release(self, size: int) -> None:
+        if size:
+            with self._room:
+                self._queued_bytes -= size
+                self._room.notify_all()
 
     def _drain(self):
         while True:
             try:
-                self.process(self._queue.get_nowait())
+                size, batch = self._queue.get_nowait()
+                self.process(batch)
+                self._release(size)
             except queue.Empty:
                 return
 

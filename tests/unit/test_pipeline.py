@@ -311,3 +311,53 @@ def test_plaintext_reaches_sinks_that_take_it_in_order_with_its_connection_and_p
     assert taker.data == [(layout.DIR_READ, REQ, conn), (layout.DIR_WRITE, RESP, conn)]   # port 8080: filtered out
     assert [r["type"] for r in taker.records] == [r["type"] for r in plain.records] == ["http.request", "http.response"]
     assert not hasattr(plain, "data")
+
+
+def test_the_queue_is_bounded_in_bytes_and_a_producer_waits_for_room():
+    """An overload backs up into the producer (then the kernel ring, which counts its drops),
+    not into memory: the queue never holds much more than max_queued_bytes, and nothing is
+    lost or reordered on the way."""
+    import threading
+    import time
+
+    class SlowSink:
+        def __init__(self):
+            self.seqs = []
+
+        def write(self, records):
+            time.sleep(0.002)
+            self.seqs += [r.event.seq for r in records]
+
+    ps = _probe_set()
+    request = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 960 + b"\r\n\r\n"
+    sink = SlowSink()
+    limit = 64 * 1024
+    d = dispatch.Dispatcher(lambda _p: [sink], max_queued_bytes=limit)
+    d.start()
+    peak = [0]
+    batch_bytes = 8 * (dispatch.EVENT_OVERHEAD + len(request))
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], d.queued_bytes)
+            time.sleep(0.0005)
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    seq = 0
+    t0 = time.monotonic()
+    for _ in range(100):
+        batch = []
+        for _ in range(8):
+            batch.append(events.decode(_raw(request, seq=seq, fd=9, session=seq + 1), ps))
+            seq += 1
+        d.submit(batch)
+    waited = time.monotonic() - t0
+    d.stop()
+    done.set()
+    watcher.join()
+    assert sink.seqs == list(range(seq))
+    assert 0 < peak[0] <= limit + batch_bytes
+    assert d.queued_bytes == 0
+    assert waited > 0.05          # the producer did wait for the slow sink (100 writes of 2 ms)
