@@ -51,6 +51,8 @@ spec:
       binary: /usr/sbin/nginx
       max_bytes: 16384
       capture: [data]
+      filters:
+        pids: [{pid}]
   sinks:
     - type: jsonl
       path: {jsonl}
@@ -67,9 +69,6 @@ def record(tmp: Path, seconds: float) -> tuple[object, dict[str, list[bytes]]]:
     from orchestrator.reconcile import runtime
     from tests.support.nginx import NginxServer
     profile = tmp / "profile.yaml"
-    profile.write_text(PROFILE.format(jsonl=tmp / "unused.jsonl"))
-    (ps,), failed = build.plan_profile(load.load_file(str(profile)))
-    assert not failed, failed
     raws: list[bytes] = []
     drain = loader.LoadedTarget.drain
 
@@ -83,6 +82,10 @@ def record(tmp: Path, seconds: float) -> tuple[object, dict[str, list[bytes]]]:
     sets: dict[str, list[bytes]] = {}
     try:
         with NginxServer(workers=1, http2=True) as srv:
+            # Only this nginx: other nginx processes on the machine would mix their traffic in.
+            profile.write_text(PROFILE.format(jsonl=tmp / "unused.jsonl", pid=srv.worker_pids()[0]))
+            (ps,), failed = build.plan_profile(load.load_file(str(profile)))
+            assert not failed, failed
             rt = rt_.start(ps)
             if rt.state != "running":
                 raise SystemExit(f"pipeline: cannot load the target: {rt.last_error}")
@@ -117,6 +120,8 @@ def replay(ps, raws: list[bytes], out: Path, repeat: int, batch: int = 256) -> t
     Runs in a worker process, with the pipeline's tree first on sys.path."""
     from orchestrator.pipeline import dispatch, events
     from orchestrator.sinks import jsonl
+    if hasattr(dispatch, "tune_gc"):
+        dispatch.tune_gc()      # as Dispatcher.start() does in apply (the baseline has no such step)
     best, digests = None, set()
     for _ in range(repeat):
         out.unlink(missing_ok=True)

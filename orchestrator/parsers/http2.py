@@ -177,12 +177,54 @@ class _Dir(wire.Buffer):
         self.data_left = 0
         self.pad_left = 0
         self.data_half: _Half | None = None
-        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        self.decoder = new_decoder()
         self.max_frame = _DEFAULT_MAX_FRAME  # limit on frames THIS side sends
         # pending header block: (kind, stream id, flags, promised id, offset)
         self.block: tuple[int, int, int, int, int] | None = None
         self.block_frags: list[bytes] = []
         self.block_size = 0
+
+
+try:
+    # Only the compiled build has it (orchestrator/fastpath.py hides it from the Python one).
+    from orchestrator.parsers import _hpack
+except ImportError:
+    _hpack = None
+else:
+    import hpack.huffman_constants
+    import hpack.table
+
+    _hpack.setup(tuple(hpack.table.HeaderTable.STATIC_TABLE), hpack.huffman_constants.REQUEST_CODES,
+                 hpack.huffman_constants.REQUEST_CODES_LENGTH)
+
+
+def new_decoder():
+    """One direction's HPACK decoder: hpack's, or the C one of the compiled build."""
+    if _hpack is not None:
+        return _hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+    return hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+
+
+def decode_block(decoder, data: bytes) -> list:
+    """hpack.Decoder.decode(data, raw=True), whichever decoder `decoder` is. A block the C
+    decoder declines (a table size update, an error, ...) is decoded by hpack from the C
+    decoder's table, and hpack's table then becomes the C decoder's."""
+    if _hpack is None or type(decoder) is not _hpack.Decoder:
+        return decoder.decode(data, raw=True)
+    headers = decoder.decode(data)
+    if headers is not None:
+        return headers
+    py = hpack.Decoder(max_header_list_size=decoder.max_header_list_size)
+    table = py.header_table
+    table._maxsize = decoder.maxsize
+    table.dynamic_entries.extend(decoder.table)
+    table._current_size = decoder.size
+    py.max_allowed_table_size = decoder.max_allowed_table_size
+    try:
+        return py.decode(data, raw=True)
+    finally:
+        decoder.load([(bytes(n), bytes(v)) for n, v in table.dynamic_entries], table._current_size,
+                     table.maxsize, py.max_allowed_table_size)
 
 
 def looks_like_http2(first: bytes, direction: str) -> bool:
@@ -543,7 +585,7 @@ class Http2Parser(wire.TwoWayParser):
         d.block_frags = []
         data = frags[0] if len(frags) == 1 else b"".join(frags)
         try:
-            raw = d.decoder.decode(data, raw=True)
+            raw = decode_block(d.decoder, data)
         except Exception as e:
             raise _Fail("HPACK decoding failed: %s" % (e,), fstart) from None
         if kind == _PUSH_PROMISE:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import gc
 import queue
 import sys
 import threading
@@ -97,6 +98,7 @@ class Dispatcher:
 
     # ---- consumer side
     def start(self) -> None:
+        tune_gc()
         self._consumer = threading.Thread(target=self._run, name="ecapture-dispatch", daemon=True)
         self._consumer.start()
 
@@ -388,6 +390,21 @@ class _SinkHealth:
         self.failures_since = collections.Counter()  # error kind → failed writes since the last warning
         self.records_since = 0
         self.last_warn = None
+
+
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Fewer cyclic garbage collections while events flow. Events, records and parser state are
+    freed by reference counting (they form no cycles), yet each allocation counts towards the
+    next collection, which walks every tracked object: at the default threshold (700) they cost
+    about a tenth of the dispatcher's time. What exists when capture starts (bcc, LLVM, modules)
+    is frozen out of the walk."""
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    if gen0 < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _error_kind(exc: BaseException) -> str:
