@@ -157,6 +157,12 @@ class Dispatcher:
         per_source: collections.Counter = collections.Counter()
         now = self._clock()
         route = self._route
+        # Events come in runs from one source: what the route needs of it is looked up once a run.
+        source: Any = None
+        skey: Any = None
+        sprofile: Any = None
+        out: list = []
+        run = 0
         for item in batch:
             if callable(item):
                 item()            # control work ordered with the records (e.g. closing replaced sinks)
@@ -165,9 +171,18 @@ class Dispatcher:
                 profile = item.fields.get("profile") if item.event is None else item.event.source.profile
                 by_profile.setdefault(profile, []).append(item)
                 continue
-            source = item.source
-            per_source[source.key] += 1
-            route(item, by_profile.setdefault(source.profile, []), now)
+            if item.source is not source:
+                if run:
+                    per_source[skey] += run
+                source = item.source
+                skey = source.key
+                sprofile = source.profile
+                out = by_profile.setdefault(sprofile, [])
+                run = 0
+            run += 1
+            route(item, out, now, skey, sprofile)
+        if run:
+            per_source[skey] += run
         self.stats.events.update(per_source)
         for records in by_profile.values():
             self.stats.records.update(r.type for r in records)
@@ -195,19 +210,20 @@ class Dispatcher:
         if health and now - self._sink_reported >= LOSS_REPORT_NS:
             self._sink_housekeeping(now)
 
-    def _route(self, ev: events.Event, out: list, now: int) -> None:
+    def _route(self, ev: events.Event, out: list, now: int, skey: Any, sprofile: Any) -> None:
+        """`skey`, `sprofile`: ev.source.key and ev.source.profile."""
         if ev.record == layout.RECORD_DATA:
-            key = (ev.source.key, ev.pid, ev.session or ev.fd)
+            key = (skey, ev.pid, ev.session or ev.fd)
             worker = self._workers.get(key)
             if worker is None:
                 worker = connections.ConnectionWorker(key, ev.source.parsers, ev.source.target.filters.ports)
                 self._workers[key] = worker
             worker.last_seen = now
             worker.handle(ev, out)
-            raw: Any = self._raw.get(ev.source.profile)
+            raw: Any = self._raw.get(sprofile)
             if raw is None:
-                raw = self._raw[ev.source.profile] = \
-                    [] if any(hasattr(s, "write_data") for s in self._sinks_for(ev.source.profile)) else False
+                raw = self._raw[sprofile] = \
+                    [] if any(hasattr(s, "write_data") for s in self._sinks_for(sprofile)) else False
             if raw is not False and not worker.excluded:
                 raw.append((ev, worker.conn))       # the plaintext itself, for sinks that take it
         elif ev.record == layout.RECORD_COMMAND:

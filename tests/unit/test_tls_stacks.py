@@ -104,7 +104,7 @@ def test_go_secrets_become_tls_secret_records_and_key_log_lines(tmp_path):
     records = [events.decode(recs_raw[0], ps)]
     out: list = []
     d2 = dispatch.Dispatcher(lambda _p: [])
-    d2._route(records[0], out, 0)
+    d2._route(records[0], out, 0, ps.key, ps.profile)
     stdout.StdoutSink(color="never", file=quiet).write(out)
     stdout.StdoutSink(color="never", file=loud, show_secrets=True).write(out)
     assert quiet.getvalue() == "" and secret.hex() in loud.getvalue()
