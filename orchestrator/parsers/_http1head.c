@@ -261,8 +261,83 @@ done:
     return result;
 }
 
+/* Length of the valid UTF-8 sequence at s[0..n), as Python's strict decoder accepts it; 0: invalid. */
+static int utf8_seq(const unsigned char *s, Py_ssize_t n) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if (n < 3 || (s[2] & 0xc0) != 0x80) return 0;
+        unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        return s[1] >= lo && s[1] <= hi ? 3 : 0;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (n < 4 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80) return 0;
+        unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        return s[1] >= lo && s[1] <= hi ? 4 : 0;
+    }
+    return 0;
+}
+
+/* body_tail(body, body_len, truncated): `,"body":<text>,"body_len":N[,"truncated":true]` as msgspec
+ * encodes http_shape.body_fields for a UTF-8 body; None when the body is not UTF-8 (base64 then). */
+static PyObject *body_tail(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t body_len;
+    int truncated;
+    if (!PyArg_ParseTuple(args, "y*np", &view, &body_len, &truncated)) return NULL;
+    const unsigned char *s = view.buf;
+    Py_ssize_t n = view.len;
+    out_t o = {NULL, 0, 0};
+    PyObject *result = NULL;
+    if (out_grow(&o, n + n / 8 + 64) < 0) goto done;
+    if (OUT_LIT(&o, ",\"body\":\"") < 0) goto done;
+    for (Py_ssize_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            Py_ssize_t j = i + 1;
+            while (j < n && s[j] >= 0x20 && s[j] < 0x80 && s[j] != '"' && s[j] != '\\') j++;
+            if (out_raw(&o, (const char *)s + i, j - i) < 0) goto done;
+            i = j;
+            continue;
+        }
+        if (c >= 0x80) {
+            int k = utf8_seq(s + i, n - i);
+            if (!k) { result = Py_None; Py_INCREF(result); goto done; }
+            if (out_raw(&o, (const char *)s + i, k) < 0) goto done;
+            i += k;
+            continue;
+        }
+        char esc[8];
+        int len = 2;
+        esc[0] = '\\';
+        switch (c) {
+            case '"': esc[1] = '"'; break;
+            case '\\': esc[1] = '\\'; break;
+            case '\b': esc[1] = 'b'; break;
+            case '\t': esc[1] = 't'; break;
+            case '\n': esc[1] = 'n'; break;
+            case '\f': esc[1] = 'f'; break;
+            case '\r': esc[1] = 'r'; break;
+            default: len = snprintf(esc, sizeof esc, "\\u%04x", c);
+        }
+        if (out_raw(&o, esc, len) < 0) goto done;
+        i++;
+    }
+    char num[48];
+    int num_len = snprintf(num, sizeof num, "\",\"body_len\":%zd", body_len);
+    if (out_raw(&o, num, num_len) < 0) goto done;
+    if (truncated && OUT_LIT(&o, ",\"truncated\":true") < 0) goto done;
+    result = PyBytes_FromStringAndSize(o.data, o.len);
+done:
+    PyMem_Free(o.data);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"head", head, METH_VARARGS, "The common case of an HTTP/1.x header block (see the module's source)."},
+    {"body_tail", body_tail, METH_VARARGS, "A UTF-8 body's record fields as JSON text, or None."},
     {NULL, NULL, 0, NULL},
 };
 

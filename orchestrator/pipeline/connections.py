@@ -18,6 +18,12 @@ from orchestrator.pipeline import events, sockets
 DIRECTIONS = {layout.DIR_READ: "read", layout.DIR_WRITE: "write"}
 _DIRECTION_JSON = {d: b'"direction":"%s",' % name.encode() for d, name in DIRECTIONS.items()}
 _encode = msgspec.json.Encoder().encode
+try:
+    # Only the compiled build has it, and only the compiled build makes messages with head_json.
+    from orchestrator.parsers import _http1head  # type: ignore[attr-defined]
+    _body_tail: Any = _http1head.body_tail
+except ImportError:
+    _body_tail = None
 
 # Parsers that see both directions of a connection, tried in this order on its first bytes
 # (HTTP/1.x, one parser per direction, comes last).
@@ -187,13 +193,11 @@ class ConnectionWorker:
         """`_message_record`'s fields as JSON text without braces, as msgspec would encode them."""
         direction = _DIRECTION_JSON.get(ev.direction, b'"direction":"?",')
         body = msg.body
-        try:
-            text = body.decode("utf-8")
-            body_json = b',"body":%s,"body_len":%d' % (_encode(text), msg.body_len)
-        except UnicodeDecodeError:
+        body_json = _body_tail(body, msg.body_len, msg.truncated)
+        if body_json is None:       # not UTF-8
             body_json = b',"body":"%s","body_len":%d,"body_encoding":"base64"' % (b64encode(body), msg.body_len)
-        if msg.truncated:
-            body_json += b',"truncated":true'
+            if msg.truncated:
+                body_json += b',"truncated":true'
         tail = direction + msg.head_json + body_json
         if isinstance(msg, http1.Response) and self.pending and msg.status >= 200:
             req_ts, method, path = self.pending.popleft()
