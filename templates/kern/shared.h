@@ -9,8 +9,12 @@
 
 #ifdef ECAP_STATE_OWNER
 #define ECAP_TABLE(kind, k, v, name, n) BPF_TABLE_PUBLIC(kind, k, v, name, n)
+/* Task storage needs BPF_F_NO_PREALLOC, which BPF_TABLE_PUBLIC cannot pass. */
+#define ECAP_TASK_TABLE(v, name) BPF_F_TABLE("task_storage", int, v, name, 0, BPF_F_NO_PREALLOC); \
+    __attribute__((section("maps/export"))) struct name##_table_t __##name
 #else
 #define ECAP_TABLE(kind, k, v, name, n) BPF_TABLE("extern", k, v, name, n)
+#define ECAP_TASK_TABLE(v, name) BPF_TABLE("extern", int, v, name, 0)
 #endif
 
 /* The context of every syscalls:sys_enter_* / sys_exit_* tracepoint (see their format files). */
@@ -34,6 +38,21 @@ struct stash_val { u64 args[6]; u32 gen; u32 conf_slot; };
 struct fd_key { u32 tgid; s32 fd; };
 struct session_key { u32 tgid; u32 _pad; u64 session; };
 struct remote_key { u16 family; u16 rport; u8 raddr[16]; };
+
+/* The per-thread state of C calls in one task's BPF storage (found from the task itself: no
+ * shared hash, no bucket lock, freed with the thread). A call's stash entry (key: stash_key) is in
+ * a slot of its thread's ecap_task while one is free, else in ecap_stash; a key is in one place at
+ * most (probes.c.j2's stash.h keeps it so). The thread's active session (the TLS session whose
+ * socket its syscalls reveal, state.c.j2) is there too, else (the storage could not be made) in
+ * ecap_active_session. ecap_spill counts what went to the hashes (a put minus a claimed delete,
+ * so never less than what they hold): while a count is 0, its hash is not looked at. */
+#define ECAP_CALL_SLOTS 4
+struct ecap_call { struct stash_val v; u16 target; u16 hook; u32 live; };
+struct ecap_task { struct ecap_call calls[ECAP_CALL_SLOTS]; u64 session; u32 session_live; u32 _pad; };
+#define SPILL_STASH   0     /* ecap_spill[0]: ecap_stash entries */
+#define SPILL_SESSION 1     /* ecap_spill[1]: ecap_active_session entries */
+ECAP_TASK_TABLE(struct ecap_task, ecap_task);
+ECAP_TABLE("array", u32, u64, ecap_spill, 2);
 
 ECAP_TABLE("lru_hash", u32, u64, ecap_seqs, 16384);
 ECAP_TABLE("hash", struct stash_key, struct stash_val, ecap_stash, 16384);
