@@ -25,8 +25,8 @@ SOURCES = (
 )
 MODULES = tuple(s[:-3].replace("/", ".") for s in SOURCES)
 # Hand-written C accelerators: imported only by compiled modules, never in the Python mode.
-EXTENSIONS = {"orchestrator.parsers._http1head": "orchestrator/parsers/_http1head.c",
-              "orchestrator.parsers._hpack": "orchestrator/parsers/_hpack.c"}
+EXTENSIONS = {"orchestrator.parsers.http1_accel": "orchestrator/parsers/http1_accel.c",
+              "orchestrator.parsers.hpack_accel": "orchestrator/parsers/hpack_accel.c"}
 STAMP = PACKAGE_ROOT / ".compiled-digest"
 
 mode = "python"           # "compiled" when the extensions are in use; see install()

@@ -68,7 +68,7 @@ __all__ = [
 class _HttpMessage(base.Message):
     """Request and Response: the parsed parts; ``fields`` shapes them into the record's fields.
 
-    A message whose header block the C accelerator took (see _http1head.c) carries that block's
+    A message whose header block the C accelerator took (see http1_accel.c) carries that block's
     record JSON in `head_json` and its raw bytes in `head`; `headers` is then made from `head`
     only when something asks for it."""
 
@@ -178,7 +178,7 @@ def _head_pairs(head: bytes) -> list[tuple[str, str]]:
 
 try:
     # Only the compiled build has it (orchestrator/fastpath.py hides it from the Python one).
-    from orchestrator.parsers._http1head import head as _fast_head  # type: ignore[import-not-found]
+    from orchestrator.parsers.http1_accel import head as _fast_head  # type: ignore[import-not-found]
 except ImportError:
     _fast_head = None
 

@@ -187,21 +187,21 @@ class _Dir(wire.Buffer):
 
 try:
     # Only the compiled build has it (orchestrator/fastpath.py hides it from the Python one).
-    from orchestrator.parsers import _hpack
+    from orchestrator.parsers import hpack_accel
 except ImportError:
-    _hpack = None
+    hpack_accel = None
 else:
     import hpack.huffman_constants
     import hpack.table
 
-    _hpack.setup(tuple(hpack.table.HeaderTable.STATIC_TABLE), hpack.huffman_constants.REQUEST_CODES,
+    hpack_accel.setup(tuple(hpack.table.HeaderTable.STATIC_TABLE), hpack.huffman_constants.REQUEST_CODES,
                  hpack.huffman_constants.REQUEST_CODES_LENGTH)
 
 
 def new_decoder():
     """One direction's HPACK decoder: hpack's, or the C one of the compiled build."""
-    if _hpack is not None:
-        return _hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+    if hpack_accel is not None:
+        return hpack_accel.Decoder(max_header_list_size=MAX_HEADER_LIST)
     return hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
 
 
@@ -209,7 +209,7 @@ def decode_block(decoder, data: bytes) -> list:
     """hpack.Decoder.decode(data, raw=True), whichever decoder `decoder` is. A block the C
     decoder declines (a table size update, an error, ...) is decoded by hpack from the C
     decoder's table, and hpack's table then becomes the C decoder's."""
-    if _hpack is None or type(decoder) is not _hpack.Decoder:
+    if hpack_accel is None or type(decoder) is not hpack_accel.Decoder:
         return decoder.decode(data, raw=True)
     headers = decoder.decode(data)
     if headers is not None:

@@ -20,8 +20,8 @@ _DIRECTION_JSON = {d: b'"direction":"%s",' % name.encode() for d, name in DIRECT
 _encode = msgspec.json.Encoder().encode
 try:
     # Only the compiled build has it, and only the compiled build makes messages with head_json.
-    from orchestrator.parsers import _http1head  # type: ignore[attr-defined]
-    _body_tail: Any = _http1head.body_tail
+    from orchestrator.parsers import http1_accel  # type: ignore[attr-defined]
+    _body_tail: Any = http1_accel.body_tail
 except ImportError:
     _body_tail = None
 

@@ -13,7 +13,7 @@
  *   response: (status, reason, version, fragment, content_length, chunked)
  * where fragment is the record's `"method":...,"path":...,"version":...,"headers":{...}` (or
  * `"status":...,"reason":...`) exactly as msgspec encodes the fields that http1.Request.fields /
- * Response.fields and http_shape.header_fields make (tests/unit/test_http1head.py checks this
+ * Response.fields and http_shape.header_fields make (tests/parsers/test_http1_accel.py checks this
  * against them), content_length is -1 when absent and chunked is 1 when Transfer-Encoding is
  * chunked, else 0.
  */
@@ -341,6 +341,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_http1head", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "http1_accel", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__http1head(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_http1_accel(void) { return PyModule_Create(&module); }

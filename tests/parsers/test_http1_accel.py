@@ -1,4 +1,4 @@
-"""The compiled build's C accelerator for HTTP/1 heads and bodies (parsers/_http1head.c) against
+"""The compiled build's C accelerator for HTTP/1 heads and bodies (parsers/http1_accel.c) against
 the Python code it stands in for: the same JSON text, byte for byte, or a refusal (None)."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from orchestrator import fastpath
 from orchestrator.parsers import http1, http_shape
 
 try:
-    from orchestrator.parsers import _http1head
+    from orchestrator.parsers import http1_accel
 except ImportError:
-    _http1head = None
+    http1_accel = None
 
-pytestmark = pytest.mark.skipif(_http1head is None, reason=f"no compiled hot path ({fastpath.reason})")
+pytestmark = pytest.mark.skipif(http1_accel is None, reason=f"no compiled hot path ({fastpath.reason})")
 encode = msgspec.json.Encoder().encode
 
 
@@ -32,7 +32,7 @@ encode = msgspec.json.Encoder().encode
 ])
 def test_head_json_is_what_the_python_path_encodes(block):
     request = not block.startswith(b"HTTP/")
-    got = _http1head.head(block, 0, len(block), request)
+    got = http1_accel.head(block, 0, len(block), request)
     assert got is not None
     first, second, version, fragment, length, chunked = got
     text = block.decode("latin-1")
@@ -70,7 +70,7 @@ def test_head_json_is_what_the_python_path_encodes(block):
     b"HTTP/1.1 20",
 ])
 def test_head_declines_what_it_does_not_take(block):
-    assert _http1head.head(block, 0, len(block), not block.startswith(b"HTTP/")) is None
+    assert http1_accel.head(block, 0, len(block), not block.startswith(b"HTTP/")) is None
 
 
 def _python_body_tail(body: bytes, body_len: int, truncated: bool) -> bytes:
@@ -96,7 +96,7 @@ def test_body_tail_matches_body_fields_on_text_and_declines_the_rest():
     taken = declined = 0
     for body in samples:
         for truncated in (False, True):
-            got = _http1head.body_tail(body, len(body) + 5, truncated)
+            got = http1_accel.body_tail(body, len(body) + 5, truncated)
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError:

@@ -213,7 +213,7 @@ static int Decoder_init(Decoder *d, PyObject *args, PyObject *kw) {
     Py_ssize_t max_list = 65536;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|n", names, &max_list)) return -1;
     if (!static_table) {
-        PyErr_SetString(PyExc_RuntimeError, "_hpack.setup() was not called");
+        PyErr_SetString(PyExc_RuntimeError, "hpack_accel.setup() was not called");
         return -1;
     }
     Py_XSETREF(d->table, PyList_New(0));
@@ -247,7 +247,7 @@ static PyMemberDef Decoder_members[] = {
 
 static PyTypeObject DecoderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "orchestrator.parsers._hpack.Decoder",
+    .tp_name = "orchestrator.parsers.hpack_accel.Decoder",
     .tp_basicsize = sizeof(Decoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -317,9 +317,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hpack", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "hpack_accel", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__hpack(void) {
+PyMODINIT_FUNC PyInit_hpack_accel(void) {
     if (PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -1,4 +1,4 @@
-"""The compiled build's C HPACK decoder (parsers/_hpack.c, through http2.decode_block) against
+"""The compiled build's C HPACK decoder (parsers/hpack_accel.c, through http2.decode_block) against
 hpack.Decoder: the same headers, the same errors and the same dynamic table, block after block,
 on what hpack's encoder writes and on damaged blocks."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from orchestrator import fastpath
 from orchestrator.parsers import http2
 
-pytestmark = pytest.mark.skipif(http2._hpack is None, reason=f"no compiled hot path ({fastpath.reason})")
+pytestmark = pytest.mark.skipif(http2.hpack_accel is None, reason=f"no compiled hot path ({fastpath.reason})")
 
 NAMES = [b":method", b":path", b":status", b"content-type", b"cookie", b"authorization", b"x-custom",
          b"user-agent", b"set-cookie", b"accept", b"x-\xff-raw"]
