@@ -22,6 +22,8 @@ SOURCES = (
     "orchestrator/parsers/base.py",
     "orchestrator/parsers/http_shape.py",
     "orchestrator/parsers/http1.py",
+    "orchestrator/parsers/wire.py",
+    "orchestrator/parsers/http2.py",
 )
 MODULES = tuple(s[:-3].replace("/", ".") for s in SOURCES)
 # Hand-written C accelerators: imported only by compiled modules, never in the Python mode.

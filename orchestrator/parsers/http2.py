@@ -55,6 +55,7 @@ Design notes
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import hpack
 
@@ -137,7 +138,7 @@ class _Half:
         self.done = False  # message emitted
         self.pseudo: dict[str, str] = {}
         self.headers: list[tuple[str, str]] = []
-        self.parts: list[bytes] | None = None
+        self.parts: list[Any] | None = None
         self.kept = 0
         self.body_len = 0
         self.trunc = False
@@ -177,17 +178,17 @@ class _Dir(wire.Buffer):
         self.data_left = 0
         self.pad_left = 0
         self.data_half: _Half | None = None
-        self.decoder = new_decoder()
+        self.decoder: Any = new_decoder()
         self.max_frame = _DEFAULT_MAX_FRAME  # limit on frames THIS side sends
         # pending header block: (kind, stream id, flags, promised id, offset)
         self.block: tuple[int, int, int, int, int] | None = None
-        self.block_frags: list[bytes] = []
+        self.block_frags: list[Any] = []
         self.block_size = 0
 
 
 try:
     # Only the compiled build has it (orchestrator/fastpath.py hides it from the Python one).
-    from orchestrator.parsers import hpack_accel
+    from orchestrator.parsers import hpack_accel  # type: ignore[attr-defined]
 except ImportError:
     hpack_accel = None
 else:
@@ -205,7 +206,7 @@ def new_decoder():
     return hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
 
 
-def decode_block(decoder, data: bytes) -> list:
+def decode_block(decoder: Any, data: Any) -> list:
     """hpack.Decoder.decode(data, raw=True), whichever decoder `decoder` is. A block the C
     decoder declines (a table size update, an error, ...) is decoded by hpack from the C
     decoder's table, and hpack's table then becomes the C decoder's."""
@@ -221,13 +222,13 @@ def decode_block(decoder, data: bytes) -> list:
     table._current_size = decoder.size
     py.max_allowed_table_size = decoder.max_allowed_table_size
     try:
-        return py.decode(data, raw=True)
+        return py.decode(data, raw=True)  # type: ignore[return-value]
     finally:
         decoder.load([(bytes(n), bytes(v)) for n, v in table.dynamic_entries], table._current_size,
                      table.maxsize, py.max_allowed_table_size)
 
 
-def looks_like_http2(first: bytes, direction: str) -> bool:
+def looks_like_http2(first: Any, direction: Any) -> bool:
     """True iff `first` starts with the HTTP/2 client preface (a prefix of >= 8 bytes counts).
 
     Pass the first bytes of the client's direction ("read" or "write" as
@@ -243,18 +244,18 @@ def looks_like_http2(first: bytes, direction: str) -> bool:
         return False
 
 
-def _text(b: bytes) -> str:
+def _text(b: Any) -> str:
     return b.decode("latin-1")
 
 
 class Http2Parser(wire.TwoWayParser):
     """Incremental parser for both directions of one HTTP/2 connection."""
 
-    __slots__ = ("_max_body", "_dirs", "_read", "_write", "_streams", "_max_client_sid",
-                 "_max_push_sid", "_phase")
+    __slots__ = ("_max_body", "_read", "_write", "_streams", "_max_client_sid", "_max_push_sid")
 
     PROTOCOL = "http2"
-    STOP_PHASE = ERROR_PHASE = 1  # _phase: 0 parsing, 1 failed
+    STOP_PHASE = 1  # _phase: 0 parsing, 1 failed
+    ERROR_PHASE = 1
 
     def __init__(self, max_body: int = 16384) -> None:
         self._max_body = max(0, int(max_body))
@@ -483,7 +484,7 @@ class Http2Parser(wire.TwoWayParser):
 
     # ------------------------------------------------------------- frames
 
-    def _on_frame(self, d: _Dir, p: bytes, ts: int, out: list) -> None:
+    def _on_frame(self, d: _Dir, p: Any, ts: int, out: list) -> None:
         ftype = d.ftype
         flags = d.flags
         sid = d.sid
@@ -579,7 +580,7 @@ class Http2Parser(wire.TwoWayParser):
         # unknown / extension frame types are ignored (RFC 9113 section 5.5)
 
     def _end_block(self, d: _Dir, ts: int, out: list) -> None:
-        kind, sid, flags, promised, fstart = d.block
+        kind, sid, flags, promised, fstart = d.block  # type: ignore[misc]
         frags = d.block_frags
         d.block = None
         d.block_frags = []
@@ -592,11 +593,11 @@ class Http2Parser(wire.TwoWayParser):
             if promised <= self._max_push_sid or promised & 1:
                 return  # not a new server-initiated stream: decoded, ignored
             self._max_push_sid = promised
-            st = self._new_stream(promised, sid, fstart)
-            self._set_headers(st.req, raw)
-            self._emit_request(st, ts, out, None)
+            pushed = self._new_stream(promised, sid, fstart)
+            self._set_headers(pushed.req, raw)
+            self._emit_request(pushed, ts, out, None)
             return
-        st = self._streams.get(sid)
+        st: Any = self._streams.get(sid)
         if d.role == _CLIENT:
             if st is None:
                 if sid <= self._max_client_sid:
@@ -658,11 +659,11 @@ class Http2Parser(wire.TwoWayParser):
     def _emit_request(self, st: _Stream, ts: int, out: list, reset) -> None:
         half = st.req
         p = half.pseudo
-        headers = header_fields(half.headers)
-        authority = p.get(":authority")
+        headers: dict[str, Any] = header_fields(half.headers)
+        authority: Any = p.get(":authority")
         if authority is None:
             authority = headers.get("host")
-        fields = {
+        fields: dict[str, Any] = {
             "stream_id": st.sid,
             "method": p.get(":method"),
             "path": p.get(":path"),
@@ -688,7 +689,7 @@ class Http2Parser(wire.TwoWayParser):
         half = st.resp
         status = half.pseudo.get(":status")
         req = st.req
-        fields = {
+        fields: dict[str, Any] = {
             "stream_id": st.sid,
             "status": int(status) if status and status.isdigit() and status.isascii() else None,
             "version": "HTTP/2",

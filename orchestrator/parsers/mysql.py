@@ -348,7 +348,7 @@ class _Req:
 class MysqlParser(wire.TwoWayParser):
     """Incremental parser for both directions of one MySQL/MariaDB connection."""
 
-    __slots__ = ("_max_rows", "_dirs", "_client", "_phase", "_req", "_stmts", "_last_stmt",
+    __slots__ = ("_max_rows", "_client", "_req", "_stmts", "_last_stmt",
                  "_server_caps", "_caps", "_conn_id", "_server_version", "_user", "_database",
                  "_plugin", "_swallow_eof", "_resync")
 

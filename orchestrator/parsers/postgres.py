@@ -306,7 +306,7 @@ class _Item:
 class PostgresParser(wire.TwoWayParser):
     """Incremental parser for both directions of one PostgreSQL connection."""
 
-    __slots__ = ("_max_rows", "_dirs", "_client", "_phase", "_pending", "_stmts", "_portals",
+    __slots__ = ("_max_rows", "_client", "_pending", "_stmts", "_portals",
                  "_ssl_wait", "_auth", "_sasl_pending", "_user", "_database", "_server_version",
                  "_backend_pid", "_resync", "_stmt_cols")
 

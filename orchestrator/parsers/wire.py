@@ -3,6 +3,10 @@
 `orchestrator.parsers.base` (one of each for all parsers, HTTP/1 included)."""
 from __future__ import annotations
 
+from typing import Any
+
+from mypy_extensions import mypyc_attr
+
 from orchestrator.parsers import base
 
 OTHER = {"read": "write", "write": "read"}
@@ -20,13 +24,14 @@ def text(b) -> str:
     return bytes(b).decode("utf-8", "replace")
 
 
-def cstr(b, i: int) -> tuple[bytes, int]:
+def cstr(b: Any, i: int) -> tuple[Any, int]:
     j = b.find(b"\0", i)
     if j < 0:
         raise Bad("missing NUL terminator")
     return b[i:j], j + 1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Buffer:
     """The unparsed bytes of one direction: ``buf[pos:]``; ``base`` = stream offset of
     ``buf[0]`` (uncaptured bytes included).  A chunk that finds the buffer consumed replaces
@@ -35,11 +40,11 @@ class Buffer:
     __slots__ = ("buf", "pos", "base")
 
     def __init__(self) -> None:
-        self.buf: bytes | bytearray = b""
+        self.buf: Any = b""                 # bytes | bytearray
         self.pos = 0
         self.base = 0
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: Any) -> None:
         buf = self.buf
         pos = self.pos
         if pos >= len(buf):
@@ -56,17 +61,29 @@ class Buffer:
         self.pos = 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TwoWayParser(base.Parser):
     """Base of a connection parser fed both directions. A subclass sets PROTOCOL, STOP_PHASE
-    (from it on, input is ignored: TLS, error) and ERROR_PHASE, keeps `_phase` and `_dirs`
+    (from it on, input is ignored: TLS, error) and ERROR_PHASE, sets `_phase` and `_dirs`
     (direction → a `Buffer` subclass), and implements `_pump`,
-    `_missing` and `_release`."""
+    `_missing` and `_release`.
 
-    __slots__ = ()
+    Compiled (scripts/build_fast.py), this class reads its subclasses' STOP_PHASE and
+    ERROR_PHASE with getattr: a compiled read of a class attribute would see this class's own."""
+
+    __slots__ = ("_phase", "_dirs")
     STOP_PHASE = 0
     ERROR_PHASE = 0
+    _phase: int
+    _dirs: Any
 
-    def feed(self, direction: str, data: bytes, ts: int, missing: int = 0) -> list[Message]:
+    def _pump(self, direction: str, d: Any, ts: int, out: list) -> None:
+        raise NotImplementedError
+
+    def _missing(self, direction: str, d: Any, missing: int, ts: int, out: list) -> None:
+        raise NotImplementedError
+
+    def feed(self, direction: Any, data: Any, ts: Any, missing: Any = 0) -> list[Message]:
         """Feed the next chunk of one direction ("read"/"write" of the captured process).
 
         `ts` is the capture time (ns); `missing` the number of bytes that
@@ -74,10 +91,11 @@ class TwoWayParser(base.Parser):
         Returns the messages completed by this chunk ([] = need more data).
         No exception escapes: malformed input gives one parse_error, then [] for ever.
         """
-        if self._phase >= self.STOP_PHASE:
+        stop = getattr(self, "STOP_PHASE")
+        if self._phase >= stop:
             return []
         out: list[Message] = []
-        d = None
+        d: Any = None
         try:
             try:
                 d = self._dirs[direction]
@@ -91,7 +109,7 @@ class TwoWayParser(base.Parser):
                     data = bytes(data)
                 d.append(data)
                 self._pump(direction, d, ts, out)
-            if missing and self._phase < self.STOP_PHASE:
+            if missing and self._phase < stop:
                 if not isinstance(missing, int):
                     raise Fail("missing is not an int: %r" % (missing,), d.base + len(d.buf))
                 if missing > 0:
@@ -102,4 +120,4 @@ class TwoWayParser(base.Parser):
         return out
 
     def _halt(self) -> None:
-        self._phase = self.ERROR_PHASE
+        self._phase = getattr(self, "ERROR_PHASE")
