@@ -23,6 +23,8 @@ bench: setup
 	$(PY) bench/overhead.py
 	$(PY) bench/reload.py
 	$(PY) bench/parsers.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/highrate.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

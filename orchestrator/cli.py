@@ -267,6 +267,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the raw sta
     for i in answer.get("packet_capture", []):
         out.print(f"[bold]packet capture[/bold] on {_safe(i['interface'])} ({', '.join(i['directions'])}) "
                   f"for {i['sinks']} sink(s)")
+    consumer = answer.get("consumer")
+    if consumer:
+        out.print(f"[bold]consumer[/bold] {_safe(consumer['build'])} ({_safe(consumer['why'])}); "
+                  f"{consumer['queued_bytes'] // 1024} KiB queued")
 
 
 def _print_summary(summary: dict) -> None:

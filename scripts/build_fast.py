@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,14 @@ def main() -> int:
                        opt_level="3", debug_level="0")
     modules += [Extension(name, [src], extra_compile_args=["-O2", "-Wall", "-Werror"])
                 for name, src in fastpath.EXTENSIONS.items()]
-    setup(name="ecapture-fastpath", ext_modules=modules, script_args=["build_ext", "--inplace", "-q"])
+    with tempfile.TemporaryDirectory(prefix="ecapture-build-") as out:
+        setup(name="ecapture-fastpath", ext_modules=modules,
+              script_args=["build_ext", "--build-lib", out, "--build-temp", str(ROOT / "build" / "fast"), "-q"])
+        # Renamed into place, never rewritten: a running apply keeps the files it mapped.
+        for built in Path(out).rglob("*.so"):
+            dest = ROOT / built.relative_to(out)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(built, dest)
     fastpath.write_stamp()
     return 0
 

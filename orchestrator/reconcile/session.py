@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from orchestrator import safefile
+from orchestrator import fastpath, safefile
 from orchestrator.bpf import packets, state
 from orchestrator.pipeline import dispatch, events
 from orchestrator.reconcile import control, reconciler, runtime, watcher
@@ -33,7 +33,9 @@ class ApplySession:
         self._retrier = threading.Thread(target=self._retry_loop, name="ecapture-retry", daemon=True)
 
     def _status(self) -> dict:
-        return {**self.reconciler.status(), "packet_capture": packets.interfaces()}
+        return {**self.reconciler.status(), "packet_capture": packets.interfaces(),
+                "consumer": {"build": fastpath.mode, "why": fastpath.reason,
+                             "queued_bytes": self.dispatcher.queued_bytes}}
 
     def _packets_lost(self, profiles, n: int) -> None:
         """Packets the classifier's ring had no room for (on the dispatcher thread)."""

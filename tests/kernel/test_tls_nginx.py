@@ -175,3 +175,24 @@ def test_http2_over_tls_streams(apply_profile):
     # curl sends the POST body; nginx answers `return 200` without reading it, so only curl's side has it.
     client_post = [r for r in cap.records("http.request") if r["target"] == "client" and r["method"] == "POST"]
     assert client_post[0]["body"] == "h2=body"
+
+
+def test_apply_runs_the_compiled_consumer_and_says_so(apply_profile, nginx_server):
+    """make setup builds the compiled hot path; apply uses it (status tells), and the records it
+    writes are the ones the tests above check field by field."""
+    import json
+
+    from orchestrator import fastpath
+    from tests.kernel.conftest import ECAPTURE
+
+    assert fastpath.mode == "compiled", fastpath.reason
+    with apply_profile(_profile()) as cap:
+        status = json.loads(subprocess.run([ECAPTURE, "status", "--json"], capture_output=True, text=True,
+                                           timeout=10).stdout)
+        assert status["consumer"]["build"] == "compiled", status["consumer"]
+        text = subprocess.run([ECAPTURE, "status"], capture_output=True, text=True, timeout=10).stdout
+        assert "consumer compiled (mypyc)" in text, text
+        assert curl(nginx_server.url + "/compiled").returncode == 0
+        assert cap.wait_for(lambda rs: any(r["type"] == "http.response" for r in rs))
+    (req,) = cap.records("http.request")
+    assert req["path"] == "/compiled" and req["headers"]["Host"].startswith("127.0.0.1:")

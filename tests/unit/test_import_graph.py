@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2] / PKG
 # small utilities (safefile, termtext, preflight, workdir) below everything.
 ALLOWED: dict[str, set[str]] = {
     "cli": {"reconcile", "plan", "bpf", "profile", "preflight", "termtext", "workdir"},
-    "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir"},
+    "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir", "fastpath"},
     "sinks": {"pipeline", "bpf", "profile", "safefile", "termtext"},   # bpf: the packet sink subscribes to the capture
     "plan": {"bpf", "profile"},
     "pipeline": {"bpf", "parsers"},
