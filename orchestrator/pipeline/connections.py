@@ -37,7 +37,8 @@ CONNECTION_PARSERS = (
 class ConnectionWorker:
     """State of one connection (one TLS session or socket of one process)."""
     __slots__ = ("key", "parsers_allowed", "fd", "conn", "conn_resolved", "streams", "pending", "last_seen",
-                 "excluded", "ports", "last_event", "ident", "whole", "held")
+                 "excluded", "ports", "last_event", "ident", "whole", "held", "prefixes", "prefix_source",
+                 "prefix_conn")
 
     def __init__(self, key: Any, parsers_allowed: Any, ports: Any = ()) -> None:
         self.key: Any = key
@@ -54,6 +55,9 @@ class ConnectionWorker:
         self.ident: Any = None
         self.whole: Any = None                       # a connection-level parser, once chosen
         self.held: Any = None                        # a first chunk waiting for the other side
+        self.prefixes: dict = {}                     # (tid, hook, fd, uid, comm) → events.record_prefix
+        self.prefix_source: Any = None               # ... for events of this source
+        self.prefix_conn: Any = None                 # ... on this conn
 
     def _reset(self):
         self.whole = None
@@ -173,13 +177,13 @@ class ConnectionWorker:
                 if isinstance(other, http1.Http1Parser):
                     other.expect_head_response()
             if msg.head_json is not None:
-                return events.Record(msg.type, ev, None, self.conn, self._message_tail(msg, ev))
+                return events.Record(msg.type, ev, None, self.conn, self._message_tail(msg, ev), self._prefix(ev))
             fields: dict[str, Any] = {"direction": DIRECTIONS.get(ev.direction, "?")}
             fields.update(msg.fields)
             return events.Record(msg.type, ev, fields, self.conn)
         if isinstance(msg, http1.Response):
             if msg.head_json is not None:
-                return events.Record(msg.type, ev, None, self.conn, self._message_tail(msg, ev))
+                return events.Record(msg.type, ev, None, self.conn, self._message_tail(msg, ev), self._prefix(ev))
             fields = {"direction": DIRECTIONS.get(ev.direction, "?")}
             fields.update(msg.fields)
             if self.pending and msg.status >= 200:
@@ -188,6 +192,18 @@ class ConnectionWorker:
                               latency_ms=round((ev.ts - req_ts) / 1e6, 3))
             return events.Record(msg.type, ev, fields, self.conn)
         return events.Record(msg.type, ev, msg.fields, self.conn)   # the parse_error
+
+    def _prefix(self, ev: events.Event) -> bytes:
+        """events.record_prefix for `ev`, made once per connection and thread, hook, fd, ..."""
+        if ev.source is not self.prefix_source or self.conn is not self.prefix_conn or len(self.prefixes) > 64:
+            self.prefixes = {}
+            self.prefix_source = ev.source
+            self.prefix_conn = self.conn
+        key = (ev.tid, ev.hook, ev.fd, ev.uid, ev.comm)
+        prefix = self.prefixes.get(key)
+        if prefix is None:
+            prefix = self.prefixes[key] = events.record_prefix(ev, self.conn, _encode)
+        return prefix
 
     def _message_tail(self, msg: Any, ev: events.Event) -> bytes:
         """`_message_record`'s fields as JSON text without braces, as msgspec would encode them."""

@@ -125,15 +125,16 @@ class Record:
 
     The record's own fields are a dict, or (`tail`) their JSON text without the braces, made by
     the compiled HTTP/1 path; `fields` then decodes it only when a sink asks for it."""
-    __slots__ = ("type", "event", "_fields", "conn", "tail")
+    __slots__ = ("type", "event", "_fields", "conn", "tail", "prefix")
     type: str
     event: Event | None
     _fields: dict | None
     conn: Any
     tail: bytes | None
+    prefix: bytes | None          # record_prefix(event, conn), when its maker knows it
 
     def __init__(self, type_: str, event: Event | None, fields: dict | None, conn: Any = None,
-                 tail: bytes | None = None):
+                 tail: bytes | None = None, prefix: bytes | None = None):
         self.type = type_
         self.event = event
         # A record made outside the event path (loss, ...) is stamped once, when it is made.
@@ -141,6 +142,7 @@ class Record:
             else {"ts": time.time_ns(), **fields}
         self.conn = conn          # ((lip, lport), (rip, rport)) or None
         self.tail = tail
+        self.prefix = prefix
 
     @property
     def fields(self) -> dict:
@@ -170,20 +172,25 @@ class Record:
     def to_json(self, encode: Any) -> bytes:
         """`encode(self.to_dict())` (msgspec's JSON encoder), byte for byte, without building the
         dict: the fields this record shares with its connection's other records are encoded
-        once per connection (see _prefix) and the record's own fields are spliced in after them."""
+        once per connection (see record_prefix) and the record's own fields are spliced in after them."""
         ev = self.event
         tail = self.tail
         fields = self._fields
         if ev is None or (tail is None and (not fields or not _PREFIX_KEYS.isdisjoint(fields))):
             return encode(self.to_dict())
-        src = ev.source
-        hooks = src.hooks
-        stack = hooks[ev.hook].stack if ev.hook < len(hooks) else None
-        # Everything _prefix reads, by value: a reloaded target may reuse its names with other hooks.
-        key = (src.profile, src.target.name, stack, ev.record, ev.fd, ev.pid, ev.tid, ev.comm, ev.uid, self.conn)
-        prefix = _prefixes.get(key)
+        prefix = self.prefix
         if prefix is None:
-            prefix = _prefix(self, encode, key)
+            src = ev.source
+            hooks = src.hooks
+            stack = hooks[ev.hook].stack if ev.hook < len(hooks) else None
+            # Everything record_prefix reads, by value: a reloaded target may reuse its names with other hooks.
+            key = (src.profile, src.target.name, stack, ev.record, ev.fd, ev.pid, ev.tid, ev.comm, ev.uid, self.conn)
+            prefix = _prefixes.get(key)
+            if prefix is None:
+                prefix = record_prefix(ev, self.conn, encode)
+                if len(_prefixes) > 4096:
+                    _prefixes.clear()
+                _prefixes[key] = prefix
         if tail is not None:
             return b"".join((b'{"type":', encode(self.type), b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
                              prefix, b",", tail, b"}"))
@@ -197,13 +204,10 @@ _PREFIX_KEYS = frozenset({"type", "ts", "seq", "profile", "target", "pid", "tid"
 _prefixes: dict = {}
 
 
-def _prefix(record: Record, encode: Any, key: tuple) -> bytes:
-    """The encoded `,"profile":...,"uid":...[,"conn":{...}][,"fd":...][,"tls":...]` of to_dict."""
-    d = Record(record.type, record.event, {}, record.conn).to_dict()
+def record_prefix(ev: Event, conn: Any, encode: Any) -> bytes:
+    """The encoded `,"profile":...,"uid":...[,"conn":{...}][,"fd":...][,"tls":...]` that to_dict
+    gives a record of `ev` on `conn`, for to_json."""
+    d = Record("", ev, {}, conn).to_dict()
     for k in ("type", "ts", "seq"):
         del d[k]
-    prefix = b"," + encode(d)[1:-1]
-    if len(_prefixes) > 4096:
-        _prefixes.clear()
-    _prefixes[key] = prefix
-    return prefix
+    return b"," + encode(d)[1:-1]
