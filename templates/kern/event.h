@@ -1,11 +1,11 @@
-static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
+static __always_inline struct event *event_start(u64 id, u32 uid, u16 hook, u8 record, u8 direction, u32 gen) {
     u32 cpu = bpf_get_smp_processor_id();
     struct event *ev = scratch.lookup(&cpu);
     if (!ev) return 0;
     ev->h.ts = bpf_ktime_get_ns();
     ev->h.pid = id >> 32;
     ev->h.tid = (u32)id;
-    ev->h.uid = (u32)bpf_get_current_uid_gid();
+    ev->h.uid = uid;
     ev->h.hook = hook;
     ev->h.record = record;
     ev->h.direction = direction;

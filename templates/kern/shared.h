@@ -40,19 +40,51 @@ struct session_key { u32 tgid; u32 _pad; u64 session; };
 struct remote_key { u16 family; u16 rport; u8 raddr[16]; };
 
 /* The per-thread state of C calls in one task's BPF storage (found from the task itself: no
- * shared hash, no bucket lock, freed with the thread). A call's stash entry (key: stash_key) is in
- * a slot of its thread's ecap_task while one is free, else in ecap_stash; a key is in one place at
- * most (probes.c.j2's stash.h keeps it so). The thread's active session (the TLS session whose
- * socket its syscalls reveal, state.c.j2) is there too, else (the storage could not be made) in
- * ecap_active_session. ecap_spill counts what went to the hashes (a put minus a claimed delete,
- * so never less than what they hold): while a count is 0, its hash is not looked at. */
+ * shared hash, no bucket lock, freed with the thread). Kept by stash.h (the probes) and state.c.j2.
+ * - A call's stash entry (key: stash_key) is in a slot of its thread's ecap_task while one is free,
+ *   else in ecap_stash; a key is in one place at most.
+ * - The thread's active session (the TLS session whose socket its syscalls reveal, state.c.j2) is
+ *   there too, else (the storage could not be made) in ecap_active_session.
+ *   ecap_spill counts what went to those two hashes (a put minus a claimed delete, so never less
+ *   than what they hold): while a count is 0, its hash is not looked at. It also counts the threads
+ *   with an active session: while there are none, a syscall needs no look at all.
+ * - What the thread last found in ecap_session_fd and ecap_conns, with the ecap_epoch count of
+ *   writes to that table it was found at: while the count is the same, nothing was written to the
+ *   table (and an LRU table evicts only when written), so the lookup would find the same.
+ * - The thread's uid, forgotten when the thread makes a set*uid syscall (only a thread changes its
+ *   own uid). */
 #define ECAP_CALL_SLOTS 4
-struct ecap_call { struct stash_val v; u16 target; u16 hook; u32 live; };
-struct ecap_task { struct ecap_call calls[ECAP_CALL_SLOTS]; u64 session; u32 session_live; u32 _pad; };
+struct ecap_task {
+    u32 live;                           /* bit i: calls[i] holds a call */
+    u32 keys[ECAP_CALL_SLOTS];          /* target << 16 | hook of calls[i] */
+    u32 session_live;                   /* the thread is inside a call on `session` */
+    u64 session;
+    u32 uid;                            /* bpf_get_current_uid_gid() of the thread, while uid_known */
+    u32 uid_known;
+    /* ecap_session_fd[sock_proc, sock_session] at write count sock_epoch: has_fd, sock_fd */
+    u64 sock_session;
+    u64 sock_epoch;
+    u32 sock_proc;
+    s32 sock_fd;
+    u32 sock_known;
+    u32 has_fd;
+    /* ecap_conns[conn_proc, conn_fd] at write count conn_epoch: has_conn, conn */
+    u64 conn_epoch;
+    u32 conn_proc;
+    s32 conn_fd;
+    u32 conn_known;
+    u32 has_conn;
+    struct conn_t conn;
+    struct stash_val calls[ECAP_CALL_SLOTS];
+};
 #define SPILL_STASH   0     /* ecap_spill[0]: ecap_stash entries */
 #define SPILL_SESSION 1     /* ecap_spill[1]: ecap_active_session entries */
+#define LIVE_SESSIONS 2     /* ecap_spill[2]: threads whose session_live is set (not less) */
+#define EPOCH_SESSION_FD 0  /* ecap_epoch[0]: writes to ecap_session_fd */
+#define EPOCH_CONNS      1  /* ecap_epoch[1]: writes and deletes in ecap_conns */
 ECAP_TASK_TABLE(struct ecap_task, ecap_task);
-ECAP_TABLE("array", u32, u64, ecap_spill, 2);
+ECAP_TABLE("array", u32, u64, ecap_spill, 3);
+ECAP_TABLE("array", u32, u64, ecap_epoch, 2);
 
 ECAP_TABLE("lru_hash", u32, u64, ecap_seqs, 16384);
 ECAP_TABLE("hash", struct stash_key, struct stash_val, ecap_stash, 16384);

@@ -62,14 +62,14 @@ static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
     return 1;
 }
 
-static __always_inline struct event *event_start(u64 id, u16 hook, u8 record, u8 direction, u32 gen) {
+static __always_inline struct event *event_start(u64 id, u32 uid, u16 hook, u8 record, u8 direction, u32 gen) {
     u32 cpu = bpf_get_smp_processor_id();
     struct event *ev = scratch.lookup(&cpu);
     if (!ev) return 0;
     ev->h.ts = bpf_ktime_get_ns();
     ev->h.pid = id >> 32;
     ev->h.tid = (u32)id;
-    ev->h.uid = (u32)bpf_get_current_uid_gid();
+    ev->h.uid = uid;
     ev->h.hook = hook;
     ev->h.record = record;
     ev->h.direction = direction;
@@ -155,9 +155,10 @@ static __always_inline void flow_claim(const struct conn_t *c, u64 id, u16 targe
     bpf_get_current_comm(&o.comm, sizeof(o.comm));
     ecap_flow_owner.update(&k, &o);
 }
-/* The entry-to-return stash of C calls and the thread's active session (shared.h: ecap_task, with
- * ecap_stash and ecap_active_session for what does not fit). Plain C, no Jinja: probes.c.j2
- * includes it in the program text, since bcc rewrites table calls only in the text it is given.
+/* The thread's state (shared.h: ecap_task): the entry-to-return stash of C calls, the active
+ * session, and what the thread last found in the connection tables. Plain C, no Jinja:
+ * probes.c.j2 includes it in the program text, since bcc rewrites table calls only in the text it
+ * is given. `t` is the thread's ecap_task, or 0 when it has none (then the shared tables alone).
  *
  * A call is looked for in its thread's own storage first: a few compares, where the shared hash
  * costs a bucket-locked update at entry and a lookup plus a delete at return. The hashes are used
@@ -183,24 +184,23 @@ static __always_inline void spill_count(u32 which, s64 delta) {
  * Nonzero when there was no room: the call is not recorded (LOSS_STASH). */
 static __always_inline int stash_put(struct ecap_task *t, struct stash_key *k, struct stash_val *v) {
     if (t) {
+        u32 key = (u32)k->target << 16 | k->hook;
+        u32 live = t->live;
 #pragma unroll
         for (int i = 0; i < ECAP_CALL_SLOTS; i++) {
-            struct ecap_call *c = &t->calls[i];
-            if (c->live && c->target == k->target && c->hook == k->hook) {
-                c->v = *v;
+            if ((live & (1u << i)) && t->keys[i] == key) {
+                t->calls[i] = *v;
                 return 0;
             }
         }
 #pragma unroll
         for (int i = 0; i < ECAP_CALL_SLOTS; i++) {
-            struct ecap_call *c = &t->calls[i];
-            if (!c->live) {
+            if (!(live & (1u << i))) {
                 /* the key must not stay in the hash too (put there while the slots were taken) */
                 if (spilled(SPILL_STASH) && ecap_stash.delete(k) == 0) spill_count(SPILL_STASH, -1);
-                c->v = *v;
-                c->target = k->target;
-                c->hook = k->hook;
-                c->live = 1;
+                t->calls[i] = *v;
+                t->keys[i] = key;
+                t->live = live | 1u << i;
                 return 0;
             }
         }
@@ -213,12 +213,13 @@ static __always_inline int stash_put(struct ecap_task *t, struct stash_key *k, s
 /* Return: claim call k into v, exactly once (whichever return program runs first). 1 if claimed. */
 static __always_inline int stash_take(struct ecap_task *t, struct stash_key *k, struct stash_val *v) {
     if (t) {
+        u32 key = (u32)k->target << 16 | k->hook;
+        u32 live = t->live;
 #pragma unroll
         for (int i = 0; i < ECAP_CALL_SLOTS; i++) {
-            struct ecap_call *c = &t->calls[i];
-            if (c->live && c->target == k->target && c->hook == k->hook) {
-                *v = c->v;
-                c->live = 0;
+            if ((live & (1u << i)) && t->keys[i] == key) {
+                *v = t->calls[i];
+                t->live = live & ~(1u << i);
                 return 1;
             }
         }
@@ -236,6 +237,7 @@ static __always_inline int stash_take(struct ecap_task *t, struct stash_key *k, 
 static __always_inline void session_begin(struct ecap_task *t, u32 tid, u64 session) {
     if (t) {
         if (spilled(SPILL_SESSION) && ecap_active_session.delete(&tid) == 0) spill_count(SPILL_SESSION, -1);
+        if (!t->session_live) spill_count(LIVE_SESSIONS, 1);
         t->session = session;
         t->session_live = 1;
         return;
@@ -244,8 +246,80 @@ static __always_inline void session_begin(struct ecap_task *t, u32 tid, u64 sess
 }
 
 static __always_inline void session_end(struct ecap_task *t, u32 tid) {
-    if (t) t->session_live = 0;
+    if (t && t->session_live) {
+        t->session_live = 0;
+        spill_count(LIVE_SESSIONS, -1);
+    }
     if (spilled(SPILL_SESSION) && ecap_active_session.delete(&tid) == 0) spill_count(SPILL_SESSION, -1);
+}
+
+/* ecap_session_fd[proc, session]: 1 and *fd when the session's socket is known, else 0 (*fd -1).
+ * The count of the table's writes is read before the lookup: a write after it makes the
+ * remembered answer stale, and the count changes with it. */
+static __always_inline int session_fd_of(struct ecap_task *t, u32 proc, u64 session, s32 *fd) {
+    u32 which = EPOCH_SESSION_FD;
+    u64 *writes = ecap_epoch.lookup(&which);
+    if (!t || !writes) {
+        struct session_key sk = {.tgid = proc, .session = session};
+        s32 *fdp = ecap_session_fd.lookup(&sk);
+        *fd = fdp ? *fdp : -1;
+        return fdp != 0;
+    }
+    u64 epoch = *(volatile u64 *)writes;
+    if (t->sock_known && t->sock_epoch == epoch && t->sock_session == session && t->sock_proc == proc) {
+        *fd = t->sock_fd;
+        return t->has_fd;
+    }
+    struct session_key sk = {.tgid = proc, .session = session};
+    s32 *fdp = ecap_session_fd.lookup(&sk);
+    s32 found = fdp ? *fdp : -1;
+    t->sock_known = 1;
+    t->sock_epoch = epoch;
+    t->sock_session = session;
+    t->sock_proc = proc;
+    t->sock_fd = found;
+    t->has_fd = fdp != 0;
+    *fd = found;
+    return fdp != 0;
+}
+
+/* ecap_conns[proc, fd] into *c (left as it is when unknown): 1 when known. Remembered as above. */
+static __always_inline int conn_of(struct ecap_task *t, u32 proc, s32 fd, struct conn_t *c) {
+    u32 which = EPOCH_CONNS;
+    u64 *writes = ecap_epoch.lookup(&which);
+    struct fd_key fk = {.tgid = proc, .fd = fd};
+    if (!t || !writes) {
+        struct conn_t *cp = ecap_conns.lookup(&fk);
+        if (cp) *c = *cp;
+        return cp != 0;
+    }
+    u64 epoch = *(volatile u64 *)writes;
+    if (t->conn_known && t->conn_epoch == epoch && t->conn_fd == fd && t->conn_proc == proc) {
+        if (t->has_conn) *c = t->conn;
+        return t->has_conn;
+    }
+    struct conn_t *cp = ecap_conns.lookup(&fk);
+    t->conn_known = 1;
+    t->conn_epoch = epoch;
+    t->conn_proc = proc;
+    t->conn_fd = fd;
+    t->has_conn = cp != 0;
+    if (cp) {
+        t->conn = *cp;
+        *c = t->conn;
+    }
+    return cp != 0;
+}
+
+/* The thread's uid (the record's): remembered until the thread's next set*uid syscall. */
+static __always_inline u32 task_uid(struct ecap_task *t) {
+    if (t && t->uid_known) return t->uid;
+    u32 uid = (u32)bpf_get_current_uid_gid();
+    if (t) {
+        t->uid = uid;
+        t->uid_known = 1;
+    }
+    return uid;
 }
 
 /* hook 0: return probe, record kind 3 */
@@ -278,7 +352,7 @@ int hook_0_return(struct pt_regs *ctx) {
     u8 deferred = fc->gen != v.gen;
     s64 ret = (s64)PT_REGS_RC(ctx);   /* an int return leaves the upper half undefined */
     u32 limit = deferred ? MAX_BYTES : fc->max_bytes;
-    struct event *ev = event_start(id, 0, 3, 0, v.gen);
+    struct event *ev = event_start(id, task_uid(t), 0, 3, 0, v.gen);
     if (!ev) return 0;
     if (deferred) ev->h.flags |= FLAG_DEFERRED;
     ev->h.ret = ret;
