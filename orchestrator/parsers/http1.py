@@ -178,9 +178,10 @@ def _head_pairs(head: bytes) -> list[tuple[str, str]]:
 
 try:
     # Only the compiled build has it (orchestrator/fastpath.py hides it from the Python one).
+    from orchestrator.parsers.http1_accel import block as _fast_block  # type: ignore[import-not-found]
     from orchestrator.parsers.http1_accel import head as _fast_head  # type: ignore[import-not-found]
 except ImportError:
-    _fast_head = None
+    _fast_block = _fast_head = None
 
 
 Event = Request | Response | ParseError
@@ -714,6 +715,21 @@ class Http1Parser(base.Parser):
                             pos += 2
                             continue
                         raise _Fail("bare CR before message start", self._base + pos)
+                    if _fast_block is not None and self._role != _ROLE_UNKNOWN:
+                        found = _fast_block(buf, pos, n, self._role == _ROLE_REQUEST)
+                        if found is not None:        # _begin, _find_block and _on_head in one step
+                            self._msg_start = self._base + pos
+                            self._parts = None
+                            self._kept = 0
+                            self._body_len = 0
+                            self._trunc = False
+                            self._on_fast_head(found[2:], bytes(buf[pos:found[0]]), events)
+                            pos = found[1]
+                            if self._state >= _S_UPGRADED:
+                                pos = n
+                                break
+                            self._scan = self._base + pos
+                            continue
                     if not self._begin(buf, pos, n):
                         break
                     self._state = _S_HEADERS

@@ -159,21 +159,90 @@ static int out_int(out_t *o, Py_ssize_t v) {
     return 0;
 }
 
+static PyObject *parse_head(const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t start, Py_ssize_t end,
+                            int is_request);
+
 static PyObject *head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "head(buf, start, end, is_request)");
         return NULL;
     }
-    PyObject *obj = args[0];
     Py_ssize_t start = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
     int is_request = PyObject_IsTrue(args[3]);
     if ((start == -1 || end == -1 || is_request < 0) && PyErr_Occurred()) return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *result = parse_head(view.buf, view.len, start, end, is_request);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+#define MAX_HEADER_BYTES 65536   /* http1.MAX_HEADER_BYTES */
+#define MAX_METHOD 32            /* http1._MAX_METHOD */
+
+/* block(buf, pos, n, is_request): at a message start (buf[pos] neither CR nor LF), the whole
+ * header block if buf[pos:n] holds it and head() takes it: (line_end, next_pos, *head's tuple),
+ * where line_end and next_pos are what Http1Parser._find_block would give. Else None. */
+static PyObject *block(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "block(buf, pos, n, is_request)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), n = PyLong_AsSsize_t(args[2]);
+    int is_request = PyObject_IsTrue(args[3]);
+    if ((pos == -1 || n == -1 || is_request < 0) && PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *buf = view.buf;
+    PyObject *result = NULL, *parts = NULL;
+    if (pos < 0 || n > view.len || pos >= n) goto none;
+    if (is_request) {
+        /* Http1Parser._begin: a method of at most MAX_METHOD bytes before a space */
+        const unsigned char *sp = memchr(buf + pos, ' ', (size_t)(n - pos < MAX_METHOD + 1 ? n - pos : MAX_METHOD + 1));
+        if (!sp || sp == buf + pos) goto none;
+    } else if (n - pos < 7 || memcmp(buf + pos, "HTTP/1.", 7) != 0) {
+        goto none;
+    }
+    Py_ssize_t limit = pos + MAX_HEADER_BYTES < n ? pos + MAX_HEADER_BYTES : n;
+    const unsigned char *p = buf + pos, *stop = buf + limit, *end = NULL;
+    while (p + 3 <= stop) {
+        const unsigned char *lf = memchr(p, '\n', stop - p);
+        if (!lf || lf + 3 > stop) break;
+        if (lf[1] == '\r' && lf[2] == '\n') { end = lf; break; }
+        if (lf[1] == '\n') break;     /* a bare LF block end: Python's */
+        p = lf + 1;
+    }
+    if (!end) goto none;
+    parts = parse_head(buf, view.len, pos, end - buf, is_request);
+    if (!parts || parts == Py_None) {
+        result = parts;
+        goto done;
+    }
+    result = PyTuple_New(2 + PyTuple_GET_SIZE(parts));
+    if (!result) goto done;
+    PyTuple_SET_ITEM(result, 0, PyLong_FromSsize_t(end - buf));
+    PyTuple_SET_ITEM(result, 1, PyLong_FromSsize_t(end - buf + 3));
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(parts); i++) {
+        PyObject *item = PyTuple_GET_ITEM(parts, i);
+        Py_INCREF(item);
+        PyTuple_SET_ITEM(result, 2 + i, item);
+    }
+    if (!PyTuple_GET_ITEM(result, 0) || !PyTuple_GET_ITEM(result, 1)) Py_CLEAR(result);
+    goto done;
+none:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(parts);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *parse_head(const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t start, Py_ssize_t end,
+                            int is_request) {
     PyObject *result = NULL;
     out_t o = {NULL, 0, 0};
-    const unsigned char *buf = view.buf;
-    if (start < 0 || end > view.len || start >= end) goto none;
+    if (start < 0 || end > buf_len || start >= end) goto none;
     if (buf[end - 1] == '\r') end--;
     const unsigned char *p = buf + start, *stop = buf + end;
 
@@ -275,7 +344,6 @@ none:
     Py_INCREF(result);
 done:
     PyMem_Free(o.data);
-    PyBuffer_Release(&view);
     return result;
 }
 
@@ -353,6 +421,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"head", (PyCFunction)(void (*)(void))head, METH_FASTCALL, "The common case of an HTTP/1.x header block (see the module's source)."},
+    {"block", (PyCFunction)(void (*)(void))block, METH_FASTCALL,
+     "A whole well-formed header block at a message start, found and parsed (see the source)."},
     {"body_tail", body_tail, METH_VARARGS, "A UTF-8 body's record fields as JSON text, or None."},
     {NULL, NULL, 0, NULL},
 };

@@ -106,3 +106,28 @@ def test_body_tail_matches_body_fields_on_text_and_declines_the_rest():
             assert got == _python_body_tail(body, len(body) + 5, truncated), body
             taken += 1
     assert taken > 1000 and declined > 1000
+
+
+@pytest.mark.parametrize("data, is_request, expected", [
+    (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nrest", True, (25, 28)),
+    (b"xxGET /a HTTP/1.1\r\n\r\n", True, None),                      # not at pos 0: see below
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False, (35, 38)),
+    (b"GET /a HTTP/1.1\r\nHost: h\r\n", True, None),                  # the block is not whole yet
+    (b"GET /a HTTP/1.1\nHost: h\n\n", True, None),                    # LF block end: Python's
+    (b"M" * 33 + b" /a HTTP/1.1\r\n\r\n", True, None),                # longer than a method may be
+    (b"HTTP/2.0 200 OK\r\n\r\n", False, None),
+])
+def test_block_finds_the_end_that_find_block_finds(data, is_request, expected):
+    pos = 2 if data.startswith(b"xx") else 0
+    got = http1_accel.block(data, pos, len(data), is_request)
+    if data.startswith(b"xx"):
+        assert got is not None and got[:2] == (18, 21)
+        return
+    if expected is None:
+        assert got is None
+        return
+    assert got[:2] == expected
+    p = http1.Http1Parser()
+    p._role = 1 if is_request else 2
+    assert p._find_block(data, 0, len(data), http1.MAX_HEADER_BYTES, "header block") == expected
+    assert got[2:] == http1_accel.head(data, 0, expected[0], is_request)
