@@ -11,6 +11,8 @@ four modes, alternated round-robin so that noise hits every mode alike:
   keys      keys and packets: `ecapture apply` with only the TLS secret hook (`capture: [secrets]`)
             and the TC classifier on lo into a pcapng sink; every request of the run is counted
             in the file with tshark (decrypted with the secrets the file holds, no key file)
+  baseline  `ecapture apply` of --baseline REV (default: main before issue 12), from a git archive
+            of it, with the same profile as ecapture: the capture CPU per request side by side
   secrets   keys without packets: the same target into a keylog sink only (what the probes and
             the shared state cost, without the classifier)
 
@@ -47,16 +49,19 @@ from orchestrator.plan import build  # noqa: E402
 from orchestrator.profile import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
 
-MODES = ("bare", "floor", "ecapture", "sslsniff", "keys", "secrets")
+MODES = ("bare", "floor", "ecapture", "sslsniff", "keys", "secrets", "baseline")
+BASELINE = "2d1e8af"    # main before issue 12: its whole ecapture (Python and BPF) for the `baseline` mode
 ECAPTURE = ROOT / ".venv" / "bin" / "ecapture"
 SSLSNIFF = Path("/usr/sbin/sslsniff-bpfcc")
 UPROBE_EVENTS = Path("/sys/kernel/tracing/uprobe_events")
 
 BPF_STATS = False       # --bpf-stats: the kernel is timing BPF programs
 
-# Targets from the issue.
-FLOOR_RATIO = 0.75      # ecapture >= 0.75 x floor
-SSLSNIFF_RATIO = 2.0    # ecapture >= 2 x sslsniff
+# Targets from the issues (12 raised the first two).
+FLOOR_RATIO = 0.9       # ecapture >= 0.9 x floor
+SSLSNIFF_RATIO = 1.5    # ecapture >= 1.5 x sslsniff
+CPU_RATIO = 0.25        # ecapture's capture CPU per request <= 1/4 of the baseline's
+BPF_RATIO = 2.0         # ecapture's BPF time per request <= 2 x the floor's
 KEYS_RATIO = 0.9        # keys >= 0.9 x bare
 
 # --------------------------------------------------------------------------- wrk
@@ -436,7 +441,8 @@ class EcaptureMode:
         profile.write_text(self.profile_text.format(jsonl=jsonl))
         stderr_path = self.tmp / f"{n}.stderr"
         with open(stderr_path, "wb") as err, open(self.tmp / f"{n}.stdout", "wb") as out:
-            proc = subprocess.Popen([str(ECAPTURE), "apply", str(profile), "--ready-file", str(ready)],
+            command = getattr(self, "command", [str(ECAPTURE)])
+            proc = subprocess.Popen([*command, "apply", str(profile), "--ready-file", str(ready)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             try:
                 if not wait_until(lambda: ready.exists() or proc.poll() is not None, 120):
@@ -469,6 +475,24 @@ class EcaptureMode:
             summary=next((ln for ln in summary if "stopped after" in ln), "")))
         jsonl.unlink(missing_ok=True)
         return result
+
+
+class BaselineMode(EcaptureMode):
+    """`ecapture apply` as it was at --baseline (a git archive of that revision: its Python, its
+    templates, its pure-Python pipeline), with the same profile: today's consumer measured side
+    by side with the new one."""
+    name = "baseline"
+
+    def __init__(self, tmp: Path, profile_text: str, rev: str):
+        super().__init__(tmp, profile_text)
+        self.tree = tmp / f"baseline-{rev}"
+        self.tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "orchestrator", "schemas", "templates"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(self.tree)], input=archive, check=True)
+        self.command = [sys.executable, "-c",
+                        f"import sys; sys.path.insert(0, {str(self.tree)!r}); sys.argv[0] = 'ecapture'; "
+                        "from orchestrator.cli import main; main()"]
 
 
 class KeysMode(EcaptureMode):
@@ -616,6 +640,8 @@ def main(argv=None) -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--modes", default=None, help="comma-separated subset of " + ",".join(MODES) +
                     " (default: all; with --server go all but sslsniff)")
+    ap.add_argument("--baseline", default=BASELINE, metavar="REV",
+                    help=f"git revision the baseline mode runs (default {BASELINE}, before issue 12)")
     ap.add_argument("--server", choices=("nginx", "go"), default="nginx",
                     help="what serves HTTPS: nginx (openssl target) or a Go server (gotls target)")
     ap.add_argument("--bpf-stats", action="store_true",
@@ -624,7 +650,8 @@ def main(argv=None) -> int:
                     "during round 1's wrk run "
                     "(flame graph if SVG ends in .svg, else collapsed stacks)")
     args = ap.parse_args(argv)
-    default_modes = [m for m in MODES if m not in ("keys", "secrets") and (args.server == "nginx" or m != "sslsniff")]
+    default_modes = [m for m in MODES if m not in ("keys", "secrets", "baseline")
+                     and (args.server == "nginx" or m != "sslsniff")]
     modes = [m for m in (args.modes or ",".join(default_modes)).split(",") if m]
     if any(m not in MODES for m in modes):
         ap.error(f"--modes: choose from {', '.join(MODES)}")
@@ -665,6 +692,8 @@ def main(argv=None) -> int:
             impl["keys"] = KeysMode(tmp)
         if "secrets" in modes:
             impl["secrets"] = SecretsMode(tmp)
+        if "baseline" in modes:
+            impl["baseline"] = BaselineMode(tmp, profile_text, args.baseline)
 
         with server_cm as srv:
             workers = srv.worker_pids()
@@ -775,13 +804,14 @@ def report(args, modes, rps, results, impl, errors) -> None:
              ("floor", "bare", "b/a floor/bare"), ("sslsniff", "floor", "d/b sslsniff/floor"),
              ("keys", "bare", "e/a keys/bare"), ("ecapture", "bare", "c/a ecapture/bare"),
              ("keys", "ecapture", "e/c keys/ecapture"), ("secrets", "bare", "f/a secrets/bare"),
-             ("keys", "secrets", "e/f keys/secrets"))
+             ("keys", "secrets", "e/f keys/secrets"), ("ecapture", "baseline", "c/g ecapture/baseline"),
+             ("baseline", "floor", "g/b baseline/floor"))
     for a, b, label in pairs:
         if a in med and b in med:
             print(f"{label:<24} {med[a] / med[b]:.2f}")
 
     verdicts = []
-    for mode in ("ecapture",):
+    for mode in ("ecapture", "baseline"):
         if mode not in impl or not impl[mode].captures:
             continue
         print()
@@ -835,6 +865,21 @@ def report(args, modes, rps, results, impl, errors) -> None:
     if "ecapture" in med and "sslsniff" in med:
         verdicts.insert(1, (f"ecapture >= {SSLSNIFF_RATIO:g} x sslsniff ({med['ecapture'] / med['sslsniff']:.2f})",
                             med["ecapture"] >= SSLSNIFF_RATIO * med["sslsniff"]))
+
+    def per_request(mode, attr):
+        vals = [getattr(r, attr) / r.requests for r in results.get(mode, []) if getattr(r, attr) is not None and r.requests]
+        return statistics.median(vals) if vals else None
+
+    cpu_new, cpu_old = per_request("ecapture", "cpu_s"), per_request("baseline", "cpu_s")
+    if cpu_new and cpu_old:
+        verdicts.append((f"ecapture capture CPU per request <= {CPU_RATIO:g} x the baseline's "
+                         f"({cpu_new * 1e6:.1f} / {cpu_old * 1e6:.1f} us = {cpu_new / cpu_old:.2f})",
+                         cpu_new <= CPU_RATIO * cpu_old))
+    bpf_new, bpf_floor = per_request("ecapture", "bpf_ns"), per_request("floor", "bpf_ns")
+    if bpf_new and bpf_floor:
+        verdicts.append((f"ecapture BPF time per request <= {BPF_RATIO:g} x the floor's "
+                         f"({bpf_new / 1e3:.2f} / {bpf_floor / 1e3:.2f} us = {bpf_new / bpf_floor:.2f})",
+                         bpf_new <= BPF_RATIO * bpf_floor))
     print()
     for label, ok in verdicts:
         print(f"{'PASS' if ok else 'FAIL'}  {label}")
