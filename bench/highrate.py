@@ -55,7 +55,6 @@ PYTHON = "/usr/bin/python3"          # the writers' and the server's interpreter
 SAMPLE_S = 0.5                       # RSS / CPU / JSONL-size sampling period
 QUIET_S = 2.0                        # the JSONL counts as drained after this long without growth
 DRAIN_TIMEOUT_S = 600.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # =========================================================================== child roles
@@ -187,32 +186,6 @@ def proc_status(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return out
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), in seconds."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def other_bpf_users(exclude: set[int]) -> list[str]:
-    """Other processes holding BPF programs (other benchmarks or kernel tests on this VM)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in exclude:
-            continue
-        try:
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                if os.readlink(f"/proc/{entry}/fd/{fd}") == "anon_inode:bpf-prog":
-                    found.append(f"{entry}({Path(f'/proc/{entry}/comm').read_text().strip()})")
-                    break
-        except OSError:
-            continue
-    return found
 
 
 def stop_process(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 60) -> int | None:
@@ -432,6 +405,7 @@ class Run:
 
     # ---- one phase of writers, with or without the capture
     def writers_phase(self, cert: Path, key: Path, tag: str, capture: bool) -> dict:
+        from overhead import cpu_seconds, other_bpf_users   # the parent only: child roles stay stdlib
         port = self.start_server(cert, key)
         go = self.work / f"go-{tag}"
         go.unlink(missing_ok=True)          # a stale one (--keep) would start the writers at once

@@ -92,8 +92,33 @@ class _HttpMessage(base.Message):
     def headers(self, pairs: list[tuple[str, str]]) -> None:
         self._headers = pairs
 
-    def _parts(self) -> tuple:
+    def _init(self, type_: str, version: str, headers: list[tuple[str, str]] | None, body: Any, body_len: int,
+              truncated: bool) -> None:
+        self.type = type_
+        self.version = version
+        self._headers = headers
+        self.body = body
+        self.body_len = body_len
+        self.truncated = truncated
+        self.head = None
+        self.head_json = None
+
+    def _start(self) -> tuple:
+        """The start line's ((name, value), (name, value)): method and path, or status and reason."""
         raise NotImplementedError
+
+    def _parts(self) -> tuple:
+        return self._start() + (("version", self.version), ("headers", self.headers), ("body", self.body),
+                                ("body_len", self.body_len), ("truncated", self.truncated))
+
+    def _shaped(self) -> dict:
+        """The record's fields (without the connection's: direction, request, ...). Each subclass
+        has its own `fields` property: compiled, a property inherited from here would lose to
+        Message's `fields` attribute."""
+        fields = dict(self._start())
+        fields["version"] = self.version
+        fields["headers"] = header_fields(self.headers)
+        return http_shape.body_fields(fields, self.body, self.body_len, self.truncated)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -110,28 +135,16 @@ class Request(_HttpMessage):
 
     def __init__(self, method: str, path: str, version: str, headers: list[tuple[str, str]] | None, body: Any,
                  body_len: int, truncated: bool) -> None:
-        self.type = "http.request"
         self.method = method
         self.path = path
-        self.version = version
-        self._headers = headers
-        self.body = body
-        self.body_len = body_len
-        self.truncated = truncated
-        self.head = None
-        self.head_json = None
+        self._init("http.request", version, headers, body, body_len, truncated)
 
-    def _parts(self) -> tuple:
-        return (("method", self.method), ("path", self.path), ("version", self.version),
-                ("headers", self.headers), ("body", self.body), ("body_len", self.body_len),
-                ("truncated", self.truncated))
+    def _start(self) -> tuple:
+        return (("method", self.method), ("path", self.path))
 
     @property  # type: ignore[misc]
     def fields(self) -> dict:  # type: ignore[override]
-        """The http.request record's fields (without the connection's: direction, ...)."""
-        return http_shape.body_fields(
-            {"method": self.method, "path": self.path, "version": self.version,
-             "headers": header_fields(self.headers)}, self.body, self.body_len, self.truncated)
+        return self._shaped()
 
 
 class Response(_HttpMessage):
@@ -140,28 +153,16 @@ class Response(_HttpMessage):
 
     def __init__(self, status: int, reason: str, version: str, headers: list[tuple[str, str]] | None, body: Any,
                  body_len: int, truncated: bool) -> None:
-        self.type = "http.response"
         self.status = status
         self.reason = reason
-        self.version = version
-        self._headers = headers
-        self.body = body
-        self.body_len = body_len
-        self.truncated = truncated
-        self.head = None
-        self.head_json = None
+        self._init("http.response", version, headers, body, body_len, truncated)
 
-    def _parts(self) -> tuple:
-        return (("status", self.status), ("reason", self.reason), ("version", self.version),
-                ("headers", self.headers), ("body", self.body), ("body_len", self.body_len),
-                ("truncated", self.truncated))
+    def _start(self) -> tuple:
+        return (("status", self.status), ("reason", self.reason))
 
     @property  # type: ignore[misc]
     def fields(self) -> dict:  # type: ignore[override]
-        """The http.response record's fields (without the connection's: direction, request, ...)."""
-        return http_shape.body_fields(
-            {"status": self.status, "reason": self.reason, "version": self.version,
-             "headers": header_fields(self.headers)}, self.body, self.body_len, self.truncated)
+        return self._shaped()
 
 
 def _head_pairs(head: bytes) -> list[tuple[str, str]]:
