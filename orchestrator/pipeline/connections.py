@@ -131,7 +131,7 @@ class ConnectionWorker:
             for msg in whole.feed(DIRECTIONS.get(ev.direction, "read"), ev.payload, ev.ts, missing):
                 if msg.type == "parse_error":
                     self.whole = "raw"
-                out.append(events.Record(msg.type, ev, msg.fields, self.conn))
+                out.append(events.Record(msg.type, ev, msg.fields, self.conn, None, self._prefix(ev)))
             return
         stream = self.streams.get(ev.direction)
         if stream is None:

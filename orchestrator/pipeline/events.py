@@ -25,7 +25,7 @@ class Event:
     __slots__ = ("ts", "seq", "session", "ret", "args", "pid", "tid", "uid", "fd", "len", "truncated",
                  "hook", "record", "direction", "family", "lport", "rport", "laddr", "raddr", "comm",
                  "payload", "source")
-    # Typed attributes: mypyc (scripts/build_fast.sh) compiles them into a C struct.
+    # Typed attributes: mypyc (scripts/build_fast.py) compiles them into a C struct.
     ts: int
     seq: int
     session: int
@@ -174,8 +174,10 @@ class Record:
         dict: the fields this record shares with its connection's other records are encoded
         once per connection (see record_prefix) and the record's own fields are spliced in after them."""
         ev = self.event
-        tail = self.tail
         fields = self._fields
+        # The tail stands for the fields only while nobody has asked for them: a dict handed out
+        # may have been changed since.
+        tail = self.tail if fields is None else None
         if ev is None or (tail is None and (not fields or not _PREFIX_KEYS.isdisjoint(fields))):
             return encode(self.to_dict())
         prefix = self.prefix

@@ -237,3 +237,19 @@ def test_to_json_is_the_encoded_dict_byte_for_byte():
     assert len(keep.records) > 200
     for r in keep.records + odd:
         assert r.to_json(encode) == encode(r.to_dict()), r.type
+
+
+def test_a_record_whose_fields_were_handed_out_is_encoded_from_them():
+    """A sink that changes `fields` (e.g. a redaction) must not be undone by the JSON tail."""
+    import msgspec
+
+    from orchestrator.pipeline import events
+    from tests.support import replay
+
+    encode = msgspec.json.Encoder().encode
+    ps = replay.probe_set("web")
+    ev = events.decode(corpus(seed=3, connections=1)[0][1], ps)
+    r = events.Record("http.request", ev, None, None, b'"direction":"read","path":"/secret"')
+    assert b'"/secret"' in r.to_json(encode)
+    r.fields["path"] = "[redacted]"
+    assert b'"/secret"' not in r.to_json(encode) and r.to_json(encode) == encode(r.to_dict())
