@@ -196,7 +196,7 @@ else:
     import hpack.table
 
     hpack_accel.setup(tuple(hpack.table.HeaderTable.STATIC_TABLE), hpack.huffman_constants.REQUEST_CODES,
-                 hpack.huffman_constants.REQUEST_CODES_LENGTH)
+                      hpack.huffman_constants.REQUEST_CODES_LENGTH)
 
 
 def new_decoder():

@@ -136,10 +136,12 @@ class Dispatcher:
         while True:
             try:
                 size, batch = self._queue.get_nowait()
-                self.process(batch)
-                self._release(size)
             except queue.Empty:
                 return
+            try:
+                self.process(batch)
+            finally:
+                self._release(size)
 
     def _tick(self):
         now = self._clock()
