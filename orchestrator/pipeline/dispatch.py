@@ -35,6 +35,7 @@ class Stats:
     def __init__(self):
         self.events = collections.Counter()      # (profile, target) → events decoded
         self.records = collections.Counter()     # record type → count
+        self.records_by_target = collections.Counter()   # (profile, target, record type) → count
         self.losses = collections.Counter()      # (profile, target, stage) → count
 
     def loss_total(self) -> int:
@@ -186,8 +187,13 @@ class Dispatcher:
         if run:
             per_source[skey] += run
         self.stats.events.update(per_source)
-        for records in by_profile.values():
-            self.stats.records.update(r.type for r in records)
+        by_type = self.stats.records
+        by_target = self.stats.records_by_target
+        for profile, records in by_profile.items():
+            for r in records:
+                ev = r.event
+                by_type[r.type] += 1
+                by_target[(profile, ev.source.target.name if ev is not None else r.fields.get("target", ""), r.type)] += 1
         raw_by_profile, self._raw = self._raw, {}
         health = self._sink_health
         for profile, records in by_profile.items():
@@ -311,11 +317,17 @@ class Dispatcher:
         except Exception as exc:
             self._sink_failed(profile, sink, records, exc, now)
             return
-        self.stats.records["loss"] += len(told)
+        self._count_losses(profile, told)
         h.lacking.clear()
         h.failing = False
         h.recovered = True
         self._maybe_warn(h, now)
+
+    def _count_losses(self, profile: str, told: list) -> None:
+        """Loss records made here (no event): counted by the target they are about."""
+        self.stats.records["loss"] += len(told)
+        for r in told:
+            self.stats.records_by_target[(profile, r.fields.get("target", ""), "loss")] += 1
 
     def _maybe_warn(self, h, now) -> None:
         if not (h.failures_since or h.recovered):
@@ -371,7 +383,7 @@ class Dispatcher:
                 except Exception as exc:
                     self._sink_failed(profile, sink, recs, exc, now)
                     continue
-                self.stats.records["loss"] += len(recs)
+                self._count_losses(profile, recs)
 
     def _sink_housekeeping(self, now) -> None:
         self._report_sink_losses(now)

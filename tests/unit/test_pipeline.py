@@ -361,3 +361,16 @@ def test_the_queue_is_bounded_in_bytes_and_a_producer_waits_for_room():
     assert 0 < peak[0] <= limit + batch_bytes
     assert d.queued_bytes == 0
     assert waited > 0.05          # the producer did wait for the slow sink (100 writes of 2 ms)
+
+
+def test_records_are_counted_by_profile_target_and_type():
+    sink = ListSink()
+    d = dispatch.Dispatcher(lambda _p: [sink])
+    ps = _probe_set()
+    d.process([events.decode(_raw(REQ, seq=0), ps), events.decode(_raw(RESP, seq=1, hook=0, direction=layout.DIR_WRITE), ps),
+               events.Record("loss", None, {"profile": "prof", "target": "web", "stage": "kernel.ringbuf", "count": 3})])
+    d.flush_all()
+    assert [r["type"] for r in sink.records] == ["http.request", "http.response", "loss"]
+    assert d.stats.records_by_target == {("prof", "web", "http.request"): 1, ("prof", "web", "http.response"): 1,
+                                         ("prof", "web", "loss"): 1}
+    assert d.stats.records == {"http.request": 1, "http.response": 1, "loss": 1}
