@@ -193,6 +193,11 @@ def apply(paths: List[Path] = PathsArg,
                                                       "writable by group or others or owned by another user "
                                                       "(like sshd's StrictModes, they are refused by default: a "
                                                       "profile decides what root probes and where it writes)."),
+          metrics_listen: Optional[str] = typer.Option(
+              None, "--metrics", metavar="[HOST:]PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (records, losses, target states, "
+                   "reload durations, ring-buffer fill). PORT alone listens on 127.0.0.1; any other address "
+                   "must be given explicitly, and anyone who reaches it can read the metrics."),
           ) -> None:
     """Capture: attach every target of the profiles and stream records to their sinks until stopped.
 
@@ -202,8 +207,19 @@ def apply(paths: List[Path] = PathsArg,
     Targets that cannot attach are reported and skipped; the rest keep running. On exit every
     probe is detached and a summary (events, records, losses) is printed.
     """
+    from orchestrator import metrics as metrics_mod
     from orchestrator.reconcile import session as session_mod
 
+    listen = None
+    if metrics_listen is not None:
+        try:
+            listen = metrics_mod.parse_listen(metrics_listen)
+        except metrics_mod.MetricsError as exc:
+            _fail(str(exc))
+            raise typer.Exit(EXIT_PRECONDITION)
+        if not listen.loopback:
+            warning = f"--metrics {listen} is not a loopback address: anyone who reaches it can read the metrics"
+            err.print(f"[yellow]warning:[/yellow] {_safe(warning)}")
     problems = preflight.problems()
     if problems:
         for p in problems:
@@ -216,8 +232,12 @@ def apply(paths: List[Path] = PathsArg,
     # bcc/clang warnings are kept off the terminal by pointing fd 2 elsewhere while they compile,
     # which reloads do from the watcher's thread at any time: our own messages go to a copy of fd 2.
     err.file = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
-    sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(_safe(line)), watch=watch,
-                                    insecure_profiles=insecure_profiles)
+    try:
+        sess = session_mod.ApplySession(paths, log=_say, warn=lambda line: err.print(_safe(line)), watch=watch,
+                                        insecure_profiles=insecure_profiles, metrics_listen=listen)
+    except metrics_mod.MetricsError as exc:
+        _fail(str(exc))
+        raise typer.Exit(EXIT_PRECONDITION)
 
     def on_signal(signum, _frame):
         sess.stop_event.set()

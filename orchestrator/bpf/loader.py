@@ -124,6 +124,13 @@ class LoadedTarget:
             return {stage: sum(int(v) for v in table.getvalue(ctypes.c_int(slot)))
                     for slot, stage in layout.LOSS_STAGES.items()}
 
+    def ring_fill(self) -> tuple[int, int] | None:
+        """(bytes waiting in the ring buffer, its size), or None once closed."""
+        with self._lock:
+            if self.reader is None or self._closed:
+                return None
+            return self.reader.used(), self.reader.size
+
     def drain(self, take) -> int:
         """`take(bytes)` for every record waiting in the ring buffer, in order."""
         with self._lock:

@@ -65,6 +65,11 @@ class RingReader:
             consumer.value = cons
         return n
 
+    def used(self) -> int:
+        """Bytes the kernel has reserved or written that are not read yet, for metrics: two loads,
+        so a write or read in between makes it a moment old, never out of range."""
+        return max(0, min(self.size, self._words[0] - self._consumer_pos.value))
+
     def close(self) -> None:
         del self._consumer_pos          # the mappings cannot close while views export them
         self._words.release()

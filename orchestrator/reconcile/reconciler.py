@@ -79,6 +79,7 @@ class Reconciler:
         self.lock = runtime.lock     # whoever changes what runs holds it
         self._pass_lock = threading.Lock()    # one pass at a time (watcher, retries)
         self.passes = 0
+        self.on_reload = None       # called with (profile name, seconds) after each apply of a file: metrics
 
     # ---------------------------------------------------------------- one pass
     def reconcile(self) -> None:
@@ -161,6 +162,8 @@ class Reconciler:
             summary = f"renamed from {renamed_from}; {summary}"
         st.reload_ms = (time.monotonic() - t0) * 1000
         st.last_reload = time.time()
+        if self.on_reload is not None:
+            self.on_reload(profile.name, st.reload_ms / 1000)
         if summary is None:
             st.schedule_retry(LOAD_RETRY_CAP_S, now)
         elif item.failed:

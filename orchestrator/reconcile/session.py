@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from orchestrator import fastpath, safefile
+from orchestrator import fastpath, metrics, safefile
 from orchestrator.bpf import packets, state
 from orchestrator.pipeline import dispatch, events
 from orchestrator.reconcile import control, reconciler, runtime, watcher
@@ -17,7 +17,10 @@ RETRY_CHECK_S = 0.5     # how often temporary failures and replaced libraries ar
 
 
 class ApplySession:
-    def __init__(self, paths, log, warn, watch: bool = True, insecure_profiles: bool = False):
+    def __init__(self, paths, log, warn, watch: bool = True, insecure_profiles: bool = False,
+                 metrics_listen: metrics.Listen | None = None):
+        """Raises metrics.MetricsError when `metrics_listen` cannot be served (before anything
+        is loaded or attached)."""
         self.log = log
         self.warn = warn
         self.dispatcher = dispatch.Dispatcher(lambda name: self.reconciler.sinks.get(name, ()), warn=warn)
@@ -31,6 +34,13 @@ class ApplySession:
         self.stop_event = threading.Event()
         self.started = time.time()
         self._retrier = threading.Thread(target=self._retry_loop, name="ecapture-retry", daemon=True)
+        self.metrics = None
+        if metrics_listen is not None:
+            self.metrics = metrics.Metrics(self.dispatcher, self.reconciler.status,
+                                           lambda: metrics.lanes_of(self.runtime))
+            self.metrics.serve(metrics_listen)
+            self.reconciler.on_reload = self.metrics.observe_reload
+            log(f"Prometheus metrics on {metrics_listen.url}")
 
     def _status(self) -> dict:
         return {**self.reconciler.status(), "packet_capture": packets.interfaces(),
@@ -103,6 +113,8 @@ class ApplySession:
         if self.watcher is not None:
             self.watcher.stop()
         self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.reconciler.close()
         packets.stop()              # what the classifier captured goes to the dispatcher before it stops
         state.close()

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2] / PKG
 # module). Target graph: cli → reconcile → pipeline/plan/sinks → parsers, bpf → profile, with the
 # small utilities (safefile, termtext, preflight, workdir) below everything.
 ALLOWED: dict[str, set[str]] = {
-    "cli": {"reconcile", "plan", "bpf", "profile", "preflight", "termtext", "workdir"},
-    "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir", "fastpath"},
+    "cli": {"reconcile", "plan", "bpf", "profile", "preflight", "termtext", "workdir", "metrics"},
+    "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir", "fastpath", "metrics"},
+    "metrics": {"fastpath"},    # reads what reconcile hands it at scrape time; imports none of it
     "sinks": {"pipeline", "bpf", "profile", "safefile", "termtext"},   # bpf: the packet sink subscribes to the capture
     "plan": {"bpf", "profile"},
     "pipeline": {"bpf", "parsers"},
