@@ -19,5 +19,6 @@ def build(spec: models.Sink, profile: str = "", ports=None):
         return packet_sink.PacketPcapngSink(spec.option("path"), spec.option("interfaces"), profile, ports=ports)
     if spec.type == "stdout":
         return stdout.StdoutSink(color=spec.option("color", "auto"), show_data=spec.option("show_data", True),
-                                 max_body=spec.option("max_body", 2048), show_secrets=spec.option("show_secrets", False))
+                                 max_body=spec.option("max_body", 2048), show_secrets=spec.option("show_secrets", False),
+                                 format=spec.option("format", "text"))
     raise ValueError(f"unknown sink type {spec.type!r}")
