@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 
-class _HttpMessage(base.Message):
+class HttpMessage(base.Message):
     """Request and Response: the parsed parts; ``fields`` shapes them into the record's fields.
 
     A message whose header block the C accelerator took (see http1_accel.c) carries that block's
@@ -76,7 +76,9 @@ class _HttpMessage(base.Message):
     body: bytes
     body_len: int  # true body length on the wire (may be > len(body))
     truncated: bool  # body (or part of it) not captured / cut at max_body
-    head: bytes | None
+    head: Any                   # bytes holding the header block at [head_start:head_end], or None
+    head_start: int
+    head_end: int
     head_json: bytes | None
     _headers: list[tuple[str, str]] | None
 
@@ -85,7 +87,8 @@ class _HttpMessage(base.Message):
         """In order, names as sent (trailers appended)."""
         pairs = self._headers
         if pairs is None:
-            pairs = self._headers = _head_pairs(self.head or b"")
+            head = self.head
+            pairs = self._headers = _head_pairs(head[self.head_start:self.head_end] if head is not None else b"")
         return pairs
 
     @headers.setter
@@ -101,7 +104,15 @@ class _HttpMessage(base.Message):
         self.body_len = body_len
         self.truncated = truncated
         self.head = None
+        self.head_start = self.head_end = 0
         self.head_json = None
+
+    def _set_head(self, head: Any, start: int, end: int, head_json: bytes) -> None:
+        """The block the C accelerator took: its bytes (head[start:end]) and its record JSON."""
+        self.head = head
+        self.head_start = start
+        self.head_end = end
+        self.head_json = head_json
 
     def _start(self) -> tuple:
         """The start line's ((name, value), (name, value)): method and path, or status and reason."""
@@ -129,7 +140,7 @@ class _HttpMessage(base.Message):
         return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % pair for pair in self._parts()))
 
 
-class Request(_HttpMessage):
+class Request(HttpMessage):
     method: str
     path: str
 
@@ -147,7 +158,7 @@ class Request(_HttpMessage):
         return self._shaped()
 
 
-class Response(_HttpMessage):
+class Response(HttpMessage):
     status: int
     reason: str
 
@@ -442,7 +453,7 @@ class Http1Parser(base.Parser):
         self._state = _S_ERROR
 
     def _emit(self, events: list) -> None:
-        msg = self._msg
+        msg: HttpMessage = self._msg        # typed: compiled, the attribute writes below are native
         parts = self._parts
         if parts:
             msg.body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -451,7 +462,7 @@ class Http1Parser(base.Parser):
         events.append(msg)
         self._msg = None
         self._parts = None
-        if type(msg) is Response and msg.status == 101:
+        if isinstance(msg, Response) and msg.status == 101:
             self._state = _S_UPGRADED  # the caller of _emit drops the buffer
         else:
             self._state = _S_START
@@ -555,7 +566,7 @@ class Http1Parser(base.Parser):
         if _fast_head is not None:
             parts = _fast_head(buf, pos, line_end, self._role == _ROLE_REQUEST)
             if parts is not None:
-                self._on_fast_head(parts, bytes(buf[pos:line_end]), events)
+                self._on_fast_head((line_end, line_end) + parts, bytes(buf[pos:line_end]), 0, line_end - pos, events)
                 return
         if buf[line_end - 1] == 13:
             line_end -= 1
@@ -636,16 +647,17 @@ class Http1Parser(base.Parser):
             return
         self._state = _S_EOF_BODY
 
-    def _on_fast_head(self, parts: tuple, head: bytes, events: list) -> None:
-        """_on_head for a block the C accelerator took: it is well formed, its Content-Length is
-        one number (-1: none) and its Transfer-Encoding, if any, is chunked."""
-        first, second, version, head_json, length, chunked = parts
+    def _on_fast_head(self, found: tuple, head: bytes, head_start: int, head_end: int, events: list) -> None:
+        """_on_head for a block the C accelerator took (`found`: http1_accel.block's answer): it is
+        well formed, its Content-Length is one number (-1: none) and its Transfer-Encoding, if any,
+        is chunked."""
+        _end, _next, first, second, version, head_json, length, chunked = found
+        msg: HttpMessage
         if self._role == _ROLE_REQUEST:
-            msg: Any = Request(first, second, version, None, b"", 0, False)
+            msg = Request(first, second, version, None, b"", 0, False)
         else:
             msg = Response(first, second, version, None, b"", 0, False)
-        msg.head = head
-        msg.head_json = head_json
+        msg._set_head(head, head_start, head_end, head_json)
         self._msg = msg
         if self._role == _ROLE_RESPONSE:
             status = first
@@ -724,7 +736,12 @@ class Http1Parser(base.Parser):
                             self._kept = 0
                             self._body_len = 0
                             self._trunc = False
-                            self._on_fast_head(found[2:], bytes(buf[pos:found[0]]), events)
+                            # The block is kept by reference while buf is immutable: headers are
+                            # made from it only if something asks for them.
+                            if type(buf) is bytes:
+                                self._on_fast_head(found, buf, pos, found[0], events)
+                            else:
+                                self._on_fast_head(found, bytes(buf[pos:found[0]]), 0, found[0] - pos, events)
                             pos = found[1]
                             if self._state >= _S_UPGRADED:
                                 pos = n

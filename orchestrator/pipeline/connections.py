@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from base64 import b64encode
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -16,8 +16,11 @@ from orchestrator.parsers import http1, http2, mysql, postgres
 from orchestrator.pipeline import events, sockets
 
 DIRECTIONS = {layout.DIR_READ: "read", layout.DIR_WRITE: "write"}
+_DIR_READ: Final = layout.DIR_READ
+_DIR_WRITE: Final = layout.DIR_WRITE
 _DIRECTION_JSON = {d: b'"direction":"%s",' % name.encode() for d, name in DIRECTIONS.items()}
 _encode = msgspec.json.Encoder().encode
+_request_json: dict = {}        # (method, path) → ',"request":{...}' of the responses that answer it
 try:
     # Only the compiled build has it, and only the compiled build makes messages with head_json.
     from orchestrator.parsers import http1_accel  # type: ignore[attr-defined]
@@ -82,9 +85,15 @@ class ConnectionWorker:
 
     def handle(self, ev: events.Event, out: list) -> None:
         self.last_event = ev
-        ident = (ev.fd, ev.lport, ev.rport, ev.laddr, ev.raddr) if ev.family else None
+        ident = None
+        if ev.family:
+            ident = self.ident
+            # The connection's identity, made anew only when it differs (nearly never).
+            if ident is None or ident[0] != ev.fd or ident[1] != ev.lport or ident[2] != ev.rport \
+                    or ident[3] != ev.laddr or ident[4] != ev.raddr:
+                ident = (ev.fd, ev.lport, ev.rport, ev.laddr, ev.raddr)
         if self.fd is not None and ((ev.fd >= 0 and ev.fd != self.fd) or
-                                    (ident is not None and self.ident is not None and ident != self.ident)):
+                                    (ident is not None and self.ident is not None and ident is not self.ident)):
             # The session object (or fd) now serves another connection: a reused pointer or fd.
             self.finish(out)
             self._reset()
@@ -173,7 +182,7 @@ class ConnectionWorker:
         if isinstance(msg, http1.Request):
             self.pending.append((ev.ts, msg.method, msg.path))
             if msg.method == "HEAD":
-                other = self.streams.get(layout.DIR_READ if ev.direction == layout.DIR_WRITE else layout.DIR_WRITE)
+                other = self.streams.get(_DIR_READ if ev.direction == _DIR_WRITE else _DIR_WRITE)
                 if isinstance(other, http1.Http1Parser):
                     other.expect_head_response()
             if msg.head_json is not None:
@@ -205,7 +214,7 @@ class ConnectionWorker:
             prefix = self.prefixes[key] = events.record_prefix(ev, self.conn, _encode)
         return prefix
 
-    def _message_tail(self, msg: Any, ev: events.Event) -> bytes:
+    def _message_tail(self, msg: http1.HttpMessage, ev: events.Event) -> bytes:
         """`_message_record`'s fields as JSON text without braces, as msgspec would encode them."""
         direction = _DIRECTION_JSON.get(ev.direction, b'"direction":"?",')
         body = msg.body
@@ -214,11 +223,17 @@ class ConnectionWorker:
             body_json = b',"body":"%s","body_len":%d,"body_encoding":"base64"' % (b64encode(body), msg.body_len)
             if msg.truncated:
                 body_json += b',"truncated":true'
-        tail = direction + msg.head_json + body_json
+        head_json: Any = msg.head_json      # set: the caller checked
+        tail = direction + head_json + body_json
         if isinstance(msg, http1.Response) and self.pending and msg.status >= 200:
             req_ts, method, path = self.pending.popleft()
-            tail += b',"request":%s,"latency_ms":%s' % (_encode({"method": method, "path": path}),
-                                                        _encode(round((ev.ts - req_ts) / 1e6, 3)))
+            request = _request_json.get((method, path))
+            if request is None:
+                request = b',"request":' + _encode({"method": method, "path": path})
+                if len(_request_json) > 1024:
+                    _request_json.clear()
+                _request_json[(method, path)] = request
+            tail += request + b',"latency_ms":' + _encode(round((ev.ts - req_ts) / 1e6, 3))
         return tail
 
     def finish(self, out: list) -> None:

@@ -19,10 +19,16 @@ import queue
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Final
 
 from orchestrator.bpf import layout
 from orchestrator.pipeline import connections, events
+
+# Compiled, a Final is a C static: no module lookup per event.
+_RECORD_DATA: Final = layout.RECORD_DATA
+_RECORD_COMMAND: Final = layout.RECORD_COMMAND
+_RECORD_CALL: Final = layout.RECORD_CALL
+_RECORD_SECRET: Final = layout.RECORD_SECRET
 
 IDLE_EVICT_NS = 60 * 1_000_000_000
 MAX_QUEUED_BYTES = 128 << 20                 # events waiting for the dispatcher, payloads + EVENT_OVERHEAD each
@@ -220,9 +226,9 @@ class Dispatcher:
 
     def _route(self, ev: events.Event, out: list, now: int, skey: Any, sprofile: Any) -> None:
         """`skey`, `sprofile`: ev.source.key and ev.source.profile."""
-        if ev.record == layout.RECORD_DATA:
+        if ev.record == _RECORD_DATA:
             key = (skey, ev.pid, ev.session or ev.fd)
-            worker = self._workers.get(key)
+            worker: connections.ConnectionWorker | None = self._workers.get(key)
             if worker is None:
                 worker = connections.ConnectionWorker(key, ev.source.parsers, ev.source.target.filters.ports)
                 self._workers[key] = worker
@@ -234,15 +240,15 @@ class Dispatcher:
                     [] if any(hasattr(s, "write_data") for s in self._sinks_for(sprofile)) else False
             if raw is not False and not worker.excluded:
                 raw.append((ev, worker.conn))       # the plaintext itself, for sinks that take it
-        elif ev.record == layout.RECORD_COMMAND:
+        elif ev.record == _RECORD_COMMAND:
             shell = ev.source.target.kind           # bash | zsh
             payload = _unmetafy(ev.payload).rstrip(b"\n") if shell == "zsh" else ev.payload
             text, _ = events.text_or_base64(payload)
             if text.strip():
                 out.append(events.Record(f"{shell}.command", ev, {"command": text, "truncated": ev.truncated}))
-        elif ev.record == layout.RECORD_CALL:
+        elif ev.record == _RECORD_CALL:
             out.append(events.Record("uprobe.call", ev, _call_fields(ev)))
-        elif ev.record == layout.RECORD_SECRET:
+        elif ev.record == _RECORD_SECRET:
             secret = _secret_fields(ev)
             if secret is not None:
                 out.append(events.Record("tls.secret", ev, secret, ev.conn_tuple()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import time
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -99,6 +99,7 @@ def decode(raw: Any, source: Any) -> Event:
 # by tests/unit/test_fastpath.py).
 _NATIVE_READS = type(decode).__name__ == "builtin_function_or_method" and _read_i64 is not None
 _U64 = 1 << 64
+_FLAG_TRUNCATED: Final = layout.FLAG_TRUNCATED
 _NO_ARGS: tuple = ()
 _RECORD_DATA = layout.RECORD_DATA
 
@@ -139,7 +140,7 @@ def _decode_native(raw: bytes, source: Any) -> Event:
     cap = _u32(raw, 100)
     ev.hook = _u16(raw, 104)
     ev.direction = raw[107]
-    ev.truncated = bool(raw[108] & layout.FLAG_TRUNCATED)
+    ev.truncated = bool(raw[108] & _FLAG_TRUNCATED)
     family = _u16(raw, 112)
     ev.family = family
     ev.lport = _u16(raw, 114)
@@ -273,10 +274,15 @@ class Record:
                 if len(_prefixes) > 4096:
                     _prefixes.clear()
                 _prefixes[key] = prefix
+        type_json = _type_json.get(self.type)
+        if type_json is None:
+            type_json = encode(self.type)
+            if len(_type_json) < 1024:
+                _type_json[self.type] = type_json
         if tail is not None:
-            return b"".join((b'{"type":', encode(self.type), b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
+            return b"".join((b'{"type":', type_json, b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
                              prefix, b",", tail, b"}"))
-        return b"".join((b'{"type":', encode(self.type), b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
+        return b"".join((b'{"type":', type_json, b',"ts":', b"%d" % ev.ts, b',"seq":', b"%d" % ev.seq,
                          prefix, b",", encode(fields)[1:]))
 
 
@@ -284,6 +290,7 @@ class Record:
 # (to_dict then updates it in place) takes the slow path of to_json.
 _PREFIX_KEYS = frozenset({"type", "ts", "seq", "profile", "target", "pid", "tid", "comm", "uid", "conn", "fd", "tls"})
 _prefixes: dict = {}
+_type_json: dict = {}            # record type → its JSON string (msgspec's, so escapes agree)
 
 
 def record_prefix(ev: Event, conn: Any, encode: Any) -> bytes:
