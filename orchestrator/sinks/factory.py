@@ -11,6 +11,9 @@ def build(spec: models.Sink, profile: str = "", ports=None):
         return jsonl.JsonlSink(spec.option("path"))
     if spec.type == "keylog":
         return keylog.KeylogSink(spec.option("path"))
+    if spec.type == "har":
+        from orchestrator.sinks import har
+        return har.HarSink(spec.option("path"))
     if spec.type == "pcapng":
         if spec.option("source", "packets") == "plaintext":
             from orchestrator.sinks import pcapng_sink
