@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make python3-dev
               nginx curl openssl wrk bash procps iproute2 util-linux
               mariadb-server mariadb-client postgresql postgresql-client
-              gnutls-bin wget zsh libnss3-tools android-boringssl golang-go tshark)
+              gnutls-bin wget zsh libnss3-tools android-boringssl golang-go tshark
+              chromium)   # chromium: the web sink's page, driven by Playwright (it downloads no browser)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup: must run as root (BPF and apt need it)" >&2; exit 1

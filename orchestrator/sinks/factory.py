@@ -14,6 +14,10 @@ def build(spec: models.Sink, profile: str = "", ports=None):
     if spec.type == "har":
         from orchestrator.sinks import har
         return har.HarSink(spec.option("path"))
+    if spec.type == "web":
+        from orchestrator.sinks import web      # websockets and its loop only when a profile asks for them
+        return web.WebSink(spec.option("listen", web.DEFAULT_LISTEN), token_file=spec.option("token_file"),
+                           show_secrets=spec.option("show_secrets", False))
     if spec.type == "pcapng":
         if spec.option("source", "packets") == "plaintext":
             from orchestrator.sinks import pcapng_sink
