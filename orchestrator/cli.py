@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,21 +17,70 @@ from rich.markup import escape
 from orchestrator import preflight, termtext, workdir
 from orchestrator.bpf import discovery
 from orchestrator.bpf import render as render_mod
-from orchestrator.plan import build, diff
+from orchestrator.plan import build, diff, report
 from orchestrator.reconcile import control
 from orchestrator.profile import errors, load, trust
 
 EXIT_INVALID, EXIT_USAGE, EXIT_PRECONDITION = 1, 2, 3
+EXIT_CHANGES = 2        # plan --detailed-exitcode: changes pending (terraform's code)
+
+
+class _HelpWithoutTypes:
+    """typer writes each parameter's Python type beside it in help (<list[Path]>, <float>, <bool>):
+    show an option's metavar instead, and nothing for flags and arguments (their name says it)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            param.display_type_rich = lambda ctx, param=param: (
+                None if param.param_type_name == "argument" or getattr(param, "is_flag", False) else param.metavar)
+        return params
+
+
+class _Command(_HelpWithoutTypes, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_HelpWithoutTypes, typer.core.TyperGroup):
+    pass
+
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    cls=_Group, add_completion=True, no_args_is_help=True, rich_markup_mode="rich",
     help="Declarative eBPF capture: describe targets in YAML profiles, then [bold]ecapture apply[/bold] them.\n\n"
          "Typical flow: [cyan]validate[/cyan] a profile, look at the [cyan]plan[/cyan], [cyan]apply[/cyan] it "
          "(as root). [cyan]render[/cyan] shows the exact BPF C that would be compiled.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-PathsArg = typer.Argument(..., help="Profile files, or directories holding *.yaml profiles.", show_default=False)
+PathsArg = typer.Argument(..., help="Profile files, or directories holding *.yaml profiles.", show_default=False,
+                          metavar="PROFILE")
+
+
+def _version() -> str:
+    """The installed distribution's version; in a source checkout that is not installed, pyproject.toml's."""
+    try:
+        return metadata.version("ecapture")
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib
+    try:
+        with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+            return f"{tomllib.load(f)['project']['version']} (source checkout, not installed)"
+    except (OSError, KeyError, ValueError):
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"ecapture {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="Print the version of ecapture and exit.")) -> None:
+    pass
 
 
 def _safe(text) -> str:
@@ -62,30 +112,68 @@ def _load_all(paths) -> tuple[list, bool]:
     return profiles, ok
 
 
-@app.command()
-def validate(paths: List[Path] = PathsArg) -> None:
+def _check_files(paths, offline: bool = False) -> tuple[list[report.FileCheck], list[errors.Issue]]:
+    """Every profile file named by `paths`, checked as validate does: schema and semantics, then,
+    unless `offline`, what touches the file system: output paths, whether apply may trust the file,
+    and whether each target's binary, library and symbols exist (planning it). Also returns the
+    problems that are about no one file."""
+    files = load.discover(paths)
+    if not files:
+        return [], [errors.Issue(", ".join(map(str, paths)), 1, 1, "", "no profiles found")]
+    checks = []
+    for path in files:
+        check = report.FileCheck(workdir.shown(path))
+        try:
+            check.profile = load.load_file(path, check_outputs=not offline)
+        except errors.ProfileError as exc:
+            check.errors += exc.issues
+        if not offline:
+            check.warnings += [errors.Issue(check.file, 1, 1, "", f"{problem} (apply refuses it without "
+                                                                   f"--insecure-profiles)")
+                               for problem in trust.problems(path)]
+            if check.profile is not None:
+                check.plan = build.plan_profile(check.profile)
+                check.errors += [f.issue() for f in check.plan[1]]
+        checks.append(check)
+    return checks, []
+
+
+@app.command(cls=_Command)
+def validate(paths: List[Path] = PathsArg,
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead (see "
+                                                                "README, JSON output): per file, ok or its errors "
+                                                                "with file, line, col, field and message."),
+             offline: bool = typer.Option(False, "--offline",
+                                          help="Check schema and semantics only, touching nothing but the profiles "
+                                               "themselves: no binary, library, symbol, output path or permission "
+                                               "checks (for CI runners that do not have the binaries)."),
+             ) -> None:
     """Check profiles: schema, semantics, and that every binary, library and symbol exists.
 
     Prints one [bold]file:line:col: field.path: message[/bold] line per problem and exits 1 if there is any.
     """
-    profiles, ok = _load_all(paths)
-    for path in load.discover(paths):
-        for problem in trust.problems(path):
-            err.print(f"[yellow]warning:[/yellow] {_safe(workdir.shown(path))}:1:1: {_safe(problem)} "
-                      f"(apply refuses it without --insecure-profiles)")
-    for profile in profiles:
-        _, failed = build.plan_profile(profile)
-        for f in failed:
-            ok = False
-            err.print(_safe(str(f.issue())))
-        if not failed:
-            print(f"{termtext.printable(str(profile.path))}: ok ({len(profile.targets)} target(s))")
-    raise typer.Exit(0 if ok else EXIT_INVALID)
+    checks, general = _check_files(paths, offline)
+    if as_json:
+        document = report.validate_document(checks, general, offline)
+        print(json.dumps(document, indent=2))
+        raise typer.Exit(0 if document["ok"] else EXIT_INVALID)
+    for issue in general:
+        _fail(f"{issue.message} in {issue.file}")
+    for check in checks:
+        for issue in check.errors:
+            err.print(_safe(str(issue)))
+        for issue in check.warnings:
+            err.print(f"[yellow]warning:[/yellow] {_safe(str(issue))}")
+        if not check.errors:
+            unchecked = "; offline: binaries, libraries, symbols, output paths and permissions not checked"
+            print(f"{termtext.printable(check.file)}: ok ({len(check.profile.targets)} target(s)"
+                  f"{unchecked if offline else ''})")
+    raise typer.Exit(0 if not general and all(not c.errors for c in checks) else EXIT_INVALID)
 
 
-@app.command()
-def render(path: Path = typer.Argument(..., help="One profile file.", show_default=False),
-           target: Optional[str] = typer.Option(None, "--target", "-t", help="Only this target."),
+@app.command(cls=_Command)
+def render(path: Path = typer.Argument(..., help="One profile file.", show_default=False, metavar="PROFILE"),
+           target: Optional[str] = typer.Option(None, "--target", "-t", metavar="NAME", help="Only this target."),
            ) -> None:
     """Print the exact BPF C that [bold]apply[/bold] compiles for each target of a profile."""
     profiles, ok = _load_all([path])
@@ -108,10 +196,32 @@ def render(path: Path = typer.Argument(..., help="One profile file.", show_defau
                      else EXIT_INVALID)
 
 
-@app.command()
-def plan(paths: List[Path] = PathsArg) -> None:
+@app.command(cls=_Command)
+def plan(paths: List[Path] = PathsArg,
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead (see README, "
+                                                            "JSON output): per profile and target what would attach "
+                                                            "where, the changes, and any errors."),
+         detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode",
+                                                help="Exit 0 when there is nothing to do, 2 when changes are "
+                                                     "pending, 1 on any error (like terraform)."),
+         ) -> None:
     """Show what [bold]apply[/bold] would attach where, which running processes match now, and (when an
-    apply is running) what it would add, remove, replace or leave alone."""
+    apply is running) what it would add, remove, replace or leave alone.
+
+    Changes are per target, as the running apply would decide them (asked over its control socket):
+    targets to add, remove or replace. When no apply answers, everything planned is a change (an
+    apply would attach all of it). With [bold]--detailed-exitcode[/bold]: 0 nothing to do, 2 changes
+    pending, 1 error (a profile that does not load, a target that cannot attach).
+    """
+    if as_json:
+        checks, general = _check_files(paths)
+        planned = [ps for c in checks if c.plan for ps in c.plan[0]]
+        changes, not_compared = report.compare(planned, _running_views({c.profile.name for c in checks
+                                                                        if c.profile is not None}))
+        document = report.plan_document(checks, general, {ps.key: _matching_now(ps) for ps in planned},
+                                        changes, not_compared)
+        print(json.dumps(document, indent=2))
+        raise typer.Exit(_plan_exit(document["ok"], document["changes_pending"], detailed_exitcode))
     profiles, ok = _load_all(paths)
     out = Console(highlight=False, soft_wrap=True)
     planned = []
@@ -139,22 +249,35 @@ def plan(paths: List[Path] = PathsArg) -> None:
         for fl in failed:
             ok = False
             out.print(f"  [red]{_safe(fl.target.name)}: cannot attach: {_safe(fl.message)}[/red]")
-    _print_diff_against_running(out, {p.name for p in profiles}, planned)
-    raise typer.Exit(0 if ok else EXIT_INVALID)
+    pending = _print_diff_against_running(out, {p.name for p in profiles}, planned)
+    raise typer.Exit(_plan_exit(ok, pending, detailed_exitcode))
 
 
-def _print_diff_against_running(out, names: set, planned: list) -> None:
-    """What the running apply would do with these profiles: the reconciler's own decision (plan.diff)."""
+def _plan_exit(ok: bool, pending: bool, detailed: bool) -> int:
+    if not ok:
+        return EXIT_INVALID
+    return EXIT_CHANGES if detailed and pending else 0
+
+
+def _running_views(names: set):
+    """The running apply's targets of these profiles as plan.diff sees them; None when no apply
+    answers, a reason when its answer cannot be read (report.compare takes either)."""
     running = control.request("running")
     if running is None:
-        out.print("[dim]no running `ecapture apply` answers: nothing to compare with[/dim]")
-        return
+        return None
     try:
-        views = [diff.Running(**{**v, "key": tuple(v["key"])}) for v in running if v["key"][0] in names]
+        return [diff.Running(**{**v, "key": tuple(v["key"])}) for v in running if v["key"][0] in names]
     except (TypeError, KeyError):
-        out.print("[dim]the running `ecapture apply` is another version: nothing to compare with[/dim]")
-        return
-    changes = diff.diff(planned, views, views=lambda view: view)
+        return report.NOT_COMPARED_VERSION
+
+
+def _print_diff_against_running(out, names: set, planned: list) -> bool:
+    """What the running apply would do with these profiles: the reconciler's own decision (plan.diff).
+    True when changes are pending (with no apply to compare with: when anything is planned)."""
+    changes, not_compared = report.compare(planned, _running_views(names))
+    if not_compared:
+        out.print(f"[dim]{_safe(not_compared)}: nothing to compare with[/dim]")
+        return not changes.empty
     lines = [(ps.key, "[green]add[/green]", "") for ps in changes.add]
     lines += [(view.key, "[red]remove[/red]", "") for view in changes.remove]
     lines += [(ps.key, "[yellow]replace[/yellow]", f" [dim]({diff.WORDS[how]})[/dim]")
@@ -163,6 +286,7 @@ def _print_diff_against_running(out, names: set, planned: list) -> None:
     out.print("[bold]against the running apply:[/bold]")
     for key, verdict, note in sorted(lines):
         out.print(f"  {verdict} {_safe('/'.join(key))}{note}")
+    return not changes.empty
 
 
 def _matching_now(ps) -> list[int]:
@@ -182,11 +306,13 @@ def _matching_now(ps) -> list[int]:
     return sorted(pids)
 
 
-@app.command()
+@app.command(cls=_Command)
 def apply(paths: List[Path] = PathsArg,
-          duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: run until "
-                                                              "Ctrl-C / SIGTERM)."),
-          ready_file: Optional[Path] = typer.Option(None, help="Write this file once every target is attached."),
+          duration: Optional[float] = typer.Option(None, metavar="SECONDS",
+                                                   help="Stop after this many seconds (default: run until "
+                                                        "Ctrl-C / SIGTERM)."),
+          ready_file: Optional[Path] = typer.Option(None, metavar="FILE",
+                                                    help="Write this file once every target is attached."),
           watch: bool = typer.Option(True, help="Watch the profiles and apply edits live (add, change, delete)."),
           insecure_profiles: bool = typer.Option(False, "--insecure-profiles",
                                                  help="Apply profiles even when the file or a folder above it is "
@@ -253,7 +379,7 @@ def apply(paths: List[Path] = PathsArg,
     _print_summary(summary)
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(as_json: bool = typer.Option(False, "--json", help="Print the raw status as JSON.")) -> None:
     """Show what the running [bold]ecapture apply[/bold] captures: each profile and target, its state,
     generation, attach points, events, losses, last error and last reload."""

@@ -270,7 +270,8 @@ class StdoutSink:
         out = "\n" + "\n".join("  [bold]" + ("sql> " if i == 0 else "     ") + _safe(line, multiline=True) + "[/bold]"
                                for i, line in enumerate(self._cut(statement or "?").splitlines() or [""]))
         if f.get("params"):
-            out += f"\n  [dim]params:[/dim] {_safe(_one_line(msgspec.json.encode(f['params']).decode(), self.max_body))}"
+            params = msgspec.json.encode(f["params"]).decode()
+            out += f"\n  [dim]params:[/dim] {_safe(_one_line(params, self.max_body))}"
         if f.get("truncated"):
             out += "\n  [dim](truncated)[/dim]"
         return out

@@ -62,7 +62,8 @@ def test_compact_stdout_one_line_per_message(apply_profile, nginx_server):
     workers = "|".join(map(str, nginx_server.worker_pids()))
     head = rf"\d\d:\d\d:\d\d\.\d{{3}} nginx\[(?:{workers})\] "
     lines = cap.stdout.splitlines()
-    assert len(lines) == len([r for r in cap.records() if r["type"] != "tls.secret"]), cap.stdout  # a line per record shown
+    shown = [r for r in cap.records() if r["type"] != "tls.secret"]        # secrets: only with show_secrets
+    assert len(lines) == len(shown), cap.stdout                            # one line per record
     assert re.fullmatch(head + "GET /stdout-compact", lines[0]), lines
     assert re.fullmatch(head + r"GET /stdout-compact → 200 \(\d+(\.\d+)? ms\)", lines[1]), lines
     assert re.fullmatch(head + "POST /post", lines[2]), lines
