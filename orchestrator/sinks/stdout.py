@@ -174,10 +174,12 @@ class StdoutSink:
             data = b"".join([_json_terminal_safe(r.to_json(encode)) + b"\n" for r in shown])
         else:
             line = self._compact if self.format == "compact" else self._format
-            self.console.print("\n".join([line(r) for r in shown]))
-            data = self._buffer.getvalue().encode("utf-8", "replace")
-            self._buffer.seek(0)
-            self._buffer.truncate()
+            try:
+                self.console.print("\n".join([line(r) for r in shown]))
+                data = self._buffer.getvalue().encode("utf-8", "replace")
+            finally:                        # a batch that failed to render leaves nothing behind
+                self._buffer.seek(0)
+                self._buffer.truncate()
         self._emit(data)
 
     def _emit(self, data: bytes) -> None:
@@ -312,7 +314,7 @@ class StdoutSink:
         if r.type == "http.response":
             req = f.get("request") or {}
             asked = f"{_safe(req.get('method'))} {_safe(req.get('path'))} " if req else ""
-            return f"{asked}→ {f['status']}{_latency(f)}"
+            return f"{asked}→ {_safe(f['status'])}{_latency(f)}"
         if r.type in SQL_QUERIES:
             statement = sql_statement(r.type, f)
             return f"sql {_safe(_one_line(statement, self.max_body))}" if statement else f"{r.type}"
