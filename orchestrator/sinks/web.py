@@ -361,11 +361,15 @@ class WebServer:
 
     def stop(self) -> None:
         async def close():
-            self._ws.close()
+            self._ws.close()            # closes the browsers' sockets too: their pages reconnect
             try:
                 await asyncio.wait_for(self._ws.wait_closed(), 1.0)
             except asyncio.TimeoutError:
                 pass
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:           # a browser that did not answer the close: no task left pending
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
             self._loop.stop()
         try:
             asyncio.run_coroutine_threadsafe(close(), self._loop)

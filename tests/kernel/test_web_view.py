@@ -141,6 +141,7 @@ def test_page_shows_traffic_filters_and_details(apply_profile, nginx_server, bro
         assert shot.stat().st_size > 10_000
         page.close()
     assert cap.returncode == 0
+    assert "Traceback" not in cap.stderr and "Task was destroyed" not in cap.stderr, cap.stderr
 
 
 def test_wrong_or_missing_token_is_refused(apply_profile, nginx_server, browser, web_port):
@@ -183,3 +184,5 @@ def test_open_page_keeps_working_across_an_apply_restart(apply_profile, nginx_se
         expect(_row(page, "/web/before-restart")).to_be_visible()
         assert page.evaluate("window.__same_page") is True     # not reloaded: the page reconnected
         page.close()
+    assert cap.returncode == 0
+    assert "Traceback" not in cap.stderr and "Task was destroyed" not in cap.stderr, cap.stderr
