@@ -227,6 +227,7 @@ def plan(paths: List[Path] = PathsArg,
     planned = []
     for profile in profiles:
         out.print(f"[bold]{_safe(profile.name)}[/bold] [dim]({_safe(profile.path)})[/dim]")
+        out.print(f"  redact: {_safe('; '.join(profile.redact.summary()))}")
         sets, failed = build.plan_profile(profile)
         planned += sets
         for ps in sets:

@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 import jsonschema
+import re2
 
 from orchestrator import safefile, workdir
 from orchestrator.profile import errors, models, yamlmarks
@@ -247,6 +248,11 @@ def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
                 key=True)
         if t.get("filters", {}).get("ports") and t["kind"] not in models.CONNECTION_KINDS:
             add(base + ("filters", "ports"), f"kind {t['kind']} has no connections to filter by port", key=True)
+    for i, rule in enumerate(doc["spec"].get("redact", [])):
+        if "regex" in rule:
+            problem = _regex_problem(rule["regex"])
+            if problem:
+                add(("spec", "redact", i, "regex"), problem)
     paths: dict[str, int] = {}
     for i, s in enumerate(doc["spec"].get("sinks", [])):
         if s["type"] in ("jsonl", "keylog", "pcapng"):      # file sinks
@@ -257,6 +263,45 @@ def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
             for problem in problems:
                 add(("spec", "sinks", i, "path"), problem)      # what apply would refuse to open
     return issues
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+def _regex_problem(pattern: str) -> str | None:
+    """Why a `redact` regex cannot be used (RE2 syntax: no backreferences or lookaround), or None."""
+    try:
+        compiled = re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        return f"invalid regular expression (RE2 syntax): {detail}"
+    if compiled.fullmatch("") is not None:
+        return "the regular expression matches the empty string"
+    return None
+
+
+def _redact(spec) -> models.Redact:
+    if "redact" not in spec:
+        return models.DEFAULT_REDACT
+    kinds: dict[str, list] = {"headers": [], "query": [], "fields": [], "regex": []}
+    sql = False
+    for rule in spec["redact"]:
+        if rule.get("defaults"):
+            kinds["headers"] += models.DEFAULT_REDACT_HEADERS
+        for kind in ("headers", "query", "fields"):
+            kinds[kind] += rule.get(kind, ())
+        if "regex" in rule:
+            kinds["regex"].append(rule["regex"])
+        sql = sql or rule.get("sql") == "literals"
+
+    def unique(names, fold=str.lower):
+        seen: dict = {}
+        for n in names:
+            seen.setdefault(fold(n), n)
+        return tuple(seen.values())
+    return models.Redact(unique(kinds["headers"]), unique(kinds["query"]), unique(kinds["fields"]),
+                         unique(kinds["regex"], fold=str), sql)
 
 
 def _check_uprobe_args(t, base, add):
@@ -319,4 +364,4 @@ def _build(doc, filename, marks, digest, base_dir) -> models.Profile:
                                                       for k, v in s.items() if k != "type")))
                   for s in spec.get("sinks", [{"type": "stdout"}]))
     parsers = tuple(spec["parsers"]) if "parsers" in spec else None
-    return models.Profile(doc["metadata"]["name"], filename, tuple(targets), parsers, sinks, digest)
+    return models.Profile(doc["metadata"]["name"], filename, tuple(targets), parsers, sinks, digest, _redact(spec))

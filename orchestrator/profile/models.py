@@ -59,6 +59,31 @@ class Sink:
         return dict(self.options).get(name, default)
 
 
+DEFAULT_REDACT_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie")
+
+
+@dataclass(frozen=True)
+class Redact:
+    """`spec.redact`, all rules merged (names as first written, unique case-insensitively)."""
+    headers: tuple[str, ...] = ()
+    query: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()    # RE2 syntax, checked by the loader
+    sql: bool = False                 # string and number literals of SQL statements
+
+    def summary(self) -> list[str]:
+        """One line per kind of rule in force, for `plan`; ["off"] when there is none."""
+        lines = [f"{label}: {', '.join(values)}" for label, values in (
+            ("headers", self.headers), ("query parameters", self.query), ("body fields", self.fields),
+            ("regex", tuple(f"'{p}'" for p in self.patterns))) if values]
+        if self.sql:
+            lines.append("SQL literals")
+        return lines or ["off"]
+
+
+DEFAULT_REDACT = Redact(headers=DEFAULT_REDACT_HEADERS)
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -67,3 +92,4 @@ class Profile:
     parsers: tuple[str, ...] | None      # None: auto-detect
     sinks: tuple[Sink, ...]
     source_digest: str = ""
+    redact: Redact = DEFAULT_REDACT      # absent in the file: the defaults; `redact: []`: Redact()

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from orchestrator import workdir
+from orchestrator.pipeline import redact
 from orchestrator.plan import build, diff
 from orchestrator.sinks import factory
 from orchestrator.profile import errors, load, models, trust
@@ -76,6 +77,7 @@ class Reconciler:
         self.clock = clock
         self.files: dict[str, ProfileState] = {}
         self.sinks: dict[str, list] = {}      # profile name → sink objects (read by the dispatcher)
+        self.redactors: dict[str, redact.Redactor] = {}   # profile name → its spec.redact step (first in sinks)
         self.lock = runtime.lock     # whoever changes what runs holds it
         self._pass_lock = threading.Lock()    # one pass at a time (watcher, retries)
         self.passes = 0
@@ -253,11 +255,13 @@ class Reconciler:
                   f"{'the last good generation keeps running' if last_good else 'nothing started'}")
 
     def _commit(self, st: ProfileState, profile, changes: diff.Changes, loaded, new_sinks, failed) -> None:
+        current = [s for s in self.sinks.get(profile.name, []) if not isinstance(s, redact.Redactor)]
         if new_sinks is not None:
-            old_sinks = self.sinks.get(profile.name, [])
-            self.sinks[profile.name] = new_sinks
+            self.sinks[profile.name] = self._redacted(profile, new_sinks)
             st.sink_specs = profile.sinks
-            self.dispatcher.call_soon(lambda sinks=old_sinks: [s.close() for s in sinks])
+            self.dispatcher.call_soon(lambda sinks=current: [s.close() for s in sinks])
+        else:       # a new `redact` takes effect on the sinks already open
+            self.sinks[profile.name] = self._redacted(profile, current)
         self.runtime.switch(loaded)
         for rt in changes.remove:
             self.runtime.stop(rt.key)
@@ -272,7 +276,26 @@ class Reconciler:
             self._stop_profile(st.name)
             self.log(f"removed {st.name} ({workdir.shown(path)}): its targets are detached")
 
+    def _redacted(self, profile, sinks: list) -> list:
+        """`sinks` behind the profile's redaction step (the same Redactor object across reloads,
+        its rules swapped), or `sinks` alone when the profile redacts nothing."""
+        rules = redact.Rules(profile.redact.headers, profile.redact.query, profile.redact.fields,
+                             profile.redact.patterns, profile.redact.sql)
+        if rules.empty:
+            self.redactors.pop(profile.name, None)
+            return list(sinks)
+        # A sink that takes raw plaintext needs the payloads masked too (RawRedactor.write_data).
+        cls = redact.RawRedactor if any(hasattr(s, "write_data") for s in sinks) else redact.Redactor
+        step = self.redactors.get(profile.name)
+        if type(step) is cls:
+            step.update(rules)
+        else:
+            step = self.redactors[profile.name] = cls(rules, warn=lambda line, name=profile.name: self.warn(
+                f"{name}: {line}"))
+        return [step, *sinks]
+
     def _stop_profile(self, name: str) -> None:
+        self.redactors.pop(name, None)
         for key in [k for k in self.runtime.targets if k[0] == name]:
             self.runtime.stop(key)
         sinks = self.sinks.pop(name, [])
@@ -313,6 +336,7 @@ class Reconciler:
             out.append({"file": path, "profile": st.name, "state": st.state, "last_error": st.last_error,
                         "last_reload": st.last_reload, "reload_ms": round(st.reload_ms, 1),
                         "retrying_in_s": round(max(0.0, st.retry_at - self.clock()), 1) if st.retry_at else None,
+                        "redaction_failed": getattr(self.redactors.get(st.name), "failed", 0),
                         "targets": targets})
         return {"profiles": out, "passes": self.passes}
 
