@@ -129,6 +129,27 @@ def test_without_rules_nothing_changes():
     assert rec["headers"]["Authorization"] == "Basic eA==" and rec["path"] == "/a?token=1"
 
 
+def test_http2_requests_get_the_same_rules():
+    import struct
+
+    import hpack
+
+    def frame(ftype, flags, sid, payload):
+        return struct.pack(">HBBBL", len(payload) >> 8, len(payload) & 0xFF, ftype, flags, sid) + payload
+
+    body = b'{"password": "hunter2"}'
+    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/p?token=abc"), (":scheme", "https"),
+                                    (":authority", "x"), ("authorization", "Bearer t0k3n"),
+                                    ("content-type", "application/json"), ("content-length", str(len(body)))])
+    h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"") + frame(1, 4, 1, block) + frame(0, 1, 1, body)
+    rules = _rules(_load("  redact:\n    - defaults: true\n    - query: [token]\n    - fields: [password]\n"))
+    (rec,) = _through(rules, [_raw(h2, direction=layout.DIR_WRITE)])
+    assert rec["version"] == "HTTP/2"
+    assert rec["headers"]["authorization"] == "[redacted 12]"
+    assert rec["path"] == "/p?token=[redacted 3]"
+    assert rec["body"] == '{"password": "[redacted 7]"}'
+
+
 # ---------------------------------------------------------------- query parameters
 
 def test_query_parameters_in_the_request_path_and_the_echoed_request_of_the_response():
