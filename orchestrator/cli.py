@@ -332,7 +332,8 @@ def apply(paths: List[Path] = PathsArg,
     them, an edit switches only the changed targets to a new generation without losing or
     duplicating a record. A bad edit is reported and the last good generation keeps running.
     Targets that cannot attach are reported and skipped; the rest keep running. On exit every
-    probe is detached and a summary (events, records, losses) is printed.
+    probe is detached and a summary (events, records, losses) is printed. SIGHUP reopens every
+    output file (after logrotate renamed it: a new file appears at its path).
     """
     from orchestrator import metrics as metrics_mod
     from orchestrator.reconcile import session as session_mod
@@ -371,6 +372,7 @@ def apply(paths: List[Path] = PathsArg,
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: sess.request_reopen())   # logrotate's postrotate
     try:
         started = sess.run(duration=duration, ready_file=workdir.absolute(ready_file) if ready_file else None)
     finally:

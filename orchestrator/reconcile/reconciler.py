@@ -304,6 +304,27 @@ class Reconciler:
     def close(self) -> None:
         self.runtime.stop_all()
 
+    def reopen_files(self) -> tuple[int, list[str]]:
+        """Every sink that writes a file opens its path again (SIGHUP, for logrotate); sinks
+        without `reopen` are skipped. Runs on the dispatcher thread, between batches. Returns
+        (files reopened, one line per sink that could not: it keeps its current file)."""
+        reopened, failed = 0, []
+        for profile, sinks in sorted(list(self.sinks.items())):
+            for sink in list(sinks):
+                reopen = getattr(sink, "reopen", None)
+                if reopen is None:
+                    continue
+                try:
+                    reopen()
+                except Exception as exc:      # one sink's failure must neither stop the others nor apply
+                    reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) \
+                        or type(exc).__name__
+                    failed.append(f"{profile}: {getattr(sink, 'kind', type(sink).__name__)} "
+                                  f"{getattr(sink, 'path', '')}: {reason}")
+                    continue
+                reopened += 1
+        return reopened, failed
+
     # ---------------------------------------------------------------- status
     def status(self) -> dict:
         """Answered without the runtime lock, from copies: a reload that takes seconds shows as

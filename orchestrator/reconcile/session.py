@@ -10,6 +10,7 @@ from orchestrator import fastpath, metrics, safefile
 from orchestrator.bpf import packets, state
 from orchestrator.pipeline import dispatch, events
 from orchestrator.reconcile import control, reconciler, runtime, watcher
+from orchestrator.sinks import rotate
 
 
 SIGNAL_CHECK_S = 0.2
@@ -31,6 +32,9 @@ class ApplySession:
         self.control = control.ControlServer({"ping": lambda: "pong", "status": self._status,
                                               "running": self.reconciler.running})
         packets.configure(self.dispatcher.call_soon, warn, self.runtime.key_of, self._packets_lost)
+        rotate.configure(warn)       # compressions of rotated files fail on a background thread
+        self.reopen_failures = 0
+        self._reopen_requested = False
         self.stop_event = threading.Event()
         self.started = time.time()
         self._retrier = threading.Thread(target=self._retry_loop, name="ecapture-retry", daemon=True)
@@ -102,9 +106,25 @@ class ApplySession:
         # the background, re-raise it there) would otherwise leave the main thread asleep for good.
         deadline = None if duration is None else time.monotonic() + duration
         while True:
+            if self._reopen_requested:
+                self._reopen_requested = False
+                self.dispatcher.call_soon(self._reopen_files)
             left = SIGNAL_CHECK_S if deadline is None else min(SIGNAL_CHECK_S, deadline - time.monotonic())
             if left <= 0 or self.stop_event.wait(left):
                 return
+
+    def request_reopen(self) -> None:
+        """SIGHUP: the files are reopened from the main loop (a signal handler must take no lock)."""
+        self._reopen_requested = True
+
+    def _reopen_files(self) -> None:
+        """On the dispatcher thread: every file sink opens its path again, between two batches."""
+        reopened, failed = self.reconciler.reopen_files()
+        self.reopen_failures += len(failed)
+        for line in failed:
+            self.warn(f"SIGHUP: cannot reopen {line}; it keeps writing to the file it had open "
+                      f"({self.reopen_failures} reopen failure(s) so far)")
+        self.log(f"SIGHUP: reopened {reopened} file(s)" + (f"; {len(failed)} could not be reopened" if failed else ""))
 
     def shutdown(self) -> dict:
         self.stop_event.set()

@@ -1,14 +1,14 @@
 """Build sink objects from a profile's sink specs."""
 from __future__ import annotations
 
-from orchestrator.sinks import jsonl, keylog, stdout
+from orchestrator.sinks import jsonl, keylog, rotate, stdout
 from orchestrator.profile import models
 
 
 def build(spec: models.Sink, profile: str = "", ports=None):
     """`ports`: for a packet capture, the only ports its profile's connections can have (None: any)."""
     if spec.type == "jsonl":
-        return jsonl.JsonlSink(spec.option("path"))
+        return jsonl.JsonlSink(spec.option("path"), rotation=rotate.Policy.from_options(spec.option("rotate")))
     if spec.type == "keylog":
         return keylog.KeylogSink(spec.option("path"))
     if spec.type == "har":

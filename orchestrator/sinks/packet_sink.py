@@ -137,6 +137,11 @@ class PacketPcapngSink:
                 self._pending_count -= len(dropped)
                 self.not_claimed += len(dropped)
 
+    def reopen(self) -> None:
+        """SIGHUP: the file is opened again (see PacketPcapngWriter.reopen); packets still held
+        go to the new file."""
+        self._writer.reopen()
+
     def close(self) -> None:
         if self._capture is not None:
             self._capture.unsubscribe(self)

@@ -7,18 +7,23 @@ and profile it came from. `PacketPcapngWriter` writes packets that were captured
 Blocks, so Wireshark decrypts the file with no key file.
 
 Files are opened by `safefile.open_private` (0600, no links followed) in append mode: an
-existing file gains a new section (SHB), which pcapng readers take as a continuation.
+existing file gains a new section (SHB), which pcapng readers take as a continuation. `reopen`
+(SIGHUP, for logrotate) opens the path again and starts it the same way: a section header, the
+interfaces again before their next packet, and (packets) the TLS secrets written lately, so the
+connections under way still decrypt from the new file.
 Each batch goes out as one os.write; a batch that fails part-way is cut off again so the
 file never ends in half a block (the same rule as the JSONL sink).
 """
 from __future__ import annotations
 
+import collections
 import os
 
 from orchestrator import safefile
 from orchestrator.sinks import pcapng, tcpsynth
 
 _FLUSH_AT = 1 << 20      # PacketPcapngWriter writes its buffer out past this many bytes
+RECENT_SECRETS = 1024    # secrets PacketPcapngWriter writes again at the start of a reopened file
 
 
 class PlaintextPcapngSink:
@@ -36,13 +41,28 @@ class PlaintextPcapngSink:
         self.unnamed = 0
         self.skipped = 0
         self._synth = tcpsynth.Synthesizer(mss=mss, max_flows=max_flows)
-        self._fd = safefile.open_private(path)
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        """The path opened (0600, no link followed) with a new section describing our interface."""
+        fd = safefile.open_private(self.path)
         try:
-            safefile.write_whole(self._fd, pcapng.section_header() +
-                         pcapng.interface_description(pcapng.LINKTYPE_RAW, name=self.IF_NAME))
+            safefile.write_whole(fd, pcapng.section_header() +
+                                 pcapng.interface_description(pcapng.LINKTYPE_RAW, name=self.IF_NAME))
         except BaseException:
-            os.close(self._fd)
+            os.close(fd)
             raise
+        return fd
+
+    def reopen(self) -> None:
+        """Open the path again (SIGHUP, after logrotate renamed the file away). The connections
+        under way go on in the new file (their sequence numbers continue). If the open fails the
+        error is raised and the sink keeps its current file."""
+        if self._fd < 0:
+            return
+        fd = self._open()
+        old, self._fd = self._fd, fd
+        os.close(old)
 
     def write(self, records) -> None:
         """Records are for other sinks: this one is fed raw data through `write_data`."""
@@ -101,12 +121,32 @@ class PacketPcapngWriter:
         self._described = 0            # IDBs in the buffer or the file
         self._described_in_file = 0
         self._buf = bytearray()
-        self._fd = safefile.open_private(path)
+        self._recent_secrets: collections.deque = collections.deque(maxlen=RECENT_SECRETS)
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        fd = safefile.open_private(self.path)
         try:
-            safefile.write_whole(self._fd, pcapng.section_header())
+            safefile.write_whole(fd, pcapng.section_header())
         except BaseException:
-            os.close(self._fd)
+            os.close(fd)
             raise
+        return fd
+
+    def reopen(self) -> None:
+        """Write out what is buffered, then open the path again (SIGHUP, after logrotate renamed
+        the file away) with a new section: every interface is described again before its next
+        packet, and the latest RECENT_SECRETS secrets come first, so connections under way still
+        decrypt. If the flush or the open fails the error is raised and the current file stays."""
+        if self._fd < 0:
+            return
+        self.flush()
+        fd = self._open()
+        old, self._fd = self._fd, fd
+        os.close(old)
+        self._described = self._described_in_file = 0
+        if self._recent_secrets:
+            self._buf += pcapng.decryption_secrets(list(self._recent_secrets))
 
     def add_interface(self, name: str, linktype: int = pcapng.LINKTYPE_ETHERNET) -> int:
         self._interfaces.append((name, linktype))
@@ -138,6 +178,7 @@ class PacketPcapngWriter:
         """One Decryption Secrets Block of NSS key log lines; put it before the packets it opens."""
         if lines:
             self._buf += pcapng.decryption_secrets(lines)
+            self._recent_secrets.extend(lines)
 
     def flush(self) -> None:
         """Write the buffer out; if that fails its packets are lost (and the error raised), and
