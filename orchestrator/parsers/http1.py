@@ -46,7 +46,7 @@ Design notes
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from orchestrator.parsers import base, http_shape
 from orchestrator.parsers.base import ParseError
@@ -205,7 +205,7 @@ MAX_TRAILER_BYTES = 65536
 #: Chunk-size line (size + extensions + line ending) size limit.
 MAX_CHUNK_LINE = 4096
 #: Longest method token accepted after the role is known.
-_MAX_METHOD = 32
+_MAX_METHOD: Final = 32
 
 #: Method tokens that identify a request stream from its first bytes.
 #: ("PRI" is deliberately absent: ``PRI * HTTP/2.0`` is the HTTP/2 preface.)
@@ -236,21 +236,21 @@ _VERSION_S = re.compile(r"HTTP/1\.[0-9]")
 _HEX_B = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 # Parser states.  Everything >= _S_UPGRADED ignores input.
-_S_START = 0  # between messages (or before the first one)
-_S_HEADERS = 1  # start line recognised, waiting for the end of the header block
-_S_BODY = 2  # Content-Length body, self._remaining bytes left
-_S_CHUNK_SIZE = 3  # waiting for a chunk-size line
-_S_CHUNK_DATA = 4  # inside chunk data, self._remaining bytes left
-_S_CHUNK_END = 5  # waiting for the CRLF after chunk data
-_S_TRAILERS = 6  # after the last chunk: trailer fields + empty line
-_S_EOF_BODY = 7  # response body delimited by connection close
-_S_UPGRADED = 8  # 101 / upgrade(): no longer HTTP, ignore everything
-_S_CLOSED = 9  # finish() was called
-_S_ERROR = 10  # a ParseError was emitted
+_S_START: Final = 0  # between messages (or before the first one)
+_S_HEADERS: Final = 1  # start line recognised, waiting for the end of the header block
+_S_BODY: Final = 2  # Content-Length body, self._remaining bytes left
+_S_CHUNK_SIZE: Final = 3  # waiting for a chunk-size line
+_S_CHUNK_DATA: Final = 4  # inside chunk data, self._remaining bytes left
+_S_CHUNK_END: Final = 5  # waiting for the CRLF after chunk data
+_S_TRAILERS: Final = 6  # after the last chunk: trailer fields + empty line
+_S_EOF_BODY: Final = 7  # response body delimited by connection close
+_S_UPGRADED: Final = 8  # 101 / upgrade(): no longer HTTP, ignore everything
+_S_CLOSED: Final = 9  # finish() was called
+_S_ERROR: Final = 10  # a ParseError was emitted
 
-_ROLE_UNKNOWN = 0
-_ROLE_REQUEST = 1
-_ROLE_RESPONSE = 2
+_ROLE_UNKNOWN: Final = 0
+_ROLE_REQUEST: Final = 1
+_ROLE_RESPONSE: Final = 2
 
 
 _Fail = base.Fail
@@ -651,16 +651,19 @@ class Http1Parser(base.Parser):
         """_on_head for a block the C accelerator took (`found`: http1_accel.block's answer): it is
         well formed, its Content-Length is one number (-1: none) and its Transfer-Encoding, if any,
         is chunked."""
-        _end, _next, first, second, version, head_json, length, chunked = found
+        _end, _next, first, second, version, head_json, length_, chunked_ = found
+        length: int = length_           # typed: compiled, the tests below are C comparisons
+        chunked: int = chunked_         # 0 or 1
         msg: HttpMessage
+        status = 0
         if self._role == _ROLE_REQUEST:
             msg = Request(first, second, version, None, b"", 0, False)
         else:
-            msg = Response(first, second, version, None, b"", 0, False)
+            status = first
+            msg = Response(status, second, version, None, b"", 0, False)
         msg._set_head(head, head_start, head_end, head_json)
         self._msg = msg
         if self._role == _ROLE_RESPONSE:
-            status = first
             if status < 200:
                 self._emit(events)
                 return

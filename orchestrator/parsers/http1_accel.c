@@ -53,7 +53,8 @@ static int out_raw(out_t *o, const char *s, Py_ssize_t n) {
 
 #define OUT_LIT(o, s) out_raw((o), (s), (Py_ssize_t)(sizeof(s) - 1))
 
-/* A JSON string as msgspec writes it; the input is printable ASCII or tab only. */
+/* A JSON string as msgspec writes it; the input is printable ASCII or tab only. (A byte loop:
+ * header names and values are short, and memcpy of the runs between escapes measured slower.) */
 static int out_str(out_t *o, const unsigned char *s, Py_ssize_t n) {
     if (out_grow(o, 2 * n + 2) < 0) return -1;
     char *d = o->data + o->len;
@@ -67,6 +68,39 @@ static int out_str(out_t *o, const unsigned char *s, Py_ssize_t n) {
     *d++ = '"';
     o->len = d - o->data;
     return 0;
+}
+
+/* A str of printable ASCII (checked by the caller): no decoding, and the usual start-line words
+ * shared instead of made anew for every message. */
+static PyObject *common_words[8];
+static const char *const common_texts[8] = {"GET", "POST", "PUT", "HEAD", "HTTP/1.1", "HTTP/1.0", "OK", "DELETE"};
+static const Py_ssize_t common_lens[8] = {3, 4, 3, 4, 8, 8, 2, 6};
+
+static PyObject *ascii_str(const unsigned char *s, Py_ssize_t n) {
+    for (int i = 0; i < 8; i++) {
+        if (common_lens[i] == n && memcmp(common_texts[i], s, n) == 0 && common_words[i]) {
+            Py_INCREF(common_words[i]);
+            return common_words[i];
+        }
+    }
+    PyObject *u = PyUnicode_New(n, 127);
+    if (u) memcpy(PyUnicode_1BYTE_DATA(u), s, n);
+    return u;
+}
+
+/* Items i.. of tuple t from what the parse found; on failure t is released and NULL returned. */
+static PyObject *fill_head(PyObject *t, Py_ssize_t i, PyObject *first, PyObject *second, PyObject *version,
+                           const char *json, Py_ssize_t json_len, Py_ssize_t content_length, int chunked) {
+    PyObject *items[6] = {first, second, version, PyBytes_FromStringAndSize(json, json_len),
+                          PyLong_FromSsize_t(content_length), PyLong_FromLong(chunked)};
+    int ok = t != NULL;
+    for (int k = 0; k < 6; k++) {
+        if (!items[k]) ok = 0;
+        if (t && items[k]) PyTuple_SET_ITEM(t, i + k, items[k]);
+        else Py_XDECREF(items[k]);
+    }
+    if (!ok) { Py_XDECREF(t); return NULL; }
+    return t;
 }
 
 static int is_tchar(unsigned char c) {
@@ -159,8 +193,9 @@ static int out_int(out_t *o, Py_ssize_t v) {
     return 0;
 }
 
+/* head()'s tuple, at index `extra` of a tuple `extra` items longer (the caller fills those). */
 static PyObject *parse_head(const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t start, Py_ssize_t end,
-                            int is_request);
+                            int is_request, Py_ssize_t extra);
 
 static PyObject *head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
@@ -172,7 +207,7 @@ static PyObject *head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if ((start == -1 || end == -1 || is_request < 0) && PyErr_Occurred()) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    PyObject *result = parse_head(view.buf, view.len, start, end, is_request);
+    PyObject *result = parse_head(view.buf, view.len, start, end, is_request, 0);
     PyBuffer_Release(&view);
     return result;
 }
@@ -194,7 +229,7 @@ static PyObject *block(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *buf = view.buf;
-    PyObject *result = NULL, *parts = NULL;
+    PyObject *result = NULL;
     if (pos < 0 || n > view.len || pos >= n) goto none;
     if (is_request) {
         /* Http1Parser._begin: a method of at most MAX_METHOD bytes before a space */
@@ -213,33 +248,23 @@ static PyObject *block(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         p = lf + 1;
     }
     if (!end) goto none;
-    parts = parse_head(buf, view.len, pos, end - buf, is_request);
-    if (!parts || parts == Py_None) {
-        result = parts;
-        goto done;
+    result = parse_head(buf, view.len, pos, end - buf, is_request, 2);
+    if (result && result != Py_None) {
+        PyTuple_SET_ITEM(result, 0, PyLong_FromSsize_t(end - buf));
+        PyTuple_SET_ITEM(result, 1, PyLong_FromSsize_t(end - buf + 3));
+        if (!PyTuple_GET_ITEM(result, 0) || !PyTuple_GET_ITEM(result, 1)) Py_CLEAR(result);
     }
-    result = PyTuple_New(2 + PyTuple_GET_SIZE(parts));
-    if (!result) goto done;
-    PyTuple_SET_ITEM(result, 0, PyLong_FromSsize_t(end - buf));
-    PyTuple_SET_ITEM(result, 1, PyLong_FromSsize_t(end - buf + 3));
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(parts); i++) {
-        PyObject *item = PyTuple_GET_ITEM(parts, i);
-        Py_INCREF(item);
-        PyTuple_SET_ITEM(result, 2 + i, item);
-    }
-    if (!PyTuple_GET_ITEM(result, 0) || !PyTuple_GET_ITEM(result, 1)) Py_CLEAR(result);
     goto done;
 none:
     result = Py_None;
     Py_INCREF(result);
 done:
-    Py_XDECREF(parts);
     PyBuffer_Release(&view);
     return result;
 }
 
 static PyObject *parse_head(const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t start, Py_ssize_t end,
-                            int is_request) {
+                            int is_request, Py_ssize_t extra) {
     PyObject *result = NULL;
     out_t o = {NULL, 0, 0};
     if (start < 0 || end > buf_len || start >= end) goto none;
@@ -317,9 +342,8 @@ static PyObject *parse_head(const unsigned char *buf, Py_ssize_t buf_len, Py_ssi
             OUT_LIT(&o, ",\"version\":") < 0 || out_str(&o, ver, ver_len) < 0 ||
             OUT_LIT(&o, ",") < 0 || out_headers(&o, fields, n) < 0)
             goto done;
-        result = Py_BuildValue("(s#s#s#y#ni)", (const char *)sl, (Py_ssize_t)(sp1 - sl),
-                               (const char *)(sp1 + 1), (Py_ssize_t)(sp2 - sp1 - 1),
-                               (const char *)ver, ver_len, o.data, o.len, content_length, chunked);
+        result = fill_head(PyTuple_New(extra + 6), extra, ascii_str(sl, sp1 - sl), ascii_str(sp1 + 1, sp2 - sp1 - 1),
+                           ascii_str(ver, ver_len), o.data, o.len, content_length, chunked);
     } else {
         if (sl_len < 12 || !is_version(sl, 8) || sl[8] != ' ') goto none;
         const unsigned char *code = sl + 9;
@@ -335,8 +359,8 @@ static PyObject *parse_head(const unsigned char *buf, Py_ssize_t buf_len, Py_ssi
             OUT_LIT(&o, ",\"version\":") < 0 || out_str(&o, sl, 8) < 0 ||
             OUT_LIT(&o, ",") < 0 || out_headers(&o, fields, n) < 0)
             goto done;
-        result = Py_BuildValue("(is#s#y#ni)", status, (const char *)reason, reason_len, (const char *)sl,
-                               (Py_ssize_t)8, o.data, o.len, content_length, chunked);
+        result = fill_head(PyTuple_New(extra + 6), extra, PyLong_FromLong(status), ascii_str(reason, reason_len),
+                           ascii_str(sl, 8), o.data, o.len, content_length, chunked);
     }
     goto done;
 none:
@@ -429,4 +453,10 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "http1_accel", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit_http1_accel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_http1_accel(void) {
+    for (int i = 0; i < 8; i++) {
+        if (!common_words[i]) common_words[i] = PyUnicode_InternFromString(common_texts[i]);
+        if (!common_words[i]) return NULL;
+    }
+    return PyModule_Create(&module);
+}

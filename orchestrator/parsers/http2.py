@@ -55,7 +55,7 @@ Design notes
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Final
 
 import hpack
 
@@ -79,33 +79,33 @@ MAX_HEADER_LIST = 262144
 #: Streams tracked at once (open requests/responses) before giving up.
 MAX_STREAMS = 4096
 
-_DEFAULT_MAX_FRAME = 16384
+_DEFAULT_MAX_FRAME: Final = 16384
 _LARGEST_FRAME = (1 << 24) - 1
-_SID_MASK = 0x7FFFFFFF
-_MIN_DETECT = 8
+_SID_MASK: Final = 0x7FFFFFFF
+_MIN_DETECT: Final = 8
 
 # frame types
-_DATA = 0x0
-_HEADERS = 0x1
-_PRIORITY = 0x2
-_RST_STREAM = 0x3
-_SETTINGS = 0x4
-_PUSH_PROMISE = 0x5
-_PING = 0x6
-_GOAWAY = 0x7
-_WINDOW_UPDATE = 0x8
-_CONTINUATION = 0x9
+_DATA: Final = 0x0
+_HEADERS: Final = 0x1
+_PRIORITY: Final = 0x2
+_RST_STREAM: Final = 0x3
+_SETTINGS: Final = 0x4
+_PUSH_PROMISE: Final = 0x5
+_PING: Final = 0x6
+_GOAWAY: Final = 0x7
+_WINDOW_UPDATE: Final = 0x8
+_CONTINUATION: Final = 0x9
 
 # flags
-_F_END_STREAM = 0x1
-_F_ACK = 0x1
-_F_END_HEADERS = 0x4
-_F_PADDED = 0x8
-_F_PRIORITY = 0x20
+_F_END_STREAM: Final = 0x1
+_F_ACK: Final = 0x1
+_F_END_HEADERS: Final = 0x4
+_F_PADDED: Final = 0x8
+_F_PRIORITY: Final = 0x20
 
 # SETTINGS identifiers
-_S_HEADER_TABLE_SIZE = 0x1
-_S_MAX_FRAME_SIZE = 0x5
+_S_HEADER_TABLE_SIZE: Final = 0x1
+_S_MAX_FRAME_SIZE: Final = 0x5
 
 _FRAME_HEADER = struct.Struct(">HBBBL")  # length (16+8 bits), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -113,15 +113,15 @@ _SETTING = struct.Struct(">HL")
 _GOAWAY_HEAD = struct.Struct(">LL")
 
 # direction states
-_ST_PREFACE = 0  # role/preface not settled yet
-_ST_HEAD = 1  # waiting for a 9-byte frame header
-_ST_PAYLOAD = 2  # buffering a non-DATA frame payload
-_ST_DATA_PADLEN = 3  # DATA frame with PADDED flag: waiting for the pad-length byte
-_ST_DATA = 4  # streaming a DATA payload (data_left, then pad_left)
+_ST_PREFACE: Final = 0  # role/preface not settled yet
+_ST_HEAD: Final = 1  # waiting for a 9-byte frame header
+_ST_PAYLOAD: Final = 2  # buffering a non-DATA frame payload
+_ST_DATA_PADLEN: Final = 3  # DATA frame with PADDED flag: waiting for the pad-length byte
+_ST_DATA: Final = 4  # streaming a DATA payload (data_left, then pad_left)
 
-_UNKNOWN = 0
-_CLIENT = 1
-_SERVER = 2
+_UNKNOWN: Final = 0
+_CLIENT: Final = 1
+_SERVER: Final = 2
 
 
 Message = wire.Message  # type "http.request" | "http.response" | "parse_error"

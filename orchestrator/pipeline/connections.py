@@ -224,7 +224,6 @@ class ConnectionWorker:
             if msg.truncated:
                 body_json += b',"truncated":true'
         head_json: Any = msg.head_json      # set: the caller checked
-        tail = direction + head_json + body_json
         if isinstance(msg, http1.Response) and self.pending and msg.status >= 200:
             req_ts, method, path = self.pending.popleft()
             request = _request_json.get((method, path))
@@ -233,8 +232,9 @@ class ConnectionWorker:
                 if len(_request_json) > 1024:
                     _request_json.clear()
                 _request_json[(method, path)] = request
-            tail += request + b',"latency_ms":' + _encode(round((ev.ts - req_ts) / 1e6, 3))
-        return tail
+            return b"".join((direction, head_json, body_json, request, b',"latency_ms":',
+                             _encode(round((ev.ts - req_ts) / 1e6, 3))))
+        return b"".join((direction, head_json, body_json))
 
     def finish(self, out: list) -> None:
         """End of connection (or eviction): flush messages delimited by close."""

@@ -193,13 +193,7 @@ class Dispatcher:
         if run:
             per_source[skey] += run
         self.stats.events.update(per_source)
-        by_type = self.stats.records
-        by_target = self.stats.records_by_target
-        for profile, records in by_profile.items():
-            for r in records:
-                ev = r.event
-                by_type[r.type] += 1
-                by_target[(profile, ev.source.target.name if ev is not None else r.fields.get("target", ""), r.type)] += 1
+        self._count(by_profile)
         raw_by_profile, self._raw = self._raw, {}
         health = self._sink_health
         for profile, records in by_profile.items():
@@ -328,6 +322,31 @@ class Dispatcher:
         h.failing = False
         h.recovered = True
         self._maybe_warn(h, now)
+
+    def _count(self, by_profile: dict) -> None:
+        """stats.records and records_by_target for a batch's records: counted per source in plain
+        dicts keyed by the (interned) type, the Counters updated once a batch."""
+        counts: dict[Any, dict[str, int]] = {}
+        last_src: Any = None
+        per_type: dict[str, int] = {}
+        for profile, records in by_profile.items():
+            for r in records:
+                ev = r.event
+                if ev is None:
+                    src: Any = (profile, r.fields.get("target", ""))
+                    per_type = counts.setdefault(src, {})
+                    last_src = None
+                elif ev.source is not last_src:
+                    last_src = ev.source
+                    per_type = counts.setdefault((profile, last_src.target.name), {})
+                t = r.type
+                per_type[t] = per_type.get(t, 0) + 1
+        by_type = self.stats.records
+        by_target = self.stats.records_by_target
+        for (profile, target), per in counts.items():
+            for t, n in per.items():
+                by_type[t] += n
+                by_target[(profile, target, t)] += n
 
     def _count_losses(self, profile: str, told: list) -> None:
         """Loss records made here (no event): counted by the target they are about."""
