@@ -37,11 +37,28 @@ CONNECTION_PARSERS = (
 )
 
 
+class _PrefixMemo:
+    """One (tid, hook, fd, uid, comm) → record prefix of ConnectionWorker._prefix."""
+    __slots__ = ("tid", "hook", "fd", "uid", "comm", "prefix")
+
+    def __init__(self, ev: events.Event, prefix: bytes) -> None:
+        self.tid = ev.tid
+        self.hook = ev.hook
+        self.fd = ev.fd
+        self.uid = ev.uid
+        self.comm = ev.comm
+        self.prefix = prefix
+
+    def matches(self, ev: events.Event) -> bool:
+        return ev.tid == self.tid and ev.hook == self.hook and ev.fd == self.fd and ev.uid == self.uid \
+            and ev.comm == self.comm
+
+
 class ConnectionWorker:
     """State of one connection (one TLS session or socket of one process)."""
     __slots__ = ("key", "parsers_allowed", "fd", "conn", "conn_resolved", "streams", "pending", "last_seen",
                  "excluded", "ports", "last_event", "ident", "whole", "held", "prefixes", "prefix_source",
-                 "prefix_conn")
+                 "prefix_conn", "memo_a", "memo_b")
 
     def __init__(self, key: Any, parsers_allowed: Any, ports: Any = ()) -> None:
         self.key: Any = key
@@ -61,6 +78,10 @@ class ConnectionWorker:
         self.prefixes: dict = {}                     # (tid, hook, fd, uid, comm) → events.record_prefix
         self.prefix_source: Any = None               # ... for events of this source
         self.prefix_conn: Any = None                 # ... on this conn
+        # The last two (key..., prefix) looked up, compared field by field: a connection's events
+        # alternate between two hooks (its reads and its writes), and this makes no key tuple.
+        self.memo_a: _PrefixMemo | None = None
+        self.memo_b: _PrefixMemo | None = None
 
     def _reset(self):
         self.whole = None
@@ -208,10 +229,20 @@ class ConnectionWorker:
             self.prefixes = {}
             self.prefix_source = ev.source
             self.prefix_conn = self.conn
+            self.memo_a = self.memo_b = None
+        memo = self.memo_a
+        if memo is not None and memo.matches(ev):
+            return memo.prefix
+        memo = self.memo_b
+        if memo is not None and memo.matches(ev):
+            self.memo_b, self.memo_a = self.memo_a, memo
+            return memo.prefix
         key = (ev.tid, ev.hook, ev.fd, ev.uid, ev.comm)
         prefix = self.prefixes.get(key)
         if prefix is None:
             prefix = self.prefixes[key] = events.record_prefix(ev, self.conn, _encode)
+        self.memo_b = self.memo_a
+        self.memo_a = _PrefixMemo(ev, prefix)
         return prefix
 
     def _message_tail(self, msg: http1.HttpMessage, ev: events.Event) -> bytes:

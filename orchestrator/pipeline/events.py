@@ -288,6 +288,13 @@ class Record:
 
 # to_dict's keys before the record's own fields; a record whose fields reuse one of them
 # (to_dict then updates it in place) takes the slow path of to_json.
+def json_lines(records: list, encode: Any) -> bytes:
+    """The records' JSONL lines (`to_json`), each ending in a newline, as one bytes object."""
+    lines = [r.to_json(encode) for r in records]
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
 _PREFIX_KEYS = frozenset({"type", "ts", "seq", "profile", "target", "pid", "tid", "comm", "uid", "conn", "fd", "tls"})
 _prefixes: dict = {}
 _type_json: dict = {}            # record type → its JSON string (msgspec's, so escapes agree)

@@ -11,6 +11,7 @@ import time
 import msgspec
 
 from orchestrator import safefile
+from orchestrator.pipeline import events
 from orchestrator.sinks import rotate
 
 ROTATE_RETRY_NS = 5 * 1_000_000_000     # after a failed rotation, the next attempt waits this long
@@ -50,8 +51,7 @@ class JsonlSink:
         With rotation the file is rotated before a batch, never within one: no record is split
         or lost at a rotation. A rotation that fails leaves the batch in the current file.
         """
-        encode = self._encode
-        data = b"\n".join([r.to_json(encode) for r in records]) + b"\n"
+        data = events.json_lines(records, self._encode)
         if self.rotation is not None:
             now = self._clock()
             if now >= self._retry_at and self.rotation.due(self._size, self._started_ns, len(data), now):
