@@ -1,4 +1,4 @@
-"""Render a target's BPF C from `templates/kern/probes.c.j2`.
+"""Render a target's BPF C from `orchestrator/templates/kern/probes.c.j2`.
 
 The template context holds only validated ints, bools and byte values: no text from
 a profile reaches the C. `ecapture render` prints exactly what this returns.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ import jinja2
 from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.profile import models
 
-KERN_DIR = Path(__file__).resolve().parents[2] / "templates" / "kern"
+# Package data (pyproject.toml). bcc reads the headers through -I after changing directory, so this
+# must be a real absolute directory: a wheel installs real files (a zipped package is not supported).
+KERN_DIR = Path(os.fspath(importlib.resources.files("orchestrator") / "templates" / "kern")).resolve()
 TEMPLATE = "probes.c.j2"
 FNV_OFFSET, FNV_PRIME = 14695981039346656037, 1099511628211
 

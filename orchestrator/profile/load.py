@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -20,7 +21,8 @@ import re2
 from orchestrator import safefile, workdir
 from orchestrator.profile import errors, models, yamlmarks
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "profile.schema.json"
+# Package data (pyproject.toml), so an installed wheel has it too; schemas/ at the top is a link here.
+SCHEMA_PATH = importlib.resources.files("orchestrator") / "schemas" / "profile.schema.json"
 PROFILE_SUFFIXES = (".yaml", ".yml")
 MAX_PROFILE_BYTES = 1 << 20     # a profile is a few KiB; anything bigger is a mistake or an attack
 
