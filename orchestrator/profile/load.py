@@ -256,8 +256,14 @@ def _semantic_issues(doc, filename, marks, base_dir) -> list[errors.Issue]:
             if problem:
                 add(("spec", "redact", i, "regex"), problem)
     paths: dict[str, int] = {}
+    listens: dict[str, int] = {}
     for i, s in enumerate(doc["spec"].get("sinks", [])):
-        if s["type"] in ("jsonl", "keylog", "pcapng"):      # file sinks
+        if s["type"] == "web":
+            listen = s.get("listen", "127.0.0.1:8089")
+            if listen in listens:
+                add(("spec", "sinks", i, "listen"), f"same address as sinks[{listens[listen]}]: every record would show twice")
+            listens.setdefault(listen, i)
+        if s["type"] in ("jsonl", "keylog", "pcapng", "har"):      # file sinks
             if s["path"] in paths:
                 add(("spec", "sinks", i, "path"), f"same file as sinks[{paths[s['path']]}]")
             paths.setdefault(s["path"], i)
