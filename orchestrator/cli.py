@@ -63,7 +63,10 @@ def _version() -> str:
         return metadata.version("ecapture")
     except metadata.PackageNotFoundError:
         pass
-    import tomllib
+    try:
+        import tomllib  # novermin: 3.11's, and 3.10 takes the same parser from PyPI below
+    except ImportError:
+        import tomli as tomllib
     try:
         with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
             return f"{tomllib.load(f)['project']['version']} (source checkout, not installed)"
