@@ -18,6 +18,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from orchestrator.bpf import anchors, golang
+from orchestrator.bpf import elfmachine
 from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.profile import models
 
@@ -139,17 +140,13 @@ def elf_info(path: str):
 
 
 @functools.lru_cache(maxsize=1)
-def _ld_cache() -> dict[str, str]:
+def _ld_cache() -> dict[str, tuple[elfmachine.CacheEntry, ...]]:
+    """soname → the loader cache's entries for it, of every machine the host has libraries for."""
     try:
         out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
-    cache: dict[str, str] = {}
-    for line in out.splitlines()[1:]:
-        name, _, rest = line.strip().partition(" ")
-        if "=>" in rest and "x86-64" in rest or "=>" in rest and "(libc6)" in rest:
-            cache.setdefault(name, rest.split("=>", 1)[1].strip())
-    return cache
+    return elfmachine.parse_ldconfig(out)
 
 
 def runpath(path: str) -> tuple[str, ...]:
@@ -171,17 +168,25 @@ def runpath(path: str) -> tuple[str, ...]:
     return ()
 
 
-def find_library(soname: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
-    for d in extra_dirs:      # the program's own RUNPATH comes first, as for the loader
-        if os.path.isfile(os.path.join(d, soname)):
-            return os.path.join(d, soname)
-    path = _ld_cache().get(soname)
-    if path and os.path.exists(path):
-        return path
-    for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"):
-        if os.path.exists(os.path.join(d, soname)):
-            return os.path.join(d, soname)
+def find_library(soname: str, extra_dirs: tuple[str, ...] = (),
+                 machine: elfmachine.Machine | None = None) -> str | None:
+    """Where the loader finds `soname` for a program of `machine` (default: the host's): the
+    program's RUNPATH folders, the loader's cache, its default folders; a file of another machine
+    is skipped, as the loader skips it."""
+    machine = machine or elfmachine.host()
+    candidates = [os.path.join(d, soname) for d in extra_dirs]
+    candidates += elfmachine.by_hint(_ld_cache().get(soname, ()), machine)
+    candidates += [os.path.join(d, soname) for d in elfmachine.library_dirs(machine)]
+    for path in candidates:
+        lib = elfmachine.machine_of(path)
+        if lib is not None and machine.accepts(lib):
+            return path
     return None
+
+
+def program_machine(binary: str) -> elfmachine.Machine:
+    """The machine a program is built for, which its libraries must match (the host's when unreadable)."""
+    return elfmachine.machine_of(binary) or elfmachine.host()
 
 
 def running_instances(real_path: str) -> list[int]:
@@ -362,14 +367,14 @@ def _resolve_tls(target: models.Target, binary: str | None) -> Resolution:
         found["boringssl" if hooks_mod.BORINGSSL_MARKER in symbols else "openssl"] = "linked into the executable"
     if "gnutls_record_recv" in symbols:
         found["gnutls"] = "linked into the executable"
-    dirs = runpath(binary)
+    dirs, machine = runpath(binary), program_machine(binary)
     for stack, prefixes in (("openssl", ("libssl.so",)), ("gnutls", ("libgnutls.so",)), ("nss", ("libnspr4.so",))):
-        hit = _needed_library(needed, prefixes, dirs=dirs)
+        hit = _needed_library(needed, prefixes, dirs=dirs, machine=machine)
         if hit and not (stack == "openssl" and {"boringssl", "openssl"} & found.keys()):
             lib_symbols, _ = elf_info(hit[0])
             if stack == "openssl" and hooks_mod.BORINGSSL_MARKER in lib_symbols:
                 stack = "boringssl"
-            if stack == "nss" and "SSL_ImportFD" not in _symbols_of_needed(needed, dirs, "libssl3.so"):
+            if stack == "nss" and "SSL_ImportFD" not in _symbols_of_needed(needed, dirs, "libssl3.so", machine):
                 continue      # NSPR without NSS's libssl3: no TLS on its fds
             found.setdefault(stack, f"{hit[0]} ({hit[1]})")
     if not found:
@@ -401,8 +406,8 @@ def _stripped_tls(path: str, hook) -> str:
             f"{anchor.describe()}")
 
 
-def _symbols_of_needed(needed, dirs, soname_prefix: str) -> frozenset:
-    hit = _needed_library(needed, (soname_prefix,), dirs=dirs)
+def _symbols_of_needed(needed, dirs, soname_prefix: str, machine: elfmachine.Machine) -> frozenset:
+    hit = _needed_library(needed, (soname_prefix,), dirs=dirs, machine=machine)
     if not hit:
         return frozenset()
     try:
@@ -448,15 +453,17 @@ def _elf_info_for(path: str, field: str):
         raise DiscoveryError(field, exc.message) from None
 
 
-def _needed_library(needed, prefixes, limit: int = 64, dirs: tuple[str, ...] = ()):
-    """Breadth-first through DT_NEEDED (curl → libcurl → libssl), in `dirs` (RUNPATH) first."""
+def _needed_library(needed, prefixes, limit: int = 64, dirs: tuple[str, ...] = (),
+                    machine: elfmachine.Machine | None = None):
+    """Breadth-first through DT_NEEDED (curl → libcurl → libssl), in `dirs` (RUNPATH) first,
+    libraries of the program's `machine` only."""
     queue, seen, via = list(needed), set(), {}
     while queue and len(seen) < limit:
         soname = queue.pop(0)
         if soname in seen:
             continue
         seen.add(soname)
-        path = find_library(soname, dirs)
+        path = find_library(soname, dirs, machine)
         if not path:
             continue
         if soname.startswith(prefixes):
@@ -477,7 +484,8 @@ def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str
     symbols, needed = _elf_info_for(binary, "binary")
     if all(h.symbol in symbols for h in hooks if not h.optional):
         return binary, "statically linked into the binary"
-    found = _needed_library(needed, prefixes, dirs=runpath(binary))
+    machine = program_machine(binary)
+    found = _needed_library(needed, prefixes, dirs=runpath(binary), machine=machine)
     if found:
         return found
     for pid in running_instances(os.path.realpath(binary)):
@@ -487,23 +495,25 @@ def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str
     # Not linked, not running: a program that loads its TLS library with a module at run time
     # (python3's _ssl). Attach to the library its loader would find; the probes are scoped to the
     # program's processes by exec, so one started later is captured from its first call.
-    system = _system_library(prefixes)
+    system = _system_library(prefixes, machine)
     if system:
         return system, (f"{os.path.basename(system)} from the loader's cache: the library its modules load at "
                         f"run time (set `library:` to choose another)")
     raise DiscoveryError(
         "binary",
-        f"{binary}: no {'/'.join(p + '*' for p in prefixes)} among its DT_NEEDED and no running instance maps one;"
+        f"{binary}: no {'/'.join(p + '*' for p in prefixes)}"
+        f"{'' if machine == elfmachine.host() else ' for ' + machine.describe()} among its DT_NEEDED and no running "
+        "instance maps one;"
         " set `library:` to the library it loads",
     )
 
 
-def _system_library(prefixes: tuple[str, ...]) -> str | None:
-    """The newest library of the loader's cache whose name starts with one of `prefixes`
-    (libssl.so.3 before libssl.so.1.1)."""
+def _system_library(prefixes: tuple[str, ...], machine: elfmachine.Machine) -> str | None:
+    """The newest library of the loader's cache for `machine` whose name starts with one of
+    `prefixes` (libssl.so.3 before libssl.so.1.1)."""
     names = [n for n in _ld_cache() if n.startswith(prefixes) and _version_key(n)]   # not the -dev link
     for name in sorted(names, key=_version_key, reverse=True):
-        path = find_library(name)
+        path = find_library(name, machine=machine)
         if path:
             return path
     return None
