@@ -4,6 +4,7 @@ Reads ELF files (pyelftools), the dynamic linker cache (`ldconfig -p`) and /proc
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import os
@@ -17,7 +18,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-from orchestrator.bpf import anchors, golang
+from orchestrator.bpf import anchors, golang, procroot
 from orchestrator.bpf import elfmachine
 from orchestrator.bpf import hooks as hooks_mod
 from orchestrator.profile import models
@@ -46,6 +47,26 @@ class Resolution:
     how: str                         # how the attach path was found, for `plan`
     addresses: tuple = ()            # per hook: (entry, (return, ...)) virtual addresses or None (by symbol);
                                      # () = every hook by symbol
+    namespace: procroot.Namespace | None = None   # the mount namespace the paths were resolved in; None: ours
+    inside_path: str = ""            # attach_path as the processes of `namespace` see it
+
+
+@dataclass(frozen=True)
+class _InRoot:
+    ns: procroot.Namespace
+    cache: dict          # its loader's cache: soname → path inside it
+    given: dict          # path through /proc/PID/root → the path the profile gave
+
+
+# While a target is resolved in another mount namespace: that namespace. The path helpers below
+# look files up there (the paths they get and give are made by procroot.locate).
+_ROOT: contextvars.ContextVar = contextvars.ContextVar("discovery_root", default=None)
+
+
+def _real(path: str) -> str:
+    """The real path of a file: in another root the paths are already resolved (os.path.realpath
+    would follow /proc/PID/root to wherever it points from here)."""
+    return path if _ROOT.get() is not None else os.path.realpath(path)
 
 
 MAX_SYMBOLS = 4_000_000     # symbols in all symbol tables of one file (libc has ~3 000)
@@ -160,7 +181,9 @@ def runpath(path: str) -> tuple[str, ...]:
             for tag in dyn.iter_tags():
                 if tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):
                     value = tag.runpath if tag.entry.d_tag == "DT_RUNPATH" else tag.rpath
-                    origin = os.path.dirname(os.path.realpath(path))
+                    origin = os.path.dirname(_real(path))
+                    if _ROOT.get() is not None:
+                        origin = _ROOT.get().ns.inside(origin)
                     return tuple(d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
                                  for d in value.split(":") if d)
     except Exception:       # damaged files are reported by elf_info; no runpath then
@@ -173,6 +196,9 @@ def find_library(soname: str, extra_dirs: tuple[str, ...] = (),
     """Where the loader finds `soname` for a program of `machine` (default: the host's): the
     program's RUNPATH folders, the loader's cache, its default folders; a file of another machine
     is skipped, as the loader skips it."""
+    if _ROOT.get() is not None:
+        root = _ROOT.get()
+        return procroot.find_library(root.ns, soname, extra_dirs, root.cache)
     machine = machine or elfmachine.host()
     candidates = [os.path.join(d, soname) for d in extra_dirs]
     candidates += elfmachine.by_hint(_ld_cache().get(soname, ()), machine)
@@ -190,19 +216,28 @@ def program_machine(binary: str) -> elfmachine.Machine:
 
 
 def running_instances(real_path: str) -> list[int]:
-    """PIDs of processes whose executable is `real_path`."""
+    """PIDs of processes whose executable is the file `real_path` (compared by inode: a container's
+    process names its executable by a path of its own root, /proc/PID/root/... reaches the same file)."""
+    try:
+        st = os.stat(real_path)
+    except OSError:
+        return []
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/exe") == real_path:
-                    pids.append(int(entry))
+                exe = os.stat(f"/proc/{entry}/exe")
             except OSError:
                 continue
+            if (exe.st_ino, exe.st_dev) == (st.st_ino, st.st_dev):
+                pids.append(int(entry))
     return pids
 
 
 def mapped_library(pid: int, prefixes: tuple[str, ...]) -> str | None:
+    if _ROOT.get() is not None:
+        root = _ROOT.get()
+        return procroot.mapped_library(root.ns, pid, prefixes, root.cache)
     try:
         with open(f"/proc/{pid}/maps") as f:
             for line in f:
@@ -218,6 +253,9 @@ def mapped_library(pid: int, prefixes: tuple[str, ...]) -> str | None:
 
 def exec_aliases(path: str) -> tuple[str, ...]:
     """Paths by which a program is typically exec'd: itself, its real path, and links to it."""
+    if _ROOT.get() is not None:
+        root = _ROOT.get()
+        return procroot.exec_aliases(root.ns, path, root.given.get(path, root.ns.inside(path)))
     stamps = []
     for d in BIN_DIRS + (os.path.dirname(path),):
         try:
@@ -251,11 +289,55 @@ def _exec_aliases(path: str, _dir_stamps: tuple) -> tuple[str, ...]:
 
 
 def resolve(target: models.Target) -> Resolution:
+    note = ""
+    if _ROOT.get() is None:
+        paths = tuple(p for p in (target.binary or hooks_mod.DEFAULT_BINARY.get(target.kind), target.library) if p)
+        try:
+            ns, note = procroot.namespace_for(target.filters, paths)
+        except procroot.RootError as exc:
+            raise DiscoveryError(exc.field, exc.message) from None
+        if ns is not None:
+            return _resolve_in_root(target, ns, note)
     res = _resolve(target)
+    if note:
+        res = dataclasses.replace(res, how=f"{res.how}; {note}")
     if not res.hooks:
         raise DiscoveryError("capture", f"{res.attach_path}: nothing to probe for capture "
                                         f"[{', '.join(target.capture)}] ({res.how})")
     return res
+
+
+def _resolve_in_root(target: models.Target, ns: procroot.Namespace, note: str = "") -> Resolution:
+    """A target whose processes run in another mount namespace (a container): its paths name files
+    there. They are resolved inside its root and used through /proc/PID/root, so the uprobes go
+    into the inode the container runs."""
+    given = {}
+    paths = {}
+    default = hooks_mod.DEFAULT_BINARY.get(target.kind)
+    for field, path in (("binary", target.binary or default), ("library", target.library)):
+        if path:
+            try:
+                paths[field] = procroot.locate(ns, path, field)
+            except procroot.RootError as exc:
+                raise DiscoveryError(exc.field, exc.message) from None
+            given[paths[field]] = path
+    inner = dataclasses.replace(target, binary=paths.get("binary"), library=paths.get("library"))
+    token = _ROOT.set(_InRoot(ns, procroot.ld_cache(ns), given))
+    try:
+        res = resolve(inner)
+    finally:
+        _ROOT.reset(token)
+    inside = ns.inside(res.attach_path)
+    if res.attach_path == SYSCALLS:
+        fires = ""
+    elif target.filters.pids:
+        fires = "uprobes attached for the listed pids only"
+    else:
+        fires = ("the uprobes fire in every process that maps this file (in any container sharing it); "
+                 "the kernel filter keeps only the target's processes")
+    how = "; ".join(p for p in (res.how, f"resolved in {ns.describe()}: {inside}, attached as {res.attach_path}",
+                                fires, note) if p)
+    return dataclasses.replace(res, how=how, namespace=ns, inside_path=inside)
 
 
 def _resolve(target: models.Target) -> Resolution:
@@ -271,7 +353,7 @@ def _resolve(target: models.Target) -> Resolution:
             _require_file(binary, "binary")
         return Resolution(attach_path=SYSCALLS, hooks=hooks, missing_optional=(),
                           scope_paths=exec_aliases(binary) if binary else (),
-                          scope_real=os.path.realpath(binary) if binary else None, how="syscall tracepoints")
+                          scope_real=_real(binary) if binary else None, how="syscall tracepoints")
     if target.kind == "tls":
         return _resolve_tls(target, binary)
     if target.kind in hooks_mod.GO_KINDS:
@@ -309,11 +391,11 @@ def _resolve(target: models.Target) -> Resolution:
         else:
             raise DiscoveryError("symbol" if target.kind == "uprobe" else field,
                                  f"{attach}: no function symbol {h.symbol!r}" + _stripped_tls(attach, h))
-    scoped = binary is not None and os.path.realpath(attach) != os.path.realpath(binary)
+    scoped = binary is not None and _real(attach) != _real(binary)
     return Resolution(
         attach_path=attach, hooks=tuple(found), missing_optional=tuple(missing_optional),
         scope_paths=exec_aliases(binary) if scoped else (),
-        scope_real=os.path.realpath(binary) if binary else None, how=how,
+        scope_real=_real(binary) if binary else None, how=how,
         addresses=tuple(addresses) if any(a is not None for a in addresses) else (),
     )
 
@@ -328,10 +410,10 @@ def _secrets_only(attach: str, hooks, symbols, binary, how: str) -> Resolution |
     located, note = _keylog_hook(attach, keylog)
     if located is None:
         return None
-    scoped = binary is not None and os.path.realpath(attach) != os.path.realpath(binary)
+    scoped = binary is not None and _real(attach) != _real(binary)
     return Resolution(attach_path=attach, hooks=(located[0],), missing_optional=tuple(absent),
                       scope_paths=exec_aliases(binary) if scoped else (),
-                      scope_real=os.path.realpath(binary) if binary else None,
+                      scope_real=_real(binary) if binary else None,
                       how=f"{how}; no symbol {', '.join(absent)}: secrets only: {note}", addresses=(located[1],))
 
 
@@ -437,7 +519,7 @@ def _resolve_go(binary: str | None, hooks) -> Resolution:
         f"{f.name} at {f.entry:#x} ({f.found_by}; probed at +{f.body - f.entry:#x}"
         + (f" and {len(f.returns)} RET)" if h.on == "return" else ")") for f, h in zip(found, hooks))
     return Resolution(attach_path=binary, hooks=hooks, missing_optional=absent, scope_paths=(),
-                      scope_real=os.path.realpath(binary), how=how,
+                      scope_real=_real(binary), how=how,
                       addresses=tuple((f.body, f.returns if h.on == "return" else ()) for f, h in zip(found, hooks)))
 
 
@@ -488,7 +570,7 @@ def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str
     found = _needed_library(needed, prefixes, dirs=runpath(binary), machine=machine)
     if found:
         return found
-    for pid in running_instances(os.path.realpath(binary)):
+    for pid in running_instances(_real(binary)):
         path = mapped_library(pid, prefixes)
         if path and os.path.exists(path):
             return path, f"mapped by running pid {pid}"
@@ -511,7 +593,8 @@ def _library_of(binary: str, prefixes: tuple[str, ...], hooks) -> tuple[str, str
 def _system_library(prefixes: tuple[str, ...], machine: elfmachine.Machine) -> str | None:
     """The newest library of the loader's cache for `machine` whose name starts with one of
     `prefixes` (libssl.so.3 before libssl.so.1.1)."""
-    names = [n for n in _ld_cache() if n.startswith(prefixes) and _version_key(n)]   # not the -dev link
+    cache = _ROOT.get().cache if _ROOT.get() is not None else _ld_cache()
+    names = [n for n in cache if n.startswith(prefixes) and _version_key(n)]   # not the -dev link
     for name in sorted(names, key=_version_key, reverse=True):
         path = find_library(name, machine=machine)
         if path:

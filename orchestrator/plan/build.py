@@ -21,5 +21,6 @@ def plan_profile(profile: models.Profile, resolve=discovery.resolve):
             scope_paths=res.scope_paths, scope_real=res.scope_real, rendered=rendered,
             how=res.how, missing_optional=res.missing_optional, parsers=profile.parsers,
             attach_file=model.file_identity(res.attach_path), addresses=res.addresses,
+            namespace=res.namespace, inside_path=res.inside_path,
         ))
     return sets, failed

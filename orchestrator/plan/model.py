@@ -25,6 +25,8 @@ class ProbeSet:
     attach_file: tuple[int, int] = (0, 0)    # (st_dev, st_ino) of attach_path when planned
     addresses: tuple = ()           # per hook: (entry, (return, ...)) addresses in attach_path, or None: by
                                     # symbol; () = every hook by symbol
+    namespace: object = None        # procroot.Namespace the paths were resolved in (a container); None: ours
+    inside_path: str = ""           # attach_path as that namespace's processes see it
 
     def attach_changed(self) -> bool:
         """Was the attached file replaced on disk since (a package upgrade writes a new inode)?

@@ -76,11 +76,19 @@ def _change_of(changes: diff.Changes) -> dict:
 def target_entry(ps, running_now: list[int], change: str | None) -> dict:
     t, f = ps.target, ps.target.filters
     return {"target": t.name, "kind": t.kind, "ok": True, "digest": ps.digest,
-            "attach": {"path": ps.attach_path, "how": ps.how},
+            "attach": {"path": ps.attach_path, "how": ps.how, "namespace": namespace_entry(ps)},
             "hooks": [{"symbol": h.symbol, "on": h.on} for h in ps.hooks],
             "missing_optional": list(ps.missing_optional),
             "filters": {"pids": list(f.pids), "uids": list(f.uids), "comm": list(f.comm), "ports": list(f.ports)},
             "scope": list(ps.scope_paths), "running_now": running_now, "change": change}
+
+
+def namespace_entry(ps) -> dict | None:
+    """Where the target's paths were resolved: None for this host's mount namespace, else the
+    process whose root they were looked up in and the attached file's path there."""
+    if ps.namespace is None:
+        return None
+    return {"pid": ps.namespace.pid, "mnt": ps.namespace.mnt, "path": ps.inside_path}
 
 
 def failed_entry(failed) -> dict:
