@@ -135,14 +135,17 @@ def replay(ps, raws: list[bytes], out: Path, repeat: int, batch: int = 256) -> t
         dt = time.process_time() - t0
         sink.close()
         best = dt if best is None else min(best, dt)
-        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+        if not os.environ.get("ECAP_BENCH_COUNTING"):     # (under valgrind only the pipeline is counted)
+            digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    if not digests:
+        return best, counter.n, ""
     if len(digests) != 1:
         raise SystemExit(f"pipeline: passes over the same records wrote different JSONL ({len(digests)} digests)")
     return best, counter.n, digests.pop()
 
 
-def worker(tree: str, records: str, out_dir: str, repeat: int) -> None:
-    """One pipeline's replay of every recorded set; prints one JSON line of results."""
+def worker(tree: str, records: str, out_dir: str, repeat: int, only: str = "") -> None:
+    """One pipeline's replay of every recorded set (or of `only`); prints one JSON line of results."""
     sys.path.insert(0, tree)
     from orchestrator.pipeline import events
     from orchestrator.plan import build
@@ -159,7 +162,7 @@ def worker(tree: str, records: str, out_dir: str, repeat: int) -> None:
         pass
     result = {"mode": mode, "sets": {}}
     for name, raws in saved["sets"].items():
-        if raws:
+        if raws and only in ("", name):
             cpu, n, digest = replay(ps, raws, Path(out_dir) / f"{name}.jsonl", repeat)
             result["sets"][name] = {"cpu": cpu, "events": len(raws), "records": n, "digest": digest}
     print(json.dumps(result))
@@ -184,25 +187,49 @@ class RecordCounter:
         self.n += len(records)
 
 
-def run_worker(pipeline: str, tree: Path, records: Path, out: Path, repeat: int) -> dict:
+def run_worker(pipeline: str, tree: Path, records: Path, out: Path, repeat: int, only: str = "",
+               prefix: tuple = ()) -> dict:
     env = dict(os.environ, ECAPTURE_PURE_PYTHON="1" if pipeline != "compiled" else "0")
+    if prefix:
+        env["ECAP_BENCH_COUNTING"] = "1"
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, __file__, "--worker", str(tree), str(records), str(out), str(repeat)],
-                          capture_output=True, text=True, env=env, cwd=str(tree))
+    proc = subprocess.run([*prefix, sys.executable, __file__, "--worker", str(tree), str(records), str(out), str(repeat),
+                           only], capture_output=True, text=True, env=env, cwd=str(tree))
     if proc.returncode != 0:
         raise SystemExit(f"pipeline: the {pipeline} replay failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["stderr"] = proc.stderr
+    return result
+
+
+def instructions_per_event(pipeline: str, tree: Path, records: Path, out: Path, name: str, events: int) -> float:
+    """Instructions one warm pass over set `name` executes, per event, counted by valgrind
+    (callgrind): a run of two passes minus a run of one, so start-up and the first pass's warm-up
+    cancel out (the passes skip the JSONL digest there). Unlike CPU time, the count does not move
+    with the machine's load; the kernel's share (the file writes) is not in it."""
+    counts = []
+    for passes in (1, 2):
+        res = run_worker(pipeline, tree, records, out, passes, name,
+                         prefix=("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"))
+        found = [line for line in res["stderr"].splitlines() if "Collected :" in line]
+        if not found:
+            raise SystemExit(f"pipeline: no instruction count from valgrind:\n{res['stderr'][-2000:]}")
+        counts.append(int(found[-1].rsplit(":", 1)[1].replace(",", "").strip()))
+    return (counts[1] - counts[0]) / events
 
 
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) == 6 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    if argv is None and len(sys.argv) in (6, 7) and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] if len(sys.argv) == 7 else "")
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic recorded per protocol")
     ap.add_argument("--repeat", type=int, default=3, help="replays per protocol and round (the fastest counts)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds over the pipelines, alternated")
     ap.add_argument("--baseline", default=BASELINE, help="git revision of the baseline pipeline")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count each pipeline's instructions per event with valgrind (slow: about a "
+                         "minute per pipeline and protocol), a ratio the machine's load does not move")
     ap.add_argument("--keep", metavar="DIR", help="keep the recorded records and JSONL output here; "
                     "if DIR already holds records, replay those instead of recording")
     args = ap.parse_args(argv)
@@ -258,6 +285,17 @@ def main(argv=None) -> int:
                 print(f"{name:<8} {p:<9} {r['events']:>7} {r['records']:>7} {r['cpu']:>7.3f} {rate:>13.0f} "
                       f"{r['cpu'] / r['events'] * 1e6:>9.2f} {base['cpu'] / r['cpu']:>10.2f}  {r['digest'][:16]}")
         print("pipeline: every pipeline wrote the same JSONL (byte for byte) for each protocol")
+        if args.instructions:
+            if not shutil.which("valgrind"):
+                print("pipeline: --instructions needs valgrind (make setup installs it)")
+                return 1
+            print(f"{'protocol':<8} {'pipeline':<9} {'instructions/event':>18} {'× baseline':>10}")
+            for name, raws in sets.items():
+                if not raws:
+                    continue
+                counts = {p: instructions_per_event(p, trees[p], saved, tmp / p, name, len(raws)) for p in pipelines}
+                for p in pipelines:
+                    print(f"{name:<8} {p:<9} {counts[p]:>18.0f} {counts['baseline'] / counts[p]:>10.2f}")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
