@@ -1,6 +1,7 @@
 """The `ecapture` command line: parse arguments, call the library, map errors to exit codes."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -25,9 +26,22 @@ EXIT_INVALID, EXIT_USAGE, EXIT_PRECONDITION = 1, 2, 3
 EXIT_CHANGES = 2        # plan --detailed-exitcode: changes pending (terraform's code)
 
 
+def _reflowed(text: str) -> str:
+    """A docstring's paragraphs each as one line: typer's rich help keeps the source's line breaks
+    after the first paragraph, which then wrap mid-sentence on an 80-column terminal."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class _HelpWithoutTypes:
     """typer writes each parameter's Python type beside it in help (<list[Path]>, <float>, <bool>):
-    show an option's metavar instead, and nothing for flags and arguments (their name says it)."""
+    show an option's metavar instead, and nothing for flags and arguments (their name says it).
+    Docstrings are reflowed (`_reflowed`)."""
+
+    def format_help(self, ctx, formatter):
+        if self.help:
+            self.help = _reflowed(self.help)
+        return super().format_help(ctx, formatter)
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
