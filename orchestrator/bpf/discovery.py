@@ -196,10 +196,11 @@ def find_library(soname: str, extra_dirs: tuple[str, ...] = (),
     """Where the loader finds `soname` for a program of `machine` (default: the host's): the
     program's RUNPATH folders, the loader's cache, its default folders; a file of another machine
     is skipped, as the loader skips it."""
+    machine = machine or elfmachine.host()
     if _ROOT.get() is not None:
         root = _ROOT.get()
-        return procroot.find_library(root.ns, soname, extra_dirs, root.cache)
-    machine = machine or elfmachine.host()
+        return procroot.find_library(root.ns, soname, extra_dirs, root.cache, elfmachine.library_dirs(machine),
+                                     lambda path: _loadable(path, machine))
     candidates = [os.path.join(d, soname) for d in extra_dirs]
     candidates += elfmachine.by_hint(_ld_cache().get(soname, ()), machine)
     candidates += [os.path.join(d, soname) for d in elfmachine.library_dirs(machine)]
@@ -208,6 +209,11 @@ def find_library(soname: str, extra_dirs: tuple[str, ...] = (),
         if lib is not None and machine.accepts(lib):
             return path
     return None
+
+
+def _loadable(path: str, machine: elfmachine.Machine) -> bool:
+    lib = elfmachine.machine_of(path)
+    return lib is not None and machine.accepts(lib)
 
 
 def program_machine(binary: str) -> elfmachine.Machine:

@@ -238,8 +238,9 @@ def try_locate(ns: Namespace, path: str) -> str | None:
 
 # ----------------------------------------------------------------------------- the loader's view of a root
 
-def ld_cache(ns: Namespace) -> dict[str, str]:
-    """soname → path of the root's /etc/ld.so.cache (glibc's 1.1 format), first entry per name."""
+def ld_cache(ns: Namespace) -> dict[str, tuple[str, ...]]:
+    """soname → its paths in the root's /etc/ld.so.cache (glibc's 1.1 format), in the cache's order
+    (one per machine it has the library for)."""
     host = try_locate(ns, "/etc/ld.so.cache")
     if host is None:
         return {}
@@ -254,7 +255,7 @@ def ld_cache(ns: Namespace) -> dict[str, str]:
     return parse_ld_cache(data)
 
 
-def parse_ld_cache(data: bytes) -> dict[str, str]:
+def parse_ld_cache(data: bytes) -> dict[str, tuple[str, ...]]:
     """Bounded parse of a glibc ld.so.cache: names and paths outside the file are ignored."""
     if len(data) > MAX_CACHE_BYTES:
         return {}
@@ -263,12 +264,12 @@ def parse_ld_cache(data: bytes) -> dict[str, str]:
         return {}
     _magic, nlibs, _len_strings, _flags, _ext = _CACHE_HEADER.unpack_from(data, start)
     nlibs = min(nlibs, MAX_CACHE_ENTRIES, (len(data) - start - _CACHE_HEADER.size) // _CACHE_ENTRY.size)
-    cache: dict[str, str] = {}
+    cache: dict[str, tuple[str, ...]] = {}
     for i in range(nlibs):
         _f, key, value, _os, _hw = _CACHE_ENTRY.unpack_from(data, start + _CACHE_HEADER.size + i * _CACHE_ENTRY.size)
         name, path = _c_string(data, start + key), _c_string(data, start + value)
         if name and path and path.startswith("/"):
-            cache.setdefault(name, path)
+            cache[name] = (*cache.get(name, ()), path)
     return cache
 
 
@@ -284,23 +285,24 @@ def _c_string(data: bytes, offset: int) -> str | None:
         return None
 
 
-def find_library(ns: Namespace, soname: str, extra_dirs: tuple[str, ...], cache: dict[str, str]) -> str | None:
+def find_library(ns: Namespace, soname: str, extra_dirs: tuple[str, ...], cache: dict[str, tuple[str, ...]],
+                 library_dirs: tuple[str, ...] = LIBRARY_DIRS, accept=lambda host_path: True) -> str | None:
     """Where the root's loader finds `soname` (RUNPATH folders, its cache, its default folders),
-    as a path through /proc/PID/root; `extra_dirs` are paths in the root or made by ns.host()."""
+    as a path through /proc/PID/root; `extra_dirs` are paths in the root or made by ns.host();
+    `accept(path)` says whether a file found is one the program can load (its machine)."""
     if "/" in soname:
         return None
     candidates = [os.path.join(ns.inside(d), soname) for d in extra_dirs]
-    if soname in cache:
-        candidates.append(cache[soname])
-    candidates += [os.path.join(d, soname) for d in LIBRARY_DIRS]
+    candidates += cache.get(soname, ())
+    candidates += [os.path.join(d, soname) for d in library_dirs]
     for inside in candidates:
         host = try_locate(ns, inside)
-        if host is not None:
+        if host is not None and accept(host):
             return host
     return None
 
 
-def mapped_library(ns: Namespace, pid: int, prefixes: tuple[str, ...], cache: dict[str, str]) -> str | None:
+def mapped_library(ns: Namespace, pid: int, prefixes: tuple[str, ...], cache: dict[str, tuple[str, ...]]) -> str | None:
     """A library whose name starts with one of `prefixes` that process `pid` maps, as a path through
     /proc/PID/root: the file the root's loader finds by that name, if it is the very file mapped
     (/proc/PID/maps shows paths as *we* would reach them, not as the container does)."""
