@@ -10,17 +10,17 @@ from __future__ import annotations
 import struct
 
 # ts seq session ret args[6] pid tid uid fd len cap hook record direction flags pad gen
-# conn{family lport rport pad laddr[16] raddr[16]} comm[16]
-HEADER = struct.Struct("<QQQq6QIIIiIIHBBBxHHHHH16s16s16s")
+# conn{family lport rport pad laddr[16] raddr[16]} comm[16] cgroup
+HEADER = struct.Struct("<QQQq6QIIIiIIHBBBxHHHHH16s16s16sQ")
 HEADER_SIZE = HEADER.size
 
 FIELDS = ("ts", "seq", "session", "ret", "a0", "a1", "a2", "a3", "a4", "a5", "pid", "tid", "uid", "fd",
           "len", "cap", "hook", "record", "direction", "flags", "gen",
-          "family", "lport", "rport", "_pad", "laddr", "raddr", "comm")
+          "family", "lport", "rport", "_pad", "laddr", "raddr", "comm", "cgroup")
 # Offsets of the C fields, checked against the compiled struct by a test.
 C_OFFSETS = {"ts": 0, "seq": 8, "session": 16, "ret": 24, "args": 32, "pid": 80, "tid": 84, "uid": 88,
              "fd": 92, "len": 96, "cap": 100, "hook": 104, "record": 106, "direction": 107, "flags": 108, "gen": 110,
-             "conn": 112, "comm": 152}
+             "conn": 112, "comm": 152, "cgroup": 168}
 GEN_OFFSET = C_OFFSETS["gen"]
 FLAGS_OFFSET = C_OFFSETS["flags"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from orchestrator.bpf import discovery, layout, owner, render, ringreader, state
 
 
-FILTER_TABLES = ("filter_gate", "filter_conf", "filter_uids", "filter_comms", "filter_ports")
+FILTER_TABLES = ("filter_gate", "filter_conf", "filter_uids", "filter_comms", "filter_ports", "filter_cgroups")
 
 
 def program_names(index: int, hook) -> list[tuple[int, str]]:
@@ -94,7 +94,8 @@ class LoadedTarget:
         confs[ctypes.c_int(slot)] = stale
         for name, key_field, wanted in (("filter_uids", "uid", values["uids"]),
                                         ("filter_comms", "comm", [bytes(c) for c in values["comm"]]),
-                                        ("filter_ports", "port", values["ports"])):
+                                        ("filter_ports", "port", values["ports"]),
+                                        ("filter_cgroups", "id", values["cgroups"] or ())):
             table = self.tables[name]
             for key in [k for k in table.keys() if k.slot == slot]:
                 del table[key]
@@ -107,6 +108,7 @@ class LoadedTarget:
         conf = confs.Leaf()
         conf.slot, conf.gen = slot, generation & 0xFFFFFFFF
         conf.uids, conf.comm, conf.ports = bool(values["uids"]), bool(values["comm"]), bool(values["ports"])
+        conf.cgroups = values["cgroups"] is not None     # on with no ids: nothing matches until a path exists
         conf.max_bytes = values["max_bytes"]
         confs[ctypes.c_int(slot)] = conf
 

@@ -126,24 +126,28 @@ def _hook_context(index: int, h: hooks_mod.Hook) -> dict:
 MAX_BYTES_LIMIT = 65536     # the schema's maximum of max_bytes: what every program is compiled with
 
 
-def filter_values(target: models.Target) -> dict:
-    """The target's filters as validated numbers (pids compiled in, the rest written to maps)."""
+def filter_values(target: models.Target, cgroup_ids=()) -> dict:
+    """The target's filters as validated numbers (pids compiled in, the rest written to maps).
+    `cgroup_ids`: the ids its `filters.cgroups` paths have now (plan.model.ProbeSet.cgroups). The
+    cgroup filter is None when off (no paths, or the root `/`, which holds everything), else the
+    ids, possibly none: a filter that matches nothing until one of its paths exists."""
     f = target.filters
     return {
         "pids": _int_list(f.pids, 1, 4194304),
         "uids": _int_list(f.uids, 0, 4294967294),
         "comm": [_comm_bytes(c) for c in f.comm],
         "ports": _int_list(f.ports, 1, 65535),
+        "cgroups": None if not f.cgroups or "/" in f.cgroups else _int_list(cgroup_ids, 1, (1 << 64) - 1),
     }
 
 
-def lane_values(target: models.Target) -> dict:
+def lane_values(target: models.Target, cgroup_ids=()) -> dict:
     """What a filter configuration holds for `target` (loader.write_filters): its filter values and max_bytes."""
-    return filter_values(target) | {"max_bytes": _int_list([target.max_bytes], 16, MAX_BYTES_LIMIT)[0]}
+    return filter_values(target, cgroup_ids) | {"max_bytes": _int_list([target.max_bytes], 16, MAX_BYTES_LIMIT)[0]}
 
 
 def context(profile_name: str, target: models.Target, hooks, scope_paths=()) -> dict:
-    """Everything the program is compiled with. The uid, comm and port filters and max_bytes are
+    """Everything the program is compiled with. The uid, comm, cgroup and port filters and max_bytes are
     not in it: the program reads them from maps (filters.c.j2, lane_values), so one compiled
     program runs every value of them. pids stay compiled in: they are also where the
     trampolines attach. Records are sized by the configuration's max_bytes, bounded by the

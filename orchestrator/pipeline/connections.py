@@ -38,8 +38,8 @@ CONNECTION_PARSERS = (
 
 
 class _PrefixMemo:
-    """One (tid, hook, fd, uid, comm) → record prefix of ConnectionWorker._prefix."""
-    __slots__ = ("tid", "hook", "fd", "uid", "comm", "prefix")
+    """One (tid, hook, fd, uid, comm, cgroup) → record prefix of ConnectionWorker._prefix."""
+    __slots__ = ("tid", "hook", "fd", "uid", "comm", "cgroup", "prefix")
 
     def __init__(self, ev: events.Event, prefix: bytes) -> None:
         self.tid = ev.tid
@@ -47,11 +47,12 @@ class _PrefixMemo:
         self.fd = ev.fd
         self.uid = ev.uid
         self.comm = ev.comm
+        self.cgroup = ev.cgroup
         self.prefix = prefix
 
     def matches(self, ev: events.Event) -> bool:
         return ev.tid == self.tid and ev.hook == self.hook and ev.fd == self.fd and ev.uid == self.uid \
-            and ev.comm == self.comm
+            and ev.comm == self.comm and ev.cgroup == self.cgroup
 
 
 class ConnectionWorker:
@@ -75,7 +76,7 @@ class ConnectionWorker:
         self.ident: Any = None
         self.whole: Any = None                       # a connection-level parser, once chosen
         self.held: Any = None                        # a first chunk waiting for the other side
-        self.prefixes: dict = {}                     # (tid, hook, fd, uid, comm) → events.record_prefix
+        self.prefixes: dict = {}                     # (tid, hook, fd, uid, comm, cgroup) → events.record_prefix
         self.prefix_source: Any = None               # ... for events of this source
         self.prefix_conn: Any = None                 # ... on this conn
         # The last two (key..., prefix) looked up, compared field by field: a connection's events
@@ -237,7 +238,7 @@ class ConnectionWorker:
         if memo is not None and memo.matches(ev):
             self.memo_b, self.memo_a = self.memo_a, memo
             return memo.prefix
-        key = (ev.tid, ev.hook, ev.fd, ev.uid, ev.comm)
+        key = (ev.tid, ev.hook, ev.fd, ev.uid, ev.comm, ev.cgroup)     # a thread may move to another cgroup
         prefix = self.prefixes.get(key)
         if prefix is None:
             prefix = self.prefixes[key] = events.record_prefix(ev, self.conn, _encode)

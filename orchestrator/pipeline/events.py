@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
+from orchestrator import cgroups
 from orchestrator.bpf import layout
 
 try:
@@ -29,7 +30,7 @@ MONO_TO_EPOCH_NS = time.time_ns() - time.monotonic_ns()
 class Event:
     __slots__ = ("ts", "seq", "session", "ret", "args", "pid", "tid", "uid", "fd", "len", "truncated",
                  "hook", "record", "direction", "family", "lport", "rport", "laddr", "raddr", "comm",
-                 "payload", "source")
+                 "cgroup", "payload", "source")
     # Typed attributes: mypyc (scripts/build_fast.py) compiles them into a C struct.
     ts: int
     seq: int
@@ -51,6 +52,7 @@ class Event:
     laddr: Any
     raddr: Any
     comm: str
+    cgroup: int               # cgroup v2 id of the task (0: unknown)
     payload: Any
     source: Any
 
@@ -66,7 +68,7 @@ def decode(raw: Any, source: Any) -> Event:
     if _NATIVE_READS and type(raw) is bytes:
         return _decode_native(raw, source)
     (ts, seq, session, ret, a0, a1, a2, a3, a4, a5, pid, tid, uid, fd, ln, cap, hook, record, direction,
-     flags, _gen, family, lport, rport, _pad, laddr, raddr, comm) = _unpack(raw)
+     flags, _gen, family, lport, rport, _pad, laddr, raddr, comm, cgroup) = _unpack(raw)
     ev = Event()
     ev.ts = ts + MONO_TO_EPOCH_NS
     ev.seq = seq
@@ -88,6 +90,7 @@ def decode(raw: Any, source: Any) -> Event:
     ev.laddr = laddr
     ev.raddr = raddr
     ev.comm = _comm(comm)
+    ev.cgroup = cgroup
     ev.payload = raw[_HEADER_SIZE:_HEADER_SIZE + cap]
     ev.source = source
     return ev
@@ -148,6 +151,7 @@ def _decode_native(raw: bytes, source: Any) -> Event:
     ev.laddr = raw[120:136]
     ev.raddr = raw[136:152]
     ev.comm = _comm(raw[152:168])
+    ev.cgroup = _u64(raw, 168)
     ev.payload = raw[_HEADER_SIZE:_HEADER_SIZE + cap]
     ev.source = source
     return ev
@@ -239,6 +243,12 @@ class Record:
             src = ev.source
             d.update(ts=ev.ts, seq=ev.seq, profile=src.profile, target=src.target.name,
                      pid=ev.pid, tid=ev.tid, comm=ev.comm, uid=ev.uid)
+            if ev.cgroup:
+                # The path, or None: the cgroup was removed before it could be named.
+                path, container = cgroups.describe(ev.cgroup, ev.pid)
+                d["cgroup"] = path
+                if container is not None:
+                    d["container_id"] = container
             if self.conn is not None:
                 d["conn"] = {"local": endpoint(self.conn[0]), "remote": endpoint(self.conn[1])}
             if ev.record == layout.RECORD_DATA or ev.record == layout.RECORD_SECRET:
@@ -267,7 +277,8 @@ class Record:
             hooks = src.hooks
             stack = hooks[ev.hook].stack if ev.hook < len(hooks) else None
             # Everything record_prefix reads, by value: a reloaded target may reuse its names with other hooks.
-            key = (src.profile, src.target.name, stack, ev.record, ev.fd, ev.pid, ev.tid, ev.comm, ev.uid, self.conn)
+            key = (src.profile, src.target.name, stack, ev.record, ev.fd, ev.pid, ev.tid, ev.comm, ev.uid, ev.cgroup,
+                   self.conn)
             prefix = _prefixes.get(key)
             if prefix is None:
                 prefix = record_prefix(ev, self.conn, encode)
@@ -295,13 +306,14 @@ def json_lines(records: list, encode: Any) -> bytes:
     return b"\n".join(lines)
 
 
-_PREFIX_KEYS = frozenset({"type", "ts", "seq", "profile", "target", "pid", "tid", "comm", "uid", "conn", "fd", "tls"})
+_PREFIX_KEYS = frozenset({"type", "ts", "seq", "profile", "target", "pid", "tid", "comm", "uid", "cgroup", "container_id",
+                          "conn", "fd", "tls"})
 _prefixes: dict = {}
 _type_json: dict = {}            # record type → its JSON string (msgspec's, so escapes agree)
 
 
 def record_prefix(ev: Event, conn: Any, encode: Any) -> bytes:
-    """The encoded `,"profile":...,"uid":...[,"conn":{...}][,"fd":...][,"tls":...]` that to_dict
+    """The encoded `,"profile":...,"uid":...[,"cgroup":...[,"container_id":...]][,"conn":{...}][,"fd":...][,"tls":...]` that to_dict
     gives a record of `ev` on `conn`, for to_json."""
     d = Record("", ev, {}, conn).to_dict()
     for k in ("type", "ts", "seq"):

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from orchestrator import cgroups
 from orchestrator.bpf import render
 from orchestrator.profile import errors, models
 
@@ -25,6 +26,8 @@ class ProbeSet:
     attach_file: tuple[int, int] = (0, 0)    # (st_dev, st_ino) of attach_path when planned
     addresses: tuple = ()           # per hook: (entry, (return, ...)) addresses in attach_path, or None: by
                                     # symbol; () = every hook by symbol
+    cgroups: tuple[int, ...] = ()   # ids of the filters.cgroups paths that existed when planned
+    cgroups_missing: tuple[str, ...] = ()   # ... and the paths that did not (they match nothing yet)
     namespace: object = None        # procroot.Namespace the paths were resolved in (a container); None: ours
     inside_path: str = ""           # attach_path as that namespace's processes see it
 
@@ -34,6 +37,25 @@ class ProbeSet:
         if self.attach_file == (0, 0):
             return False
         return file_identity(self.attach_path) not in (self.attach_file, (0, 0))
+
+    def cgroups_changed(self) -> bool:
+        """Did a filters.cgroups path appear, go, or get made anew (a new id) since planned? Its
+        filter configuration then changes (an express-lane switch, no compile)."""
+        if not self.target.filters.cgroups:
+            return False
+        return cgroups.resolve(self.target.filters.cgroups) != (self.cgroups, self.cgroups_missing)
+
+    def cgroup_warnings(self, file: str) -> list[errors.Issue]:
+        """One warning per filters.cgroups path that did not exist when planned (no error: it
+        matches nothing until it exists, then the reconciler sees cgroups_changed)."""
+        out = []
+        for path in self.cgroups_missing:
+            j = self.target.filters.cgroups.index(path)
+            line, col = self.target.mark(f"filters.cgroups[{j}]")
+            out.append(errors.Issue(file, line, col, f"spec.targets[{self.target.index}].filters.cgroups[{j}]",
+                                    f"no cgroup {path} under {cgroups.mount() or 'the cgroup2 mount (none found)'} "
+                                    f"(yet): it matches nothing until it exists"))
+        return out
 
     @property
     def key(self) -> tuple[str, str]:
@@ -67,9 +89,9 @@ class ProbeSet:
 
     @property
     def filter_conf(self) -> str:
-        """The values the program reads from maps (uid, comm and port filters, max_bytes), as
+        """The values the program reads from maps (uid, comm, cgroup and port filters, max_bytes), as
         validated numbers (render.lane_values raises ValueError on anything else)."""
-        return json.dumps(render.lane_values(self.target), sort_keys=True)
+        return json.dumps(render.lane_values(self.target, self.cgroups), sort_keys=True)
 
 
 def _sha(text: str) -> str:

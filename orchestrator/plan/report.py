@@ -79,7 +79,9 @@ def target_entry(ps, running_now: list[int], change: str | None) -> dict:
             "attach": {"path": ps.attach_path, "how": ps.how, "namespace": namespace_entry(ps)},
             "hooks": [{"symbol": h.symbol, "on": h.on} for h in ps.hooks],
             "missing_optional": list(ps.missing_optional),
-            "filters": {"pids": list(f.pids), "uids": list(f.uids), "comm": list(f.comm), "ports": list(f.ports)},
+            "filters": {"pids": list(f.pids), "uids": list(f.uids), "comm": list(f.comm), "ports": list(f.ports),
+                        "cgroups": list(f.cgroups)},
+            "cgroups_missing": list(ps.cgroups_missing),
             "scope": list(ps.scope_paths), "running_now": running_now, "change": change}
 
 

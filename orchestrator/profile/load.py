@@ -361,12 +361,15 @@ def _build(doc, filename, marks, digest, base_dir) -> models.Profile:
             symbol=t.get("symbol"), on=t.get("on", "entry"),
             args=tuple(models.Arg(a["index"], a["name"], a["type"], a.get("length_arg")) for a in t.get("args", [])),
             filters=models.Filters(tuple(f.get("pids", ())), tuple(f.get("uids", ())),
-                                   tuple(f.get("comm", ())), tuple(f.get("ports", ()))),
+                                   tuple(f.get("comm", ())), tuple(f.get("ports", ())),
+                                   tuple(os.path.normpath(p) for p in f.get("cgroups", ()))),
             max_bytes=t.get("max_bytes", 16384), ring_buffer_kib=t.get("ring_buffer_kib", 8192),
             capture=tuple(t.get("capture", ("data", "secrets"))),
             line=yamlmarks.mark_for(marks, ("spec", "targets", i))[0],
             index=i,
-            field_marks=tuple((k, *yamlmarks.mark_for(marks, ("spec", "targets", i, k))) for k in t),
+            field_marks=tuple((k, *yamlmarks.mark_for(marks, ("spec", "targets", i, k))) for k in t) +
+            tuple((f"filters.cgroups[{j}]", *yamlmarks.mark_for(marks, ("spec", "targets", i, "filters", "cgroups", j)))
+                  for j in range(len(f.get("cgroups", ())))),
         ))
     sinks = tuple(models.Sink(s["type"], tuple(sorted((k, _absolute_output(k, v, base_dir))
                                                       for k, v in s.items() if k != "type")))

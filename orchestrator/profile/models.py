@@ -16,6 +16,7 @@ class Filters:
     uids: tuple[int, ...] = ()
     comm: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
+    cgroups: tuple[str, ...] = ()     # cgroup v2 paths relative to the cgroup2 mount, each with everything under it
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A target's express lane: its loaded program, whose uid, comm and port filters and max_bytes are map values.
+"""A target's express lane: its loaded program, whose uid, comm, cgroup and port filters and max_bytes are map values.
 
 Compiling costs hundreds of milliseconds (clang), which would be most of a reload. So every
 target runs one compiled program per shape (attach points and program text), and each
@@ -117,7 +117,7 @@ class ExpressLane:
             self.sleep(wait)
         slot = 1 - self.live_slot if self.armed else 0
         self.sources.put(generation, probe_set)
-        self.loaded.write_filters(slot, generation, render.lane_values(probe_set.target))
+        self.loaded.write_filters(slot, generation, render.lane_values(probe_set.target, probe_set.cgroups))
         self.loaded.open_gate(slot)
         self.live_slot, self.armed, self.flipped_at = slot, True, self.clock()
 

@@ -42,6 +42,7 @@ class ProfileState:
     source_digest: str = ""
     sink_specs: tuple = ()
     failed_targets: dict = field(default_factory=dict)   # target name → message
+    cgroup_warnings: set = field(default_factory=set)    # filters.cgroups paths not there, as said
     attempts: int = 0                     # consecutive temporary failures
     retry_at: float = 0.0                 # monotonic time of the next retry; 0: none due
 
@@ -101,7 +102,8 @@ class Reconciler:
         for st in list(self.files.values()):
             if st.retry_at and st.retry_at <= now:
                 return True
-        return any(rt.probe_set.attach_changed() for rt in list(self.runtime.targets.values()))
+        return any(rt.probe_set.attach_changed() or rt.probe_set.cgroups_changed()
+                   for rt in list(self.runtime.targets.values()))
 
     def _fingerprint(self, path: str) -> tuple:
         try:
@@ -115,7 +117,8 @@ class Reconciler:
         fingerprint = self._fingerprint(path)
         due = bool(st.retry_at) and st.retry_at <= self.clock()
         replaced_on_disk = st.name is not None and any(
-            rt.probe_set.attach_changed() for key, rt in list(self.runtime.targets.items()) if key[0] == st.name)
+            rt.probe_set.attach_changed() or rt.probe_set.cgroups_changed()
+            for key, rt in list(self.runtime.targets.items()) if key[0] == st.name)
         if fingerprint == st.fingerprint and not due and not replaced_on_disk:
             return None
         st.fingerprint = fingerprint
@@ -214,6 +217,12 @@ class Reconciler:
             if previous.get(f.target.name) != f.message:     # retries repeat it: say it once
                 self.warn(f"{f.issue()} ({'keeping its last good generation' if f.target.name in kept else 'target not started'}"
                           f"; retrying)")
+        warned, st.cgroup_warnings = st.cgroup_warnings, set()
+        for ps in sets:     # not a failure: the filter matches nothing until the cgroup exists
+            for issue in ps.cgroup_warnings(workdir.shown(st.path)):
+                st.cgroup_warnings.add(str(issue))
+                if str(issue) not in warned:      # retries repeat it: say it once
+                    self.warn(str(issue))
         return diff.diff(sets, [rt for rt in running if rt.key[1] not in failed_names], views=self.runtime.view)
 
     def _open_sinks(self, st: ProfileState, profile, last_good: bool):
@@ -376,7 +385,7 @@ def _ports_of(profile) -> set | None:
 
 
 def _filter_values(filters) -> dict:
-    return {k: list(getattr(filters, k)) for k in ("pids", "uids", "comm", "ports")}
+    return {k: list(getattr(filters, k)) for k in ("pids", "uids", "comm", "ports", "cgroups")}
 
 
 def _summary(changes: diff.Changes, loaded) -> str:

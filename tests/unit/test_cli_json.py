@@ -200,7 +200,7 @@ def test_plan_json_shape_with_no_apply_running(no_apply):
     assert target["target"] == "web" and target["kind"] == "openssl" and target["ok"] is True
     assert re.search(r"libssl\.so", target["attach"]["path"]) and target["attach"]["how"]
     assert {"symbol": "SSL_read", "on": "return"} in target["hooks"]
-    assert set(target["filters"]) == {"pids", "uids", "comm", "ports"}
+    assert set(target["filters"]) == {"pids", "uids", "comm", "ports", "cgroups"}
     assert isinstance(target["running_now"], list) and target["change"] == "add"
     assert target["digest"] == _example_plan()[0].digest
     assert doc["running"]["compared"] is False and "no running" in doc["running"]["reason"]

@@ -70,7 +70,7 @@ def test_program_holds_no_filter_value_but_the_pids():
 
 def test_filter_values_are_typed_for_the_maps():
     values = render.filter_values(_with(uids=(0, 33), comm=("nginx",), ports=(443,)))
-    assert values == {"pids": [], "uids": [0, 33], "comm": [list(b"nginx\0")], "ports": [443]}
+    assert values == {"pids": [], "uids": [0, 33], "comm": [list(b"nginx\0")], "ports": [443], "cgroups": None}
     target = dataclasses.replace(_with(ports=(443,)), max_bytes=512)
     assert render.lane_values(target) == render.filter_values(target) | {"max_bytes": 512}
     with pytest.raises(ValueError):

@@ -32,7 +32,8 @@ def _raw(payload: bytes, seq: int, *, session: int, direction: int, lport: int, 
     header = layout.HEADER.pack(
         1_000_000 + ts, seq, session, 0, *(0,) * 6, 100, 100 + session % 3, 33, fd,
         len(payload) if length is None else length, len(payload), 1, layout.RECORD_DATA, direction,
-        layout.FLAG_TRUNCATED if cut else 0, 1, 2, lport, rport, 0, ADDR, ADDR, b"nginx".ljust(16, b"\0"))
+        layout.FLAG_TRUNCATED if cut else 0, 1, 2, lport, rport, 0, ADDR, ADDR, b"nginx".ljust(16, b"\0"),
+        session % 2)     # cgroup: none known, or the root (id 1, named "/")
     return header + payload
 
 
@@ -258,7 +259,7 @@ def test_a_record_whose_fields_were_handed_out_is_encoded_from_them():
 def _event_fields(ev) -> dict:
     return {name: getattr(ev, name) for name in ("ts", "seq", "session", "ret", "pid", "tid", "uid", "fd", "len",
                                                  "truncated", "hook", "record", "direction", "family", "lport",
-                                                 "rport", "laddr", "raddr", "comm", "payload")}
+                                                 "rport", "laddr", "raddr", "comm", "cgroup", "payload")}
 
 
 def test_the_compiled_decode_reads_every_field_as_struct_does():
@@ -280,7 +281,7 @@ def test_the_compiled_decode_reads_every_field_as_struct_does():
             rng.choice((-(1 << 31), -1, 0, 7, (1 << 31) - 1)), rng.randrange(1 << 32), len(payload),
             rng.choice((0, 1, 0xFFFF)), record, rng.choice((0, 1, 255)), rng.choice((0, layout.FLAG_TRUNCATED, 0xFF)),
             rng.randrange(1 << 16), rng.choice((0, 2, 10)), rng.randrange(1 << 16), rng.randrange(1 << 16), 0,
-            rng.randbytes(16), rng.randbytes(16), comm.ljust(16, b"\0")) + payload
+            rng.randbytes(16), rng.randbytes(16), comm.ljust(16, b"\0"), rng.choice(big)) + payload
         native, reference = events.decode(raw, None), _struct_decode(events, raw)
         assert _event_fields(native) == _event_fields(reference), i
         # Arguments are read for the records that use them (calls, secrets), not for data.

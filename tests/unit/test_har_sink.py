@@ -50,7 +50,7 @@ def _raw(payload: bytes, *, ts=T0, seq=0, direction=layout.DIR_READ, fd=5, sessi
     addr = b"\x7f\0\0\x01" + b"\0" * 12
     header = layout.HEADER.pack(
         ts, seq, session, 0, *(0,) * 6, pid, pid, 33, fd, len(payload), len(payload), hook, layout.RECORD_DATA,
-        direction, 0, 1, 2, lport, rport, 0, addr, addr, b"nginx".ljust(16, b"\0"))
+        direction, 0, 1, 2, lport, rport, 0, addr, addr, b"nginx".ljust(16, b"\0"), 0)
     return header + payload
 
 

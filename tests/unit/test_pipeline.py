@@ -29,7 +29,7 @@ def _raw(payload: bytes, *, seq=0, hook=1, direction=layout.DIR_READ, record=lay
     header = layout.HEADER.pack(
         1_000, seq, session, ret, *args, pid, pid, 33, fd, len(payload) if length is None else length, len(payload),
         hook, record, direction, layout.FLAG_TRUNCATED if truncated else 0, gen, family, lport, rport, 0, addr, addr,
-        b"nginx".ljust(16, b"\0"))
+        b"nginx".ljust(16, b"\0"), 0)
     return header + payload
 
 

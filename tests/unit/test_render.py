@@ -295,11 +295,11 @@ def c_offsets(tmp_path_factory):
 
 
 def test_header_size():
-    assert layout.HEADER.size == layout.HEADER_SIZE == 168
+    assert layout.HEADER.size == layout.HEADER_SIZE == 176
 
 
 def test_c_offsets_match_the_compiled_struct(c_offsets):
-    assert c_offsets["sizeof"] == layout.HEADER.size == 168
+    assert c_offsets["sizeof"] == layout.HEADER.size == 176
     assert {k: c_offsets[k] for k in layout.C_OFFSETS} == layout.C_OFFSETS
 
 

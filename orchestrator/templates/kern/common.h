@@ -47,6 +47,7 @@ struct event_header {
     u16 gen;             /* generation that made the record, modulo 2^16 */
     struct conn_t conn;
     char comm[16];
+    u64 cgroup;          /* cgroup v2 id of the task (its directory's inode number); 0 unknown */
 };
 
 #endif

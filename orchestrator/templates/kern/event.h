@@ -18,6 +18,7 @@ static __always_inline struct event *event_start(u64 id, u32 uid, u16 hook, u8 r
     ev->h.cap = 0;
     __builtin_memset(&ev->h.conn, 0, sizeof(ev->h.conn));
     bpf_get_current_comm(&ev->h.comm, sizeof(ev->h.comm));
+    ev->h.cgroup = bpf_get_current_cgroup_id();
     return ev;
 }
 

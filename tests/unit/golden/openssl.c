@@ -24,21 +24,41 @@ static __always_inline void count_loss(u32 slot) {
     if (n) *n += 1;
 }
 
-/* Filter configuration (orchestrator/reconcile/express.py): the uid, comm and port filters and
- * max_bytes are read from these maps, so a filter edit switches generation with a few map
+/* Filter configuration (orchestrator/reconcile/express.py): the uid, comm, cgroup and port filters
+ * and max_bytes are read from these maps, so a filter edit switches generation with a few map
  * writes instead of a compile (MAX_BYTES above is the bound, the schema maximum). Two
  * configurations; filter_gate names the live one. Each call is judged, and its record stamped,
  * by exactly one generation: the one whose configuration was live when it was entered (a
  * return probe finds it in the stash: see stash_val in shared.h). */
-struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 _pad; u32 max_bytes; };
+struct filter_conf { u32 slot; u32 gen; u8 uids; u8 comm; u8 ports; u8 cgroups; u32 max_bytes; };
 struct uid_key { u32 slot; u32 uid; };
 struct comm_key { u32 slot; char comm[16]; };
 struct port_key { u32 slot; u32 port; };
+struct cgroup_key { u32 slot; u32 _pad; u64 id; };
 BPF_ARRAY(filter_gate, u32, 1);
 BPF_ARRAY(filter_conf, struct filter_conf, 2);
 BPF_HASH(filter_uids, struct uid_key, u8, 128);
 BPF_HASH(filter_comms, struct comm_key, u8, 128);
 BPF_HASH(filter_ports, struct port_key, u8, 256);
+BPF_HASH(filter_cgroups, struct cgroup_key, u8, 128);
+
+/* cgroup v2 levels looked at: the task's cgroup and its ancestors up to this depth (a deeper
+ * selected cgroup cannot be named by a profile: the schema bounds a path's depth to it). */
+#define CGROUP_LEVELS 32
+
+/* Is the current task in a selected cgroup or below one? Its ancestors are asked level by level
+ * from the root down (bpf_get_current_ancestor_cgroup_id: 0 past the task's own level), each
+ * looked up by id: the cost follows the task's depth, not the number of selected cgroups, and
+ * an id (the cgroup directory's inode number) is a plain number userspace writes to the map. */
+static __always_inline int cgroup_wanted(struct filter_conf *fc) {
+    struct cgroup_key gk = {.slot = fc->slot};
+    for (int level = 1; level <= CGROUP_LEVELS; level++) {
+        gk.id = bpf_get_current_ancestor_cgroup_id(level);
+        if (gk.id == 0) return 0;
+        if (filter_cgroups.lookup(&gk)) return 1;
+    }
+    return 0;
+}
 
 static __always_inline struct filter_conf *live_filters(void) {
     u32 zero = 0;
@@ -59,6 +79,7 @@ static __always_inline int process_wanted(u32 tgid, struct filter_conf *fc) {
         bpf_get_current_comm(&ck.comm, sizeof(ck.comm));   /* NUL-padded: an exact match */
         if (!filter_comms.lookup(&ck)) return 0;
     }
+    if (fc->cgroups && !cgroup_wanted(fc)) return 0;
     return 1;
 }
 
@@ -90,6 +111,7 @@ static __always_inline struct event *event_start(u64 id, u32 uid, u16 hook, u8 r
     ev->h.cap = 0;
     __builtin_memset(&ev->h.conn, 0, sizeof(ev->h.conn));
     bpf_get_current_comm(&ev->h.comm, sizeof(ev->h.comm));
+    ev->h.cgroup = bpf_get_current_cgroup_id();
     return ev;
 }
 
