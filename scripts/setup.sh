@@ -8,6 +8,7 @@ APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make python
               nginx curl openssl wrk bash procps iproute2 util-linux
               mariadb-server mariadb-client postgresql postgresql-client
               gnutls-bin wget zsh libnss3-tools android-boringssl golang-go tshark
+              nats-server   # the nats sink's tests start their own JetStream server
               valgrind    # bench/pipeline.py --instructions counts instructions with it
               chromium)   # chromium: the web sink's page, driven by Playwright (it downloads no browser)
 

@@ -18,6 +18,14 @@ def build(spec: models.Sink, profile: str = "", ports=None):
         from orchestrator.sinks import web      # websockets and its loop only when a profile asks for them
         return web.WebSink(spec.option("listen", web.DEFAULT_LISTEN), token_file=spec.option("token_file"),
                            show_secrets=spec.option("show_secrets", False))
+    if spec.type == "nats":
+        from orchestrator.sinks import nats     # nats-py and its loop only when a profile asks for them
+        return nats.NatsSink(spec.option("url"), spec.option("subject"), spec.option("stream"),
+                             buffer_records=spec.option("buffer_records", nats.BUFFER_RECORDS),
+                             buffer_bytes=spec.option("buffer_bytes", nats.BUFFER_BYTES),
+                             flush_timeout=spec.option("flush_timeout", nats.FLUSH_TIMEOUT_S),
+                             token_file=spec.option("token_file"), user=spec.option("user"),
+                             password_file=spec.option("password_file"))
     if spec.type == "pcapng":
         if spec.option("source", "packets") == "plaintext":
             from orchestrator.sinks import pcapng_sink
