@@ -151,9 +151,9 @@ def _check_files(paths, offline: bool = False) -> tuple[list[report.FileCheck], 
             if check.profile is not None:
                 check.plan = build.plan_profile(check.profile)
                 check.errors += [f.issue() for f in check.plan[1]]
+                check.warnings += [w for ps in check.plan[0] for w in ps.cgroup_warnings(check.file)]
         checks.append(check)
     return checks, []
-                check.warnings += [w for ps in check.plan[0] for w in ps.cgroup_warnings(check.file)]
 
 
 @app.command(cls=_Command)
@@ -260,10 +260,10 @@ def plan(paths: List[Path] = PathsArg,
             filt = ", ".join(f"{k}={list(v)}" for k, v in (("pids", f.pids), ("uids", f.uids), ("comm", f.comm),
                                                            ("ports", f.ports), ("cgroups", f.cgroups)) if v) or "none"
             out.print(f"    filters: {_safe(filt)}")
-            if ps.scope_paths:
-                out.print(f"    scope: processes executing {_safe(', '.join(ps.scope_paths))} (and their children)")
             for warning in ps.cgroup_warnings(workdir.shown(profile.path)):
                 out.print(f"    [yellow]warning: {_safe(str(warning))}[/yellow]")
+            if ps.scope_paths:
+                out.print(f"    scope: processes executing {_safe(', '.join(ps.scope_paths))} (and their children)")
             pids = _matching_now(ps)
             out.print(f"    running now: {', '.join(map(str, pids[:20])) or 'none'}"
                       f"{' …' if len(pids) > 20 else ''}")
