@@ -21,6 +21,8 @@ import struct
 import sysconfig
 from dataclasses import dataclass
 
+from orchestrator import cgroups
+
 MAX_LINKS = 40                  # as the kernel's ELOOP limit
 MAX_PATH = 4096
 MAX_CACHE_BYTES = 16 << 20      # a real ld.so.cache is ~100 KB
@@ -78,27 +80,14 @@ def mount_ns(pid: int | str) -> str | None:
 
 # ----------------------------------------------------------------------------- which namespace
 
-def cgroup2_mount() -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    return left.split(" ")[4].replace("\\040", " ")
-    except OSError:
-        return None
-    return None
-
-
 def cgroup_pids(path: str, mount: str | None = None) -> list[int]:
     """Processes in cgroup `path` (relative to the cgroup2 mount) and every cgroup under it."""
-    mount = mount or cgroup2_mount()
+    mount = mount or cgroups.mount()
     if mount is None:
         return []
-    top = os.path.join(mount, path.strip("/"))
-    if os.path.realpath(top) != os.path.normpath(top) or not os.path.normpath(top).startswith(mount):
-        return []       # no `..` or links out of the hierarchy
+    top = os.path.join(mount, path.strip("/")).rstrip("/")
+    if os.path.normpath(top) != top or os.path.realpath(top) != top:
+        return []       # no `..` and no link: nothing out of the hierarchy
     pids: list[int] = []
     for folder, _dirs, files in os.walk(top):
         if "cgroup.procs" in files:
@@ -115,7 +104,7 @@ def cgroup_pids(path: str, mount: str | None = None) -> list[int]:
 def scoped_pids(filters) -> list[int]:
     """The running processes a target is scoped to: its pids and the members of its cgroups."""
     pids = [p for p in filters.pids if os.path.exists(f"/proc/{p}")]
-    for cg in getattr(filters, "cgroups", ()):
+    for cg in filters.cgroups:
         pids += cgroup_pids(cg)
     return list(dict.fromkeys(pids))
 

@@ -55,8 +55,8 @@ spec:
 """
 
 
-def _scope(ctr: NamespaceContainer, pid: int) -> str:
-    return f"pids: [{pid}]"
+def _scope(ctr: NamespaceContainer, pid: int, by: str = "pids") -> str:
+    return f"pids: [{pid}]" if by == "pids" else f"cgroups: [{ctr.cgroup}]"
 
 
 @pytest.fixture
@@ -85,10 +85,12 @@ def _host_python(port: int, paths: list[str]) -> subprocess.Popen:
     return proc
 
 
-def test_plan_resolves_the_binary_in_the_containers_root(container, tmp_path):
+@pytest.mark.parametrize("by", ["pids", "cgroups"])
+def test_plan_resolves_the_binary_in_the_containers_root(container, tmp_path, by):
     ctr, _client, pid = container
     path = tmp_path / "plan.yaml"
-    path.write_text(PROFILE.format(binary="/usr/bin/python3", scope=_scope(ctr, pid)).replace("{jsonl}", "out.jsonl"))
+    path.write_text(PROFILE.format(binary="/usr/bin/python3", scope=_scope(ctr, pid, by))
+                    .replace("{jsonl}", "out.jsonl"))
     out = subprocess.run([ECAPTURE, "plan", "--json", str(path)], capture_output=True, text=True, timeout=120)
     doc = json.loads(out.stdout)
     target = doc["profiles"][0]["targets"][0]
@@ -101,7 +103,8 @@ def test_plan_resolves_the_binary_in_the_containers_root(container, tmp_path):
     copy = os.stat(ctr.root / "usr/lib/x86_64-linux-gnu/libssl.so.3")
     assert (os.stat(attach["path"]).st_ino, os.stat(attach["path"]).st_dev) == (copy.st_ino, copy.st_dev)
     assert copy.st_ino != os.stat("/usr/lib/x86_64-linux-gnu/libssl.so.3").st_ino
-    assert "uprobes attached for the listed pids only" in attach["how"]
+    assert ("uprobes attached for the listed pids only" if by == "pids" else
+            "the uprobes fire in every process that maps this file") in attach["how"]
     assert "/usr/bin/python3" in target["scope"]       # the exec path the container's processes use
     text = subprocess.run([ECAPTURE, "plan", str(path)], capture_output=True, text=True, timeout=120).stdout
     assert f"resolved in the mount namespace of pid {pid}" in text
@@ -119,9 +122,10 @@ def test_a_path_missing_in_the_container_is_a_field_error(container, tmp_path):
     assert f"no such file in the mount namespace of pid {pid}" in error["message"]
 
 
-def test_the_containers_tls_is_captured_and_the_hosts_python_is_not(container, apply_profile, nginx_server):
+@pytest.mark.parametrize("by", ["pids", "cgroups"])
+def test_the_containers_tls_is_captured_and_the_hosts_python_is_not(container, apply_profile, nginx_server, by):
     ctr, client, pid = container
-    profile = PROFILE.format(binary="/usr/bin/python3", scope=_scope(ctr, pid))
+    profile = PROFILE.format(binary="/usr/bin/python3", scope=_scope(ctr, pid, by))
     with apply_profile(profile) as cap:
         host = _host_python(nginx_server.port, [f"/host/{i}" for i in range(3)])
         for i in range(3):
@@ -134,6 +138,7 @@ def test_the_containers_tls_is_captured_and_the_hosts_python_is_not(container, a
     requests = cap.records("http.request")
     assert [r["path"] for r in requests] == [f"/contained/{i}" for i in range(3)] + ["/contained/last"]
     assert {r["pid"] for r in cap.records()} == {pid}
+    assert {r["cgroup"] for r in cap.records()} == {ctr.cgroup}
     assert not [r for r in cap.records() if "/host/" in json.dumps(r)]
 
 

@@ -141,3 +141,15 @@ def test_a_path_missing_inside_the_root_names_the_field():
         discovery._resolve_in_root(models.Target("py", "openssl", binary="/usr/bin/python3",
                                                  library="/nowhere/libssl.so.3"), ns)
     assert exc.value.field == "library" and "no such file in the mount namespace of pid" in exc.value.message
+
+
+def test_a_cgroups_processes_include_those_of_every_cgroup_under_it(tmp_path):
+    mount = tmp_path / "cgroup2"
+    (mount / "kubepods.slice/pod-a").mkdir(parents=True)
+    (mount / "other").mkdir()
+    (mount / "kubepods.slice/cgroup.procs").write_text("10\n")
+    (mount / "kubepods.slice/pod-a/cgroup.procs").write_text("11\n12\n")
+    (mount / "other/cgroup.procs").write_text("99\n")
+    assert sorted(procroot.cgroup_pids("/kubepods.slice", str(mount))) == [10, 11, 12]
+    assert procroot.cgroup_pids("/kubepods.slice/../other", str(mount)) == []     # no way out by `..`
+    assert procroot.cgroup_pids("/absent", str(mount)) == []
