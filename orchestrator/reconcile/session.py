@@ -139,11 +139,21 @@ class ApplySession:
         packets.stop()              # what the classifier captured goes to the dispatcher before it stops
         state.close()
         self.dispatcher.stop()
-        for sinks in self.reconciler.sinks.values():
-            for s in sinks:
-                s.close()
+        closed = [s for sinks in self.reconciler.sinks.values() for s in sinks]
+        for s in closed:
+            s.close()
+        self._count_lost_at_close(closed)
         packets.close()             # no sink wants an interface now: every filter comes off
         return self.summary()
+
+    def _count_lost_at_close(self, sinks) -> None:
+        """A sink that sends after close (nats: what is buffered, for flush_timeout) is waited
+        for, and what it could not send goes into the summary's losses, not only to stderr."""
+        for s in sinks:
+            if hasattr(s, "join") and hasattr(s, "lost_at_close"):
+                s.join(getattr(s, "flush_timeout", 5.0) + 5.0)
+                for (profile, target), n in s.lost_at_close.items():
+                    self.dispatcher.stats.losses[(profile, target, f"sink.{s.kind}")] += n
 
     def summary(self) -> dict:
         st = self.dispatcher.stats

@@ -254,6 +254,18 @@ def test_close_counts_what_cannot_be_sent_in_time(sinks):
         warnings.lines
 
 
+def test_apply_counts_what_a_sink_could_not_send_at_close_in_its_summary(sinks):
+    """ApplySession's shutdown waits for the sink and puts what it lost into the summary's losses."""
+    from orchestrator.reconcile import session
+    sink = sinks(f"nats://127.0.0.1:{free_port()}", SUBJECT, STREAM, flush_timeout=0.5)
+    sink.write(_records(0, 3, target="a") + _records(3, 4, target="b"))
+    sink.close()
+    d = dispatch.Dispatcher(lambda _p: [])
+    fake = type("Session", (), {"dispatcher": d})()
+    session.ApplySession._count_lost_at_close(fake, [sink])
+    assert dict(d.stats.losses) == {("p", "a", "sink.nats"): 3, ("p", "b", "sink.nats"): 4}
+
+
 def test_existing_stream_must_take_the_subject(server, sinks):
     import asyncio
     import nats
