@@ -24,6 +24,7 @@ from orchestrator.profile import errors, load, trust
 
 EXIT_INVALID, EXIT_USAGE, EXIT_PRECONDITION = 1, 2, 3
 EXIT_CHANGES = 2        # plan --detailed-exitcode: changes pending (terraform's code)
+RELOAD_TIMEOUT_S = 300  # a reload pass compiles what changed: on a loaded machine that takes a while
 
 
 def _reflowed(text: str) -> str:
@@ -440,6 +441,24 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the raw sta
     if consumer:
         out.print(f"[bold]consumer[/bold] {_safe(consumer['build'])} ({_safe(consumer['why'])}); "
                   f"{consumer['queued_bytes'] // 1024} KiB queued")
+
+
+@app.command(cls=_Command)
+def reload() -> None:
+    """Make the running [bold]ecapture apply[/bold] read its profiles now, as its watcher does after an
+    edit (files that failed for a passing reason are retried at once), and reopen its output files
+    as on SIGHUP. Waits for the pass, prints each profile's state, and exits 1 when one is in error
+    (the last good generation keeps running). `systemctl reload ecapture` runs this."""
+    answer = control.request("reload", timeout=RELOAD_TIMEOUT_S)
+    if answer is None:
+        _fail(f"no running `ecapture apply` answers on {control.socket_path()}")
+        raise typer.Exit(EXIT_PRECONDITION)
+    for p in answer["profiles"]:
+        _say(f"{p['file']}: {p['profile'] or '-'} {p['state']}")
+        if p["last_error"]:
+            err.print(f"  [red]error:[/red] {_safe(p['last_error'])}")
+    if any(p["state"] == "error" for p in answer["profiles"]):
+        raise typer.Exit(EXIT_INVALID)
 
 
 def _print_summary(summary: dict) -> None:

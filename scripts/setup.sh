@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc bpfcc-tools python3-venv python3-pip gcc make python3-dev
               nginx curl openssl wrk bash procps iproute2 util-linux
+              systemd       # systemd-analyze verify checks packaging/ecapture.service
               mariadb-server mariadb-client postgresql postgresql-client
               gnutls-bin wget zsh libnss3-tools android-boringssl golang-go tshark
               nats-server   # the nats sink's tests start their own JetStream server

@@ -15,6 +15,7 @@ from orchestrator.sinks import rotate
 
 SIGNAL_CHECK_S = 0.2
 RETRY_CHECK_S = 0.5     # how often temporary failures and replaced libraries are looked at
+RELOAD_REOPEN_WAIT_S = 30.0   # a reload waits this long for the dispatcher to reopen the files
 
 
 class ApplySession:
@@ -30,7 +31,7 @@ class ApplySession:
                                                 insecure_profiles=insecure_profiles)
         self.watcher = watcher.Watcher(paths, self._on_change) if watch else None
         self.control = control.ControlServer({"ping": lambda: "pong", "status": self._status,
-                                              "running": self.reconciler.running})
+                                              "running": self.reconciler.running, "reload": self._reload})
         packets.configure(self.dispatcher.call_soon, warn, self.runtime.key_of, self._packets_lost)
         rotate.configure(warn)       # compressions of rotated files fail on a background thread
         self.reopen_failures = 0
@@ -65,6 +66,28 @@ class ApplySession:
             self.reconciler.reconcile()
         except Exception as exc:   # a reconcile bug must not end capture; say it and keep running
             self.warn(f"reconcile failed: {type(exc).__name__}: {exc}")
+
+    def _reload(self) -> dict:
+        """`ecapture reload` (systemctl reload): what the watcher does after an edit, now and waited
+        for: every profile file is read again if it changed (or appeared, or went), a temporary
+        failure is retried without waiting for its backoff, and the file sinks reopen their paths
+        as on SIGHUP (done when this answers: what is written next goes to the new files).
+        Answers the status after the pass."""
+        now = self.reconciler.clock()
+        for st in list(self.reconciler.files.values()):
+            if st.retry_at:
+                st.retry_at = now
+        self._on_change()
+        reopened = threading.Event()
+
+        def reopen() -> None:
+            try:
+                self._reopen_files()
+            finally:
+                reopened.set()
+        self.dispatcher.call_soon(reopen)
+        reopened.wait(RELOAD_REOPEN_WAIT_S)
+        return self.reconciler.status()
 
     def _retry_loop(self) -> None:
         while not self.stop_event.wait(RETRY_CHECK_S):
