@@ -14,15 +14,16 @@ ROOT = Path(__file__).resolve().parents[2] / PKG
 
 # Package-level layering (the first component under `orchestrator`: a subpackage or a top-level
 # module). Target graph: cli → reconcile → pipeline/plan/sinks → parsers, bpf → profile, with the
-# small utilities (safefile, termtext, preflight, workdir) below everything.
+# small utilities (safefile, termtext, preflight, workdir, cgroups) below everything.
 ALLOWED: dict[str, set[str]] = {
     "cli": {"reconcile", "plan", "bpf", "profile", "preflight", "termtext", "workdir", "metrics"},
     "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir", "fastpath", "metrics"},
     "metrics": {"fastpath"},    # reads what reconcile hands it at scrape time; imports none of it
     "sinks": {"pipeline", "bpf", "profile", "safefile", "termtext"},   # bpf: the packet sink subscribes to the capture
-    "plan": {"bpf", "profile"},
-    "pipeline": {"bpf", "parsers"},
-    "bpf": {"profile"},
+    "plan": {"bpf", "profile", "cgroups"},
+    "pipeline": {"bpf", "parsers", "cgroups"},     # cgroups: a record's cgroup path and container
+    "bpf": {"profile", "cgroups"},
+    "cgroups": set(),             # the cgroup2 hierarchy: mount, path ↔ id, container ids
     "parsers": set(),
     "profile": {"safefile", "workdir"},
     "safefile": {"workdir"},
