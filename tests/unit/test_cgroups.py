@@ -210,6 +210,22 @@ def test_plan_resolves_the_paths_and_a_missing_one_matches_nothing(tree):
     assert ps.program_key == off.program_key == none.program_key and ps.kernel_digest != none.kernel_digest
 
 
+def test_cgroup_paths_never_reach_the_c():
+    """The program is the same text with or without the filter: the ids are map values."""
+    from orchestrator.bpf import hooks, render
+    filtered = render.render("p", _cg_target("/system.slice/evil */ #include <x>", "/kubepods.slice"),
+                             hooks.BUILTIN["openssl"][:5])
+    plain = render.render("p", WEB, hooks.BUILTIN["openssl"][:5])
+    assert filtered.text == plain.text and filtered.digest == plain.digest
+    assert "kubepods" not in filtered.text and "evil" not in filtered.text
+    assert "if (fc->cgroups && !cgroup_wanted(fc)) return 0;" in filtered.text
+    assert "bpf_get_current_ancestor_cgroup_id(level)" in filtered.text
+    with pytest.raises(ValueError):
+        render.lane_values(_cg_target("/a"), ("12",))              # ids are ints, nothing else
+    with pytest.raises(ValueError):
+        render.lane_values(_cg_target("/a"), (1 << 64,))
+
+
 def test_a_cgroup_that_appears_changes_the_probe_set(tree, monkeypatch):
     root, _ = tree
     monkeypatch.setattr(cgroups, "mount", lambda: str(root))

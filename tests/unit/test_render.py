@@ -349,7 +349,7 @@ def test_event_h_is_plain_c():
 
 
 @pytest.mark.parametrize("needle, owners", [
-    (r"\bfilter_(conf|gate|uids|comms|ports)\b|\bfc->|struct filter_conf \*", ["filters.c.j2"]),
+    (r"\bfilter_(conf|gate|uids|comms|ports|cgroups)\b|\bfc->|struct filter_conf \*", ["filters.c.j2"]),
     (r"\bscope\.(lookup|update|delete)\b|sched_process_", ["scope.c.j2"]),
     # the target programs' probe ABIs; the shared state's one raw tracepoint reads its syscall's registers
     (r"\bPT_REGS_|ctx->args\[|ctx->ret\b", ["hooks.c.j2", "state.c.j2"]),
