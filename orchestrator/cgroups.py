@@ -24,14 +24,22 @@ _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 def cgroup2_mount(mountinfo: str) -> str | None:
-    """The mount point of the cgroup2 file system in a /proc/PID/mountinfo text (the first that
-    mounts the hierarchy's root), or None when there is none."""
+    """The mount point of the cgroup2 file system in a /proc/PID/mountinfo text that shows the
+    whole hierarchy, or None when there is none. A mount's root is relative to the reader's
+    cgroup namespace: `/` outside one; inside one (a pod given the host's /sys/fs/cgroup) the
+    hierarchy's root is `/..`, `/../..`, ... and `/` is only the namespace's own subtree, so the
+    mount whose root climbs highest wins (the first of equals); a subtree (`/kubepods.slice/x`)
+    never does."""
+    best, best_up = None, -1
     for line in mountinfo.splitlines():
         mount, sep, fs = line.partition(" - ")
         fields, fs_fields = mount.split(), fs.split()
-        if sep and len(fields) >= 5 and fs_fields[:1] == ["cgroup2"] and fields[3] == "/":
-            return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])   # "\040" is a space
-    return None
+        if not (sep and len(fields) >= 5 and fs_fields[:1] == ["cgroup2"]):
+            continue
+        parts = [p for p in fields[3].split("/") if p]
+        if all(p == ".." for p in parts) and len(parts) > best_up:
+            best, best_up = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4]), len(parts)   # "\040": space
+    return best
 
 
 @functools.lru_cache(maxsize=1)

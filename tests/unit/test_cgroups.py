@@ -37,6 +37,9 @@ HYBRID = textwrap.dedent("""\
     ("40 30 0:26 /kubepods.slice/x /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
      "41 30 0:26 / /host/sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", "/host/sys/fs/cgroup"),
     ("50 30 0:26 / /mnt/cgroup\\040v2 rw - cgroup2 cgroup2 rw\n", "/mnt/cgroup v2"),   # mountinfo escapes
+    # in a cgroup namespace (a pod): its own view is "/", the host's hierarchy climbs above it
+    ("40 30 0:26 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n"
+     "41 30 0:26 /../../.. /host/cgroup ro - cgroup2 cgroup2 rw\n", "/host/cgroup"),
     ("25 22 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n", None),
     ("", None),
 ])
