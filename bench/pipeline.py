@@ -161,11 +161,31 @@ def worker(tree: str, records: str, out_dir: str, repeat: int, only: str = "") -
     except ImportError:
         pass
     result = {"mode": mode, "sets": {}}
+    from orchestrator.bpf import layout
     for name, raws in saved["sets"].items():
         if raws and only in ("", name):
+            raws = same_records_for(raws, saved.get("header_size", CGROUP_AT), layout.HEADER_SIZE)
             cpu, n, digest = replay(ps, raws, Path(out_dir) / f"{name}.jsonl", repeat)
             result["sets"][name] = {"cpu": cpu, "events": len(raws), "records": n, "digest": digest}
     print(json.dumps(result))
+
+
+# The ring record's header grew a u64 cgroup id at offset 168 (issue 14). A pipeline from before
+# reads 168-byte headers: it gets the records without those 8 bytes; the others get them zeroed
+# (no cgroup named), so every pipeline writes the same JSONL from the same records.
+CGROUP_AT = 168
+
+
+def same_records_for(raws: list, recorded: int, reads: int) -> list:
+    """`raws` (recorded with `recorded`-byte headers) as a pipeline reading `reads`-byte ones
+    gets them."""
+    if recorded == reads == CGROUP_AT:
+        return raws
+    if recorded == reads:
+        return [r[:CGROUP_AT] + bytes(reads - CGROUP_AT) + r[reads:] for r in raws]
+    if recorded > reads:
+        return [r[:reads] + r[recorded:] for r in raws]
+    return [r[:recorded] + bytes(reads - recorded) + r[recorded:] for r in raws]
 
 
 def baseline_tree(rev: str, tmp: Path) -> Path:
@@ -245,9 +265,11 @@ def main(argv=None) -> int:
         else:
             profile = tmp / "profile.yaml"
             ps, sets = record(tmp, args.seconds)
+            from orchestrator.bpf import layout
             from orchestrator.pipeline import events
             saved.write_bytes(pickle.dumps({"profile": str(profile), "sets": sets,
-                                            "mono_to_epoch_ns": events.MONO_TO_EPOCH_NS}))
+                                            "mono_to_epoch_ns": events.MONO_TO_EPOCH_NS,
+                                            "header_size": layout.HEADER_SIZE}))
         sets = pickle.loads(saved.read_bytes())["sets"]
         print(f"pipeline: {', '.join(f'{k} {len(v)} records' for k, v in sets.items())}; each replayed "
               f"{args.repeat} times per round by each pipeline, {args.rounds} rounds, fastest pass counts")
