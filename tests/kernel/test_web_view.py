@@ -19,7 +19,8 @@ from websockets.sync.client import connect
 
 from tests.support.nginx import curl, free_port
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api as playwright_api     # the test extra has it: a missing one must fail, not skip
+
 expect = playwright_api.expect
 
 CHROMIUM = "/usr/bin/chromium"       # Debian's; Playwright cannot download browsers here
