@@ -3,13 +3,11 @@ full disk, the captured program restarted. Checked by what a user sees: records 
 lines of the exit summary, and what is left in the kernel."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from tests.kernel.conftest import uprobe_events_of
 from tests.support import bpf_objects
-from tests.support.nginx import NginxServer, curl
+from tests.support.nginx import NginxServer, curl, curl_loop
 
 PROFILE = """
 apiVersion: ecapture/v1
@@ -75,28 +73,6 @@ def _got_response(cap, path: str, timeout: float = 10.0) -> bool:
                         timeout)
 
 
-@contextlib.contextmanager
-def _traffic(url: str):
-    """curl requests in a loop (one process each) until the block ends."""
-    stop = threading.Event()
-    sent = []
-
-    def loop():
-        i = 0
-        while not stop.is_set() and i < 2000:
-            curl(f"{url}/during/{i}", timeout=5)
-            sent.append(i)
-            i += 1
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield sent
-    finally:
-        stop.set()
-        t.join(timeout=20)
-
-
 # ---------------------------------------------------------------- kill -9
 def test_kill_9_mid_capture_leaves_nothing_and_a_new_apply_captures(apply_profile, nginx_server):
     profile = _profile(nginx_server.port)
@@ -106,7 +82,7 @@ def test_kill_9_mid_capture_leaves_nothing_and_a_new_apply_captures(apply_profil
         dead = cap.proc.pid
         held = bpf_objects.held_ids(dead)
         assert held["prog"] and held["map"] and held["perf_event"] != {0}, held
-        with _traffic(nginx_server.url) as sent:
+        with curl_loop(lambda i: f"{nginx_server.url}/during/{i}") as sent:
             assert _wait(lambda: len(sent) >= 3, 30)
             cap.proc.send_signal(signal.SIGKILL)
             cap.proc.wait(timeout=10)

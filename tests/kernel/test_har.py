@@ -3,14 +3,12 @@ sides captured, and the file checked against HAR 1.2 while apply runs, after it 
 SIGKILL in the middle of traffic."""
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 
-from tests.support.nginx import NginxServer, curl
+from tests.support.nginx import NginxServer, curl, curl_loop
 from tests.unit.test_har_sink import validate
 
 PROFILE = """
@@ -91,33 +89,11 @@ def test_http1_and_http2_exchanges_in_a_valid_har(apply_profile, tmp_path):
         assert "Traceback" not in cap.stderr
 
 
-@contextlib.contextmanager
-def _traffic(url: str):
-    """curl requests in a loop until the block ends."""
-    stop = threading.Event()
-    sent = []
-
-    def loop():
-        i = 0
-        while not stop.is_set() and i < 2000:
-            curl(f"{url}/echo?n={i}", timeout=5)
-            sent.append(i)
-            i += 1
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield sent
-    finally:
-        stop.set()
-        t.join(timeout=20)
-
-
 def test_sigkill_mid_traffic_leaves_a_valid_har_and_the_next_run_appends(apply_profile, tmp_path, nginx_server):
     har = tmp_path / "killed.har"
     profile = _profile(har, nginx_server.port)
     with apply_profile(profile) as cap:
-        with _traffic(nginx_server.url) as sent:
+        with curl_loop(lambda i: f"{nginx_server.url}/echo?n={i}") as sent:
             entries = _wait_entries(har, lambda es: len(es) >= 10, timeout=30)
             assert len(entries) >= 10, cap.stderr
             cap.proc.send_signal(signal.SIGKILL)

@@ -13,6 +13,7 @@ root) lives in a private 0700 temp dir that is removed on exit; nothing under
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -22,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -460,7 +462,30 @@ http {{
         )
 
 
+@contextlib.contextmanager
+def curl_loop(url_of, limit: int = 2000):
+    """curl `url_of(i)` for i = 0, 1, ... (one process each) until the block ends or `limit` is
+    reached; yields the list of the i whose request completed."""
+    stop = threading.Event()
+    sent: list = []
+
+    def loop():
+        i = 0
+        while not stop.is_set() and i < limit:
+            curl(url_of(i), timeout=5)
+            sent.append(i)
+            i += 1
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        t.join(timeout=20)
+
+
 __all__ = [
-    "NginxServer", "curl", "free_port", "child_pids", "pid_alive", "nginx_version",
+    "NginxServer", "curl", "curl_loop", "free_port", "child_pids", "pid_alive", "nginx_version",
     "ROOT_BODY", "POST_BODY", "BIG_SIZE", "STATIC_FILES",
 ]

@@ -17,6 +17,7 @@ from orchestrator.reconcile import reconciler
 from orchestrator.sinks import jsonl, keylog, pcapng_sink, rotate, stdout
 from tests.unit.test_pcapng import parse_blocks
 from tests.unit.test_reconciler import FakeDispatcher, FakeRuntime
+from tests.support.files import assert_untouched, victim  # noqa: F401 (victim: a fixture)
 
 SEC = 1_000_000_000
 SHB, IDB, EPB, DSB = 0x0A0D0D0A, 1, 6, 0x0A
@@ -258,18 +259,6 @@ def test_a_failed_compression_leaves_the_plain_file_counted_and_reported(tmp_pat
 
 # ---- links
 
-@pytest.fixture
-def victim(tmp_path):
-    path = tmp_path / "victim"
-    path.write_text("root:x:0:0\n")
-    os.chmod(path, 0o644)
-    return path
-
-
-def _untouched(victim) -> None:
-    assert victim.read_text() == "root:x:0:0\n" and _mode(victim) == 0o644
-
-
 def test_links_where_old_files_go_are_replaced_never_followed(tmp_path, victim):
     logs = tmp_path / "logs"
     logs.mkdir(mode=0o700)
@@ -281,7 +270,7 @@ def test_links_where_old_files_go_are_replaced_never_followed(tmp_path, victim):
     sink.write(_records(2, 2))
     sink.close()
     assert sink.old_files.join(30)
-    _untouched(victim)
+    assert_untouched(victim)
     for name in ("out.jsonl.1.gz", "out.jsonl.2"):       # the old link moved up as .2: a link, still untouched
         assert os.path.lexists(logs / name)
     gz = logs / "out.jsonl.1.gz"
@@ -298,7 +287,7 @@ def test_a_link_at_the_new_file_stops_rotation_not_the_records(tmp_path, victim)
     sink.write(_records(4, 2))                            # no new attempt before ROTATE_RETRY_NS, no new warning
     assert _counts(path) == list(range(6)) and not (tmp_path / "out.jsonl.1").exists()
     assert sink.rotate_failures == 1 and len(warnings) == 1 and "symbolic link" in warnings[0]
-    _untouched(victim)
+    assert_untouched(victim)
     os.unlink(tmp_path / ".out.jsonl.next")
     clock.now += jsonl.ROTATE_RETRY_NS
     sink.write(_records(6, 1))
@@ -333,7 +322,7 @@ def test_reopen_refused_keeps_the_current_file(tmp_path, victim):
     sink.write(_records(1, 1))
     sink.close()
     assert _counts(tmp_path / "renamed.jsonl") == [0, 1]
-    _untouched(victim)
+    assert_untouched(victim)
 
 
 def test_keylog_reopen(tmp_path):
@@ -407,4 +396,4 @@ def test_reconciler_reopens_every_file_sink_and_reports_the_ones_it_cannot(tmp_p
     for s in (good_sink, bad_sink):
         s.close()
     assert _counts(good) == [0] and _counts(tmp_path / "bad.jsonl.1") == [1]
-    _untouched(victim)
+    assert_untouched(victim)

@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator import safefile
 from orchestrator.sinks import jsonl
+from tests.support.files import assert_untouched, victim  # noqa: F401 (victim: a fixture)
 
 
 def _mode(path) -> int:
@@ -22,26 +23,13 @@ def _refused(path, fragment: str) -> None:
     assert any(fragment in p for p in safefile.problems(str(path)))
 
 
-@pytest.fixture
-def victim(tmp_path):
-    """A file we own that must stay as it is (content and mode)."""
-    path = tmp_path / "victim"
-    path.write_text("root:x:0:0\n")
-    os.chmod(path, 0o644)
-    return path
-
-
-def _untouched(victim) -> None:
-    assert victim.read_text() == "root:x:0:0\n" and _mode(victim) == 0o644
-
-
 def test_symlink_at_the_path_is_refused_and_its_target_untouched(tmp_path, victim):
     link = tmp_path / "out.jsonl"
     link.symlink_to(victim)
     _refused(link, "symbolic link")
     with pytest.raises(OSError):
         jsonl.JsonlSink(str(link))
-    _untouched(victim)
+    assert_untouched(victim)
 
 
 def test_symlink_in_a_parent_folder_is_refused(tmp_path, victim):
@@ -51,7 +39,7 @@ def test_symlink_in_a_parent_folder_is_refused(tmp_path, victim):
     assert not (tmp_path / "real" / "out.jsonl").exists()
     (tmp_path / "dir").symlink_to(tmp_path)
     _refused(tmp_path / "dir" / "victim", "symbolic link")
-    _untouched(victim)
+    assert_untouched(victim)
 
 
 def test_fifo_at_the_path_is_refused_without_blocking(tmp_path):
@@ -86,7 +74,7 @@ def test_proc_sys_dev_are_refused():
 
 def test_existing_file_wider_than_0600_is_refused_and_not_chmodded(tmp_path, victim):
     _refused(victim, "chmod 600")
-    _untouched(victim)
+    assert_untouched(victim)
 
 
 def test_fresh_path_in_new_nested_folders_is_created_0600_with_folders_0700(tmp_path):
