@@ -70,12 +70,14 @@ def record(tmp: Path, seconds: float) -> tuple[object, dict[str, list[bytes]]]:
     from tests.support.nginx import NginxServer
     profile = tmp / "profile.yaml"
     raws: list[bytes] = []
-    drain = loader.LoadedTarget.drain
+    drain_all = loader.LoadedTarget.drain_all
 
-    def recording_drain(self, take):
-        return drain(self, lambda raw: (raws.append(bytes(raw)), take(raw)))
+    def recording_drain(self):
+        got = drain_all(self)
+        raws.extend(bytes(raw) for raw in got)
+        return got
 
-    loader.LoadedTarget.drain = recording_drain
+    loader.LoadedTarget.drain_all = recording_drain
     d = dispatch.Dispatcher(lambda _p: [])
     d.start()
     rt_ = runtime.Runtime(d)
@@ -101,7 +103,7 @@ def record(tmp: Path, seconds: float) -> tuple[object, dict[str, list[bytes]]]:
                 sets[name] = list(raws)
             rt_.stop_all()
     finally:
-        loader.LoadedTarget.drain = drain
+        loader.LoadedTarget.drain_all = drain_all
         d.stop()
         state.close()
     return ps, sets

@@ -26,9 +26,10 @@ SOURCES = (
     "orchestrator/parsers/http2.py",
 )
 MODULES = tuple(s[:-3].replace("/", ".") for s in SOURCES)
-# Hand-written C accelerators: imported only by compiled modules, never in the Python mode.
+# Hand-written C accelerators: imported only when compiled, never in the Python mode.
 EXTENSIONS = {"orchestrator.parsers.http1_accel": "orchestrator/parsers/http1_accel.c",
-              "orchestrator.parsers.hpack_accel": "orchestrator/parsers/hpack_accel.c"}
+              "orchestrator.parsers.hpack_accel": "orchestrator/parsers/hpack_accel.c",
+              "orchestrator.bpf.ring_accel": "orchestrator/bpf/ring_accel.c"}
 STAMP = PACKAGE_ROOT / ".compiled-digest"
 
 mode = "python"           # "compiled" when the extensions are in use; see install()

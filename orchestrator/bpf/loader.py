@@ -133,12 +133,12 @@ class LoadedTarget:
                 return None
             return self.reader.used(), self.reader.size
 
-    def drain(self, take) -> int:
-        """`take(bytes)` for every record waiting in the ring buffer, in order."""
+    def drain_all(self) -> list:
+        """Every record waiting in the ring buffer, in order."""
         with self._lock:
             if self.reader is None or self._closed:
-                return 0
-            return self.reader.read(take)
+                return []
+            return self.reader.read_all()
 
     def close(self) -> None:
         with self._lock:

@@ -171,6 +171,32 @@ def _comm(raw: bytes) -> str:
     return text
 
 
+_GEN_AT: Final = layout.GEN_OFFSET
+_FLAGS_AT: Final = layout.FLAGS_OFFSET
+_FLAG_DEFERRED: Final = layout.FLAG_DEFERRED
+
+
+def decode_lane(raws: list, by_gen: Any, newest: Any, fallback: Any, out: list) -> None:
+    """An express lane's records (reconcile/express.py), decoded in order onto `out`, each with the
+    probe set of the generation that made it: `by_gen.get(gen mod 2^16)`, else `newest(fallback)`.
+    A record the kernel left to userspace (FLAG_DEFERRED) gets its generation's port filter and
+    max_bytes here: one the ports reject is left out."""
+    for raw in raws:
+        source = by_gen.get(raw[_GEN_AT] | raw[_GEN_AT + 1] << 8)
+        if source is None:    # not expected: attribute it to the newest configuration
+            source = newest(fallback)
+        ev = decode(raw, source)
+        if raw[_FLAGS_AT] & _FLAG_DEFERRED:
+            target = source.target
+            ports = target.filters.ports
+            if ports and ev.family and ev.lport not in ports and ev.rport not in ports:
+                continue
+            if len(ev.payload) > target.max_bytes:
+                ev.payload = ev.payload[:target.max_bytes]
+                ev.truncated = True
+        out.append(ev)
+
+
 _decode_json = msgspec.json.Decoder().decode
 _ip_cache: dict = {}
 

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from orchestrator.bpf import layout, loader, render
+from orchestrator.bpf import loader, render
 from orchestrator.pipeline import events
 
 DRAIN_INTERVAL_S = 0.01
@@ -49,6 +49,11 @@ class Sources:
     def get(self, gen: int, default=None):
         return self._by_gen.get(gen, default)
 
+    @property
+    def by_gen(self):
+        """generation mod 2^16 → probe set, read without the lock (a dict read is atomic)."""
+        return self._by_gen
+
     def newest(self, default=None):
         with self._lock:
             return next(reversed(self._by_gen.values()), default)
@@ -60,22 +65,9 @@ class Sources:
 def decode(raw: bytes, sources: Sources, fallback) -> events.Event | None:
     """Decode a record with the probe set of the generation that made it (`fallback` if unknown).
     None: a record the kernel left to userspace that its generation's port filter rejects."""
-    source = sources.get(raw[_GEN] | raw[_GEN + 1] << 8)
-    if source is None:    # not expected: attribute it to the newest configuration
-        source = sources.newest(fallback)
-    ev = events.decode(raw, source)
-    if raw[_FLAGS] & layout.FLAG_DEFERRED:
-        target = source.target
-        ports = target.filters.ports
-        if ports and ev.family and ev.lport not in ports and ev.rport not in ports:
-            return None
-        if len(ev.payload) > target.max_bytes:
-            ev.payload = ev.payload[:target.max_bytes]
-            ev.truncated = True
-    return ev
-
-
-_GEN, _FLAGS = layout.GEN_OFFSET, layout.FLAGS_OFFSET
+    out: list = []
+    events.decode_lane([raw], sources.by_gen, sources.newest, fallback, out)
+    return out[0] if out else None
 
 
 class ExpressLane:
@@ -131,7 +123,8 @@ class ExpressLane:
     def flush(self) -> None:
         """Submit every record written so far (unless held)."""
         with self._lock:
-            self.loaded.drain(self._take)
+            events.decode_lane(self.loaded.drain_all(), self.sources.by_gen, self.sources.newest,
+                               self.loaded.probe_set, self._pending)
             if self._pending and not self.held:
                 self.dispatcher.submit(self._pending)
                 self._pending = []
@@ -141,11 +134,6 @@ class ExpressLane:
         self.held = False
         self.flush()
         self.armed = False
-
-    def _take(self, raw: bytes) -> None:
-        ev = decode(raw, self.sources, self.loaded.probe_set)
-        if ev is not None:
-            self._pending.append(ev)
 
     def _poll(self) -> None:
         # The programs write without wakeups (probes.c.j2): drain on a timer.

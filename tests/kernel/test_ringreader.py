@@ -3,10 +3,32 @@ from __future__ import annotations
 
 import ctypes
 
+import pytest
+
+from orchestrator import fastpath
 from orchestrator.bpf import ringreader
 
 
-def test_reads_every_record_in_order_across_many_wraps():
+@pytest.fixture(params=["read", "read_all python", "read_all c"])
+def read(request, monkeypatch):
+    """How the test reads: read(take) -> n, whichever way it is done."""
+    if request.param == "read":
+        return lambda reader, take: reader.read(take)
+    if request.param == "read_all python":
+        monkeypatch.setattr(ringreader, "ring_accel", None)
+    elif ringreader.ring_accel is None:
+        assert fastpath.mode != "compiled", "the compiled build must bring ring_accel"
+        pytest.skip("ring_accel is not built (Python mode)")
+
+    def read_all(reader, take):
+        got = reader.read_all()
+        for raw in got:
+            take(raw)
+        return len(got)
+    return read_all
+
+
+def test_reads_every_record_in_order_across_many_wraps(read):
     import bcc
     b = bcc.BPF(text=rb"""
 BPF_RINGBUF_OUTPUT(events, 1);
@@ -30,7 +52,7 @@ int probe(struct pt_regs *ctx) {
         for _ in range(200):
             for _ in range(37):           # ~2.5 KiB per round: the 4 KiB ring wraps again and again
                 libc.getpid()
-            reader.read(got.append)
+            read(reader, got.append)
         assert len(got) == 200 * 37
         seqs = [int.from_bytes(r[:8], "little") for r in got]
         assert seqs == list(range(len(got)))
@@ -40,7 +62,7 @@ int probe(struct pt_regs *ctx) {
         b.cleanup()
 
 
-def test_no_spurious_drops_while_reading_concurrently():
+def test_no_spurious_drops_while_reading_concurrently(read):
     """A consumer position that is ever seen half-written (or zeroed) makes the kernel drop records
     although the ring is nearly empty. Produce fast while another thread reads: nothing may drop."""
     import subprocess
@@ -73,8 +95,8 @@ int probe(struct pt_regs *ctx) {
         producer.stdin.write("go\n")
         producer.stdin.flush()
         while producer.poll() is None:
-            got += reader.read(lambda _r: None)
-        got += reader.read(lambda _r: None)
+            got += read(reader, lambda _r: None)
+        got += read(reader, lambda _r: None)
         assert producer.returncode == 0
         assert b[b"dropped"][ctypes.c_int(0)].value == 0
         assert got >= produced      # (python's own start-up may call getpid too)

@@ -85,11 +85,9 @@ class _Ring:
         self.raw: list[bytes] = []
         self.writes: list = []
 
-    def drain(self, take):
-        for raw in self.raw:
-            take(raw)
-        n, self.raw = len(self.raw), []
-        return n
+    def drain_all(self):
+        out, self.raw = self.raw, []
+        return out
 
     def write_filters(self, slot, generation, values):
         self.writes.append(("conf", slot, generation, values["comm"]))
