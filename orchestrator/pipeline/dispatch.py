@@ -163,7 +163,7 @@ class Dispatcher:
 
     def process(self, batch: list) -> None:
         by_profile: dict[Any, list] = {}
-        per_source: collections.Counter = collections.Counter()
+        per_source: dict = {}      # (a Counter would call its Python __missing__ for each new key)
         now = self._clock()
         route = self._route
         # Events come in runs from one source: what the route needs of it is looked up once a run.
@@ -182,7 +182,7 @@ class Dispatcher:
                 continue
             if item.source is not source:
                 if run:
-                    per_source[skey] += run
+                    per_source[skey] = per_source.get(skey, 0) + run
                 source = item.source
                 skey = source.key
                 sprofile = source.profile
@@ -191,7 +191,7 @@ class Dispatcher:
             run += 1
             route(item, out, now, skey, sprofile)
         if run:
-            per_source[skey] += run
+            per_source[skey] = per_source.get(skey, 0) + run
         self.stats.events.update(per_source)
         self._count(by_profile)
         raw_by_profile, self._raw = self._raw, {}

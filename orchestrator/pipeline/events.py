@@ -197,6 +197,27 @@ def decode_lane(raws: list, by_gen: Any, newest: Any, fallback: Any, out: list) 
         out.append(ev)
 
 
+def redaction_candidates(records: list, needles: tuple | None) -> list:
+    """The records of a batch that redaction (pipeline/redact.py) must look into: all of them but
+    the HTTP records whose fields are still only their JSON text (`tail`) and whose lower-cased
+    text holds none of `needles` (None: look into every record)."""
+    if needles is None:
+        return records
+    out = []
+    for r in records:
+        rec: Record = r
+        tail = rec.tail
+        if tail is not None and rec._fields is None and (rec.type == "http.request" or rec.type == "http.response"):
+            low = tail.lower()
+            for n in needles:
+                if n in low:
+                    out.append(rec)
+                    break
+        else:
+            out.append(rec)
+    return out
+
+
 _decode_json = msgspec.json.Decoder().decode
 _ip_cache: dict = {}
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import re2
 
+from orchestrator.pipeline import events
+
 MAX_SCAN_BYTES = 1 << 20          # a field longer than this is scanned this far; the rest is redacted whole
 WARN_INTERVAL_S = 10.0
 
@@ -418,17 +420,7 @@ class Redactor:
             return
         record = rules.record
         needles = None if rules.always else rules.needles + rules.needles_query
-        for r in records:
-            # Rules.record's first test, inlined: most records of the compiled HTTP/1 path end here.
-            tail = r.tail
-            if tail is not None and needles is not None and r._fields is None \
-                    and (r.type == "http.request" or r.type == "http.response"):
-                low = tail.lower()
-                for n in needles:
-                    if n in low:
-                        break
-                else:
-                    continue
+        for r in events.redaction_candidates(records, needles):     # Rules.record's first test
             try:
                 record(r)
             except Exception as exc:          # fail closed: the record goes on without anything it may hide
