@@ -16,6 +16,11 @@ import msgspec
 from orchestrator import cgroups
 from orchestrator.bpf import layout
 
+try:        # the compiled build's C helper (fastpath.EXTENSIONS); Python mode searches a lower-cased copy
+    from orchestrator.parsers.http1_accel import find_any_lower as _find_any_lower  # type: ignore[import-not-found]
+except ImportError:
+    _find_any_lower = None  # type: ignore[assignment]
+
 try:
     from librt.strings import read_i16_le as _read_i16, read_i32_le as _read_i32, read_i64_le as _read_i64
 except ImportError:         # librt comes with the compiled build's tools (mypy); Python needs none
@@ -208,6 +213,10 @@ def redaction_candidates(records: list, needles: tuple | None) -> list:
         rec: Record = r
         tail = rec.tail
         if tail is not None and rec._fields is None and (rec.type == "http.request" or rec.type == "http.response"):
+            if _find_any_lower is not None:
+                if _find_any_lower(tail, needles):
+                    out.append(rec)
+                continue
             low = tail.lower()
             for n in needles:
                 if n in low:

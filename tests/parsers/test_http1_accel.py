@@ -131,3 +131,18 @@ def test_block_finds_the_end_that_find_block_finds(data, is_request, expected):
     p._role = 1 if is_request else 2
     assert p._find_block(data, 0, len(data), http1.MAX_HEADER_BYTES, "header block") == expected
     assert got[2:] == http1_accel.head(data, 0, expected[0], is_request)
+
+
+def test_find_any_lower_is_any_needle_in_the_lower_cased_bytes():
+    rng = random.Random(5)
+    alphabet = b"aAbBcCkKiIeEoO%-:\r\n\x00\xc3\xa9Z["
+    needles_pool = [b"cookie", b"authorization", b"%", b"ab", b"k", b"\xc3\xa9", b"z[", b""]
+    for _ in range(3000):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        needles = tuple(rng.sample(needles_pool, rng.randrange(0, 4)))
+        low = data.lower()
+        assert http1_accel.find_any_lower(data, needles) == any(n in low for n in needles), (data, needles)
+    assert http1_accel.find_any_lower(b'"headers":{"COOKIE":"a=1"}', (b"authorization", b"cookie"))
+    assert not http1_accel.find_any_lower(b'"headers":{"Cooki":"e"}', (b"authorization", b"cookie"))
+    with pytest.raises(TypeError):
+        http1_accel.find_any_lower(b"x", ("cookie",))
