@@ -220,7 +220,7 @@ class ConnectionWorker:
             if self.pending and msg.status >= 200:
                 req_ts, method, path = self.pending.popleft()
                 fields.update(request={"method": method, "path": path},
-                              latency_ms=round((ev.ts - req_ts) / 1e6, 3))
+                              latency_ms=events.latency_ms(ev.ts - req_ts))
             return events.Record(msg.type, ev, fields, self.conn)
         return events.Record(msg.type, ev, msg.fields, self.conn)   # the parse_error
 
@@ -265,7 +265,7 @@ class ConnectionWorker:
                     _request_json.clear()
                 _request_json[(method, path)] = request
             return b"".join((direction, head_json, body_json, request, b',"latency_ms":',
-                             _encode(round((ev.ts - req_ts) / 1e6, 3))))
+                             _encode(events.latency_ms(ev.ts - req_ts))))
         return b"".join((direction, head_json, body_json))
 
     def finish(self, out: list) -> None:

@@ -202,6 +202,17 @@ def decode_lane(raws: list, by_gen: Any, newest: Any, fallback: Any, out: list) 
         out.append(ev)
 
 
+def latency_ms(ns: int) -> float:
+    """round(ns / 1e6, 3), the records' `latency_ms`, without float rounding's decimal conversions
+    where integers give the same double: away from a tie (ns % 1000 == 500) the decimal rounding
+    of ns / 1e6 is that of the exact quotient (for |ns| < 10**15, the float's error is far below
+    the 1 ns that separates the quotient from a tie), and m / 1000 is the double nearest m/1000.
+    Ties, negative and huge values go through round() itself (-0.0 included)."""
+    if 0 <= ns < 1_000_000_000_000_000 and ns % 1000 != 500:
+        return ((ns + 500) // 1000) / 1000
+    return round(ns / 1e6, 3)
+
+
 def redaction_candidates(records: list, needles: tuple | None) -> list:
     """The records of a batch that redaction (pipeline/redact.py) must look into: all of them but
     the HTTP records whose fields are still only their JSON text (`tail`) and whose lower-cased

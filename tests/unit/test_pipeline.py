@@ -374,3 +374,16 @@ def test_records_are_counted_by_profile_target_and_type():
     assert d.stats.records_by_target == {("prof", "web", "http.request"): 1, ("prof", "web", "http.response"): 1,
                                          ("prof", "web", "loss"): 1}
     assert d.stats.records == {"http.request": 1, "http.response": 1, "loss": 1}
+
+
+def test_latency_ms_is_round_of_the_quotient_for_every_kind_of_value():
+    import random
+    rng = random.Random(3)
+    values = [0, 1, 499, 500, 501, 999, 1000, 1500, 2500, 123456500, -1, -400, -500, -1400, -1600,
+              10**15 - 1, 10**15, 10**15 + 500, 2**53, 2**63 - 1, -(2**63)]
+    values += [rng.randrange(0, 10**12) for _ in range(20000)]
+    values += [rng.randrange(0, 10**9) // 1000 * 1000 + 500 for _ in range(2000)]       # ties
+    values += [rng.randrange(-10**9, 0) for _ in range(2000)]
+    for ns in values:
+        got, want = events.latency_ms(ns), round(ns / 1e6, 3)
+        assert repr(got) == repr(want), ns      # (repr: -0.0 and 0.0 differ in the JSON)
