@@ -168,7 +168,7 @@ class ConnectionWorker:
         if stream is None:
             stream = self._choose(ev.payload)
             self.streams[ev.direction] = stream
-        if stream == "raw":
+        if not isinstance(stream, http1.Http1Parser):     # "raw" (isinstance: a native call below, compiled)
             out.append(self._data_record(ev))
             return
         for msg in stream.feed(ev.payload, missing):

@@ -165,7 +165,6 @@ class Dispatcher:
         by_profile: dict[Any, list] = {}
         per_source: dict = {}      # (a Counter would call its Python __missing__ for each new key)
         now = self._clock()
-        route = self._route
         # Events come in runs from one source: what the route needs of it is looked up once a run.
         source: Any = None
         skey: Any = None
@@ -180,16 +179,17 @@ class Dispatcher:
                 profile = item.fields.get("profile") if item.event is None else item.event.source.profile
                 by_profile.setdefault(profile, []).append(item)
                 continue
-            if item.source is not source:
+            ev: events.Event = item       # (typed: native field reads and a native call, compiled)
+            if ev.source is not source:
                 if run:
                     per_source[skey] = per_source.get(skey, 0) + run
-                source = item.source
+                source = ev.source
                 skey = source.key
                 sprofile = source.profile
                 out = by_profile.setdefault(sprofile, [])
                 run = 0
             run += 1
-            route(item, out, now, skey, sprofile)
+            self._route(ev, out, now, skey, sprofile)
         if run:
             per_source[skey] = per_source.get(skey, 0) + run
         self.stats.events.update(per_source)
