@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 
+from orchestrator import threadname
 from orchestrator.bpf import owner, render, ringreader, state, tc
 
 TEMPLATE = "tc.c.j2"
@@ -196,6 +197,7 @@ class PacketCapture:
             self._warn(f"packet capture: {exc}")
 
     def _drain_loop(self) -> None:
+        threadname.name_this_thread()
         ticks = 0
         while not self._stop.wait(DRAIN_INTERVAL_S):
             ticks += 1

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Final
 
+from orchestrator import threadname
 from orchestrator.bpf import layout
 from orchestrator.pipeline import connections, events
 
@@ -119,6 +120,7 @@ class Dispatcher:
         self.flush_all()
 
     def _run(self) -> None:
+        threadname.name_this_thread()
         while True:
             try:
                 size, batch = self._queue.get(timeout=0.2)

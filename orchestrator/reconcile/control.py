@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 
-from orchestrator import workdir
+from orchestrator import threadname, workdir
 
 DEFAULT_PATH = "/run/ecapture/apply.sock"
 MAX_REQUEST = 4096      # bytes of one request line
@@ -48,6 +48,7 @@ class ControlServer:
         return None
 
     def _serve(self) -> None:
+        threadname.name_this_thread()
         while True:
             try:
                 conn, _ = self._sock.accept()

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 
+from orchestrator import threadname
 from orchestrator.bpf import loader, render
 from orchestrator.pipeline import events
 
@@ -88,7 +89,7 @@ class ExpressLane:
         self._lock = threading.Lock()     # one drain + submit at a time, so batches stay in order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True,
-                                        name=f"express-{ps.profile}/{ps.target.name}")
+                                        name=f"ecapture-lane-{ps.target.name}@{ps.profile}")
 
     def start(self) -> "ExpressLane":
         self._thread.start()
@@ -136,6 +137,7 @@ class ExpressLane:
         self.armed = False
 
     def _poll(self) -> None:
+        threadname.name_this_thread()
         # The programs write without wakeups (probes.c.j2): drain on a timer.
         while not self._stop.wait(DRAIN_INTERVAL_S):
             self.flush()

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from orchestrator import fastpath, metrics, safefile
+from orchestrator import fastpath, metrics, safefile, threadname
 from orchestrator.bpf import packets, state
 from orchestrator.pipeline import dispatch, events
 from orchestrator.reconcile import control, reconciler, runtime, watcher
@@ -90,6 +90,7 @@ class ApplySession:
         return self.reconciler.status()
 
     def _retry_loop(self) -> None:
+        threadname.name_this_thread()
         while not self.stop_event.wait(RETRY_CHECK_S):
             if self.reconciler.retry_due():
                 self._on_change()

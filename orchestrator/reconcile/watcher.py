@@ -15,7 +15,7 @@ try:
 except ImportError:                 # not Linux: watchdog's default observer, every event
     _inotify = _inotify_c = None
 
-from orchestrator import workdir
+from orchestrator import threadname, workdir
 
 DEBOUNCE_S = 0.025
 
@@ -109,6 +109,7 @@ class Watcher:
         self._thread.start()
 
     def _run(self) -> None:
+        threadname.name_this_thread()
         while not self._stop.is_set():
             if not self._dirty.wait(0.5):
                 continue

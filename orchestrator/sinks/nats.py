@@ -45,7 +45,7 @@ import nats.errors
 import nats.js.api
 import nats.js.errors
 
-from orchestrator import safefile
+from orchestrator import safefile, threadname
 
 BUFFER_RECORDS = 100_000          # records waiting for the server (sent or not, not yet acknowledged)
 BUFFER_BYTES = 64 << 20           # their payloads
@@ -247,6 +247,7 @@ class NatsSink:
 
     # ---- loop thread
     def _run(self, started: threading.Event) -> None:
+        threadname.name_this_thread()
         asyncio.set_event_loop(self._loop)
         self._kick = asyncio.Event()
         self._main_task = self._loop.create_task(self._main())

@@ -29,7 +29,7 @@ import msgspec
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator import termtext
+from orchestrator import termtext, threadname
 from orchestrator.pipeline import events
 
 FORMATS = ("text", "compact", "json")
@@ -382,6 +382,7 @@ class _BackgroundWriter:
             self._cond.notify()
 
     def _run(self) -> None:
+        threadname.name_this_thread()
         while True:
             with self._cond:
                 while not self._chunks and not self._closing:

@@ -47,7 +47,7 @@ from websockets.asyncio import server as ws_server
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from orchestrator import safefile
+from orchestrator import safefile, threadname
 from orchestrator.bpf import owner
 
 DEFAULT_LISTEN = "127.0.0.1:8089"
@@ -235,6 +235,7 @@ class WebServer:
 
     # ---- loop thread
     def _run(self, started: threading.Event) -> None:
+        threadname.name_this_thread()
         asyncio.set_event_loop(self._loop)
         try:
             self._ws = self._loop.run_until_complete(self._serve())

@@ -14,15 +14,16 @@ ROOT = Path(__file__).resolve().parents[2] / PKG
 
 # Package-level layering (the first component under `orchestrator`: a subpackage or a top-level
 # module). Target graph: cli → reconcile → pipeline/plan/sinks → parsers, bpf → profile, with the
-# small utilities (safefile, termtext, preflight, workdir, cgroups) below everything.
+# small utilities (safefile, termtext, preflight, workdir, cgroups, threadname) below everything.
 ALLOWED: dict[str, set[str]] = {
     "cli": {"reconcile", "plan", "bpf", "profile", "preflight", "termtext", "workdir", "metrics"},
-    "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir", "fastpath", "metrics"},
+    "reconcile": {"pipeline", "plan", "sinks", "bpf", "profile", "safefile", "workdir", "fastpath", "metrics",
+                  "threadname"},
     "metrics": {"fastpath"},    # reads what reconcile hands it at scrape time; imports none of it
-    "sinks": {"pipeline", "bpf", "profile", "safefile", "termtext"},   # bpf: the packet sink subscribes to the capture
+    "sinks": {"pipeline", "bpf", "profile", "safefile", "termtext", "threadname"},   # bpf: the packet sink subscribes to the capture
     "plan": {"bpf", "profile", "cgroups"},
-    "pipeline": {"bpf", "parsers", "cgroups"},     # cgroups: a record's cgroup path and container
-    "bpf": {"profile", "cgroups"},
+    "pipeline": {"bpf", "parsers", "cgroups", "threadname"},     # cgroups: a record's cgroup path and container
+    "bpf": {"profile", "cgroups", "threadname"},
     "cgroups": set(),             # the cgroup2 hierarchy: mount, path ↔ id, container ids
     "parsers": set(),
     "profile": {"safefile", "workdir"},
@@ -32,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "workdir": set(),
     "orchestrator": {"fastpath"},     # the package's __init__ picks the compiled or the Python hot path
     "fastpath": set(),
+    "threadname": set(),          # the OS name of a thread of ours
 }
 
 # Modules that must import nothing of the package.
