@@ -8,7 +8,8 @@
  * Returns every committed record, in order, each copied out; the consumer position is stored
  * (release) every 64 records and at the end, as the Python reader does. When memory runs out the
  * records copied so far are returned and the rest stay in the ring for the next call: nothing is
- * consumed that was not handed over.
+ * consumed that was not handed over. A record longer than the ring (never written by the kernel)
+ * raises RuntimeError, once the records before it have been handed over.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -58,7 +59,8 @@ static PyObject *drain(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
             break;                 /* reserved, not yet committed: later records wait for it */
         uint32_t length = word & ~(BUSY | DISCARD);
         if ((Py_ssize_t)length > mask + 1 - HEADER) {
-            __atomic_store_n(consumer, pos, __ATOMIC_RELEASE);
+            if (n)
+                break;             /* hand over what came before; the next call stops here */
             Py_CLEAR(out);
             PyErr_Format(PyExc_RuntimeError, "ring buffer record of %u bytes in a %zd-byte ring", length, mask + 1);
             goto done;

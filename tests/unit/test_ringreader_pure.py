@@ -130,6 +130,20 @@ def test_c_refuses_a_record_longer_than_the_ring():
     assert ring.consumer_pos() == 0
 
 
+def test_c_hands_over_the_records_before_a_bad_one_then_refuses_it():
+    if ringreader.ring_accel is None:
+        pytest.skip("ring_accel is not built (Python mode)")
+    ring = FakeRing(4096)
+    ring.commit(b"good")
+    bad_at = ring.prod
+    struct.pack_into("<II", ring.data, PAGE + bad_at, 5000, 0)
+    struct.pack_into("<Q", ring.data, 0, bad_at + 5008)
+    assert ring.reader().read_all() == [b"good"]
+    assert ring.consumer_pos() == bad_at
+    with pytest.raises(RuntimeError, match="5000 bytes"):
+        ring.reader().read_all()
+
+
 def test_c_checks_its_arguments():
     if ringreader.ring_accel is None:
         pytest.skip("ring_accel is not built (Python mode)")
