@@ -213,6 +213,18 @@ def latency_ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
+def contains_any_lower(data: bytes, needles: tuple) -> bool:
+    """Whether any of `needles` (lower-case ASCII bytes) is in data.lower(); in C, without the
+    lower-cased copy, in the compiled build."""
+    if _find_any_lower is not None:
+        return bool(_find_any_lower(data, needles))
+    low = data.lower()
+    for n in needles:
+        if n in low:
+            return True
+    return False
+
+
 def redaction_candidates(records: list, needles: tuple | None) -> list:
     """The records of a batch that redaction (pipeline/redact.py) must look into: all of them but
     the HTTP records whose fields are still only their JSON text (`tail`) and whose lower-cased
@@ -223,17 +235,8 @@ def redaction_candidates(records: list, needles: tuple | None) -> list:
     for r in records:
         rec: Record = r
         tail = rec.tail
-        if tail is not None and rec._fields is None and (rec.type == "http.request" or rec.type == "http.response"):
-            if _find_any_lower is not None:
-                if _find_any_lower(tail, needles):
-                    out.append(rec)
-                continue
-            low = tail.lower()
-            for n in needles:
-                if n in low:
-                    out.append(rec)
-                    break
-        else:
+        if tail is None or rec._fields is not None or not (rec.type == "http.request" or rec.type == "http.response") \
+                or contains_any_lower(tail, needles):
             out.append(rec)
     return out
 

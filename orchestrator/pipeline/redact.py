@@ -75,6 +75,7 @@ class Rules:
         self.always = bool(self.patterns) or any(not n.isascii() for n in names)
         self.needles = tuple(sorted(n for n in names if not any(o != n and o in n for o in names)))
         self.needles_query = (b"%",) if self.query or self.fields else ()   # a percent-encoded name hides from the search
+        self.search_for = self.needles + self.needles_query
         self._header_line = _alternation(r"(?im)^[ \t]*(?:{})[ \t]*:[ \t]*([^\r\n]*)", self.headers)
         self._json_key = _alternation(r'(?i)"(?:{})"\s*:\s*', self.fields)
         self._raw_pair = _alternation(r"(?i)(?:^|(?<=[?&;\s]))(?:{})=([^&\s#;\"]*)", self.query | self.fields)
@@ -82,16 +83,7 @@ class Rules:
     # ---------------------------------------------------------------- cheap pre-checks
     def may_match(self, raw: bytes) -> bool:
         """Whether `raw` (a JSON tail or a payload) could hold anything a rule matches."""
-        if self.always:
-            return True
-        low = raw.lower()
-        for n in self.needles:
-            if n in low:
-                return True
-        for n in self.needles_query:
-            if n in low:
-                return True
-        return False
+        return self.always or events.contains_any_lower(raw, self.search_for)
 
     # ---------------------------------------------------------------- parsed records
     def record(self, r) -> None:
@@ -419,7 +411,7 @@ class Redactor:
         if rules.empty:
             return
         record = rules.record
-        needles = None if rules.always else rules.needles + rules.needles_query
+        needles = None if rules.always else rules.search_for
         for r in events.redaction_candidates(records, needles):     # Rules.record's first test
             try:
                 record(r)
