@@ -15,6 +15,15 @@ four modes, alternated round-robin so that noise hits every mode alike:
             of it, with the same profile as ecapture: the capture CPU per request side by side
   secrets   keys without packets: the same target into a keylog sink only (what the probes and
             the shared state cost, without the classifier)
+  minimal   the floor's attach points where SSL_read's and SSL_write's programs do only what any
+            capture of their payloads must (the worker's pid compiled in, the buffer kept from
+            entry to return, one ring-buffer record per call); the bench drains and counts the
+            records. With --bpf-stats: the least BPF time a capture costs here
+  kernbase  today's `ecapture apply` with the kernel templates of --kern-baseline REV (default
+            HEAD, the committed ones): two versions of the BPF programs side by side, one consumer
+
+With --bpf-stats each round also prints the BPF time per request by kind of program (uprobes:
+the hooks; raw tracepoints: sys_enter).
 
 With `--server go`, the server is instead a Go HTTPS server (tests/support/gotls, built with
 Debian's Go) and ecapture's target is `kind: gotls` on it; sslsniff does not apply there.
@@ -49,7 +58,7 @@ from orchestrator.plan import build  # noqa: E402
 from orchestrator.profile import load  # noqa: E402
 from tests.support import nginx as nginx_support  # noqa: E402
 
-MODES = ("bare", "floor", "ecapture", "sslsniff", "keys", "secrets", "baseline")
+MODES = ("bare", "floor", "minimal", "ecapture", "sslsniff", "keys", "secrets", "baseline", "kernbase")
 BASELINE = "2d1e8af"    # main before issue 12: its whole ecapture (Python and BPF) for the `baseline` mode
 ECAPTURE = ROOT / ".venv" / "bin" / "ecapture"
 SSLSNIFF = Path("/usr/sbin/sslsniff-bpfcc")
@@ -74,6 +83,7 @@ class WrkResult:
     cpu_s: float | None = None       # CPU seconds the capturing process used during the run
     bpf_ns: int | None = None        # --bpf-stats: ns spent in its BPF programs during the run
     bpf_runs: int | None = None      # --bpf-stats: how many times they ran
+    bpf_kinds: dict | None = None    # --bpf-stats: {"uprobes"|"tracepoints"|...: (ns, runs)}
     threads: dict | None = None      # CPU seconds during the run by thread name (apply names its threads)
 
 
@@ -103,8 +113,7 @@ def measured_wrk(url: str, duration: int, connections: int, pid: int | None) -> 
     for (tid, name), cpu in threads1.items():
         by_name[name] = by_name.get(name, 0.0) + cpu - threads0.get((tid, name), 0.0)
     result.threads = by_name
-    if bpf0 and bpf1:
-        result.bpf_ns, result.bpf_runs = bpf1[0] - bpf0[0], bpf1[1] - bpf0[1]
+    bpf_delta(result, bpf0, bpf1)
     return result
 
 
@@ -170,13 +179,18 @@ def thread_cpu_seconds(pid: int) -> dict:
     return out
 
 
-def bpf_prog_stats(pid: int) -> tuple[int, int] | None:
-    """(run_time_ns, run_cnt) summed over the BPF programs process `pid` holds open.
+# fdinfo's prog_type → what the bench calls it (uprobes are kprobe-type programs)
+PROG_KINDS = {2: "uprobes", 5: "tracepoints", 17: "raw tracepoints"}
 
-    The kernel counts them only while kernel.bpf_stats_enabled=1 (--bpf-stats).
+
+def bpf_prog_stats(pid: int) -> tuple[int, int, dict] | None:
+    """(run_time_ns, run_cnt, {kind: [ns, runs]}) summed over the BPF programs process `pid` holds
+    open, in total and by kind of program (PROG_KINDS).
+
+    The kernel counts them only while kernel.bpf_stats_enabled=1 (--bpf-stats). A program held
+    twice (two fds) is counted once.
     """
-    total_ns = total_runs = 0
-    found = False
+    by_id: dict[int, tuple[str, int, int]] = {}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -190,11 +204,29 @@ def bpf_prog_stats(pid: int) -> tuple[int, int] | None:
             continue
         ns = re.search(r"run_time_ns:\s+(\d+)", info)
         cnt = re.search(r"run_cnt:\s+(\d+)", info)
+        prog_id = re.search(r"prog_id:\s+(\d+)", info)
+        prog_type = re.search(r"prog_type:\s+(\d+)", info)
         if ns and cnt:
-            found = True
-            total_ns += int(ns.group(1))
-            total_runs += int(cnt.group(1))
-    return (total_ns, total_runs) if found else None
+            kind = PROG_KINDS.get(int(prog_type.group(1)), "other") if prog_type else "other"
+            key = int(prog_id.group(1)) if prog_id else -int(fd) - 1
+            by_id[key] = (kind, int(ns.group(1)), int(cnt.group(1)))
+    if not by_id:
+        return None
+    kinds: dict[str, list[int]] = {}
+    for kind, ns_, runs in by_id.values():
+        k = kinds.setdefault(kind, [0, 0])
+        k[0] += ns_
+        k[1] += runs
+    return sum(v[1] for v in by_id.values()), sum(v[2] for v in by_id.values()), kinds
+
+
+def bpf_delta(result: "WrkResult", before, after) -> None:
+    """Store in `result` what the programs ran between two bpf_prog_stats snapshots."""
+    if not (before and after):
+        return
+    result.bpf_ns, result.bpf_runs = after[0] - before[0], after[1] - before[1]
+    result.bpf_kinds = {k: (v[0] - before[2].get(k, [0, 0])[0], v[1] - before[2].get(k, [0, 0])[1])
+                        for k, v in after[2].items()}
 
 
 def perf_event_fds(pid: int) -> int:
@@ -328,11 +360,16 @@ class FloorMode:
                         b.attach_uretprobe(name=ps.attach_path.encode(), sym=hook.symbol.encode(),
                                            fn_name=f"hook_{i}_return".encode(), pid=pid)
                         attached += 1
-            bpf0 = BPF_STATS and bpf_prog_stats(os.getpid())
-            result = run_wrk(url, duration, connections)
-            bpf1 = BPF_STATS and bpf_prog_stats(os.getpid())
-            if bpf0 and bpf1:
-                result.bpf_ns, result.bpf_runs = bpf1[0] - bpf0[0], bpf1[1] - bpf0[1]
+            during = ctx.get("floor_during")
+            finish = during(b) if during else None
+            try:
+                bpf0 = BPF_STATS and bpf_prog_stats(os.getpid())
+                result = run_wrk(url, duration, connections)
+                bpf1 = BPF_STATS and bpf_prog_stats(os.getpid())
+            finally:
+                if finish:
+                    finish()
+            bpf_delta(result, bpf0, bpf1)
         finally:
             b.cleanup()
         left = uprobe_entries(os.getpid())
@@ -341,6 +378,125 @@ class FloorMode:
             self.leftovers.append(f"after close: {len(left)} uprobe_events entries, {fds} perf-event fds")
             print(f"  ! floor left {len(left)} uprobe_events entries and {fds} perf-event fds behind")
         ctx.setdefault("floor_attached", attached)
+        return result
+
+
+MINIMAL_PROGRAM = """
+/* bench/overhead.py minimal mode: the least a capture of nginx's TLS payloads does in the kernel.
+ * The worker's pid compiled in (no scope table), the call's buffer kept in the thread's task
+ * storage from entry to return, and at return one ring-buffer record: timestamp, pid, tid, length
+ * and the payload. No filters, no connection, no comm, no sequence, no generation. */
+#include <uapi/linux/ptrace.h>
+#define WORKER %(worker)d
+#define MAX_BYTES 16384
+struct rec { u64 ts; u32 pid; u32 tid; u32 len; u32 cap; u32 hook; u32 _pad; char payload[MAX_BYTES]; };
+struct calls { u64 buf[2]; u32 live; };
+BPF_RINGBUF_OUTPUT(events, 2048);
+BPF_PERCPU_ARRAY(scratch, struct rec, 1);
+BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_TASK_STORAGE(calls, struct calls);
+
+static __always_inline int enter(struct pt_regs *ctx, int hook) {
+    if ((bpf_get_current_pid_tgid() >> 32) != WORKER) return 0;
+    struct calls *c = calls.task_storage_get(bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!c) return 0;
+    c->buf[hook & 1] = PT_REGS_PARM2(ctx);
+    c->live |= 1u << hook;
+    return 0;
+}
+
+static __always_inline int leave(struct pt_regs *ctx, int hook) {
+    struct calls *c = calls.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!c || !(c->live & (1u << hook))) return 0;
+    c->live &= ~(1u << hook);
+    s32 ret = PT_REGS_RC(ctx);
+    if (ret <= 0) return 0;
+    u32 zero = 0;
+    struct rec *r = scratch.lookup(&zero);
+    if (!r) return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    r->ts = bpf_ktime_get_ns();
+    r->pid = id >> 32;
+    r->tid = (u32)id;
+    r->len = ret;
+    r->hook = hook;
+    u64 cap = ret;
+    if (cap > MAX_BYTES) cap = MAX_BYTES;
+    asm volatile("" : "+r"(cap));
+    if (cap > MAX_BYTES) cap = MAX_BYTES;
+    r->cap = bpf_probe_read_user(r->payload, cap, (const void *)c->buf[hook & 1]) == 0 ? cap : 0;
+    u64 size = 32 + (u64)r->cap;
+    if (size > sizeof(*r)) size = sizeof(*r);
+    asm volatile("" : "+r"(size));
+    if (events.ringbuf_output(r, size, BPF_RB_NO_WAKEUP) != 0) {
+        u64 *n = lost.lookup(&zero);
+        if (n) *n += 1;
+    }
+    return 0;
+}
+"""
+
+
+class MinimalMode(FloorMode):
+    """The floor's attach points, where SSL_write's and SSL_read's programs do only what any
+    capture of their payloads must (MINIMAL_PROGRAM) and the rest stay empty; the bench drains
+    the ring buffer and counts the records. The lower bound of a capture's BPF time here."""
+
+    RECORDING = {"SSL_write": 0, "SSL_read": 1}
+
+    def __init__(self, profile_text: str, tmp: Path):
+        super().__init__(profile_text, tmp)
+        self.runs: list[dict] = []
+
+    def program(self, worker: int) -> str:
+        ps = self.probe_set
+        lines = [MINIMAL_PROGRAM % {"worker": worker}]
+        for i, hook in enumerate(ps.hooks):
+            which = self.RECORDING.get(hook.symbol)
+            if which is not None and hook.on == "return":
+                lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return enter(ctx, {which}); }}")
+                lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return leave(ctx, {which}); }}")
+            else:
+                lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return 0; }}")
+                lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return 0; }}")
+        for category, event in self.tracepoints:
+            lines.append(f"TRACEPOINT_PROBE({category}, {event}) {{ return 0; }}")
+        for event in raw_tracepoints():
+            lines.append(f"RAW_TRACEPOINT_PROBE({event}) {{ return 0; }}")
+        return "\n".join(lines) + "\n"
+
+    def run(self, url, duration, connections, ctx) -> WrkResult:
+        import threading
+        text = self.program(ctx["worker_pid"])
+        self.probe_set = dataclasses.replace(self.probe_set, rendered=render.Rendered(text, "bench-minimal"))
+        counts = {"records": 0, "bytes": 0}
+
+        def count(_ctx, data, size):
+            counts["records"] += 1
+            counts["bytes"] += size
+
+        stop = threading.Event()
+
+        def drain(b):
+            b["events"].open_ring_buffer(count)
+            while not stop.is_set():
+                b.ring_buffer_consume()
+                time.sleep(0.01)
+            b.ring_buffer_consume()
+
+        def during(b):
+            thread = threading.Thread(target=drain, args=(b,), daemon=True)
+            thread.start()
+            return lambda: (stop.set(), thread.join(timeout=30),
+                            ctx.__setitem__("minimal_lost", sum(b["lost"][0])))
+
+        ctx["floor_during"] = during
+        try:
+            result = super().run(url, duration, connections, ctx)
+        finally:
+            ctx.pop("floor_during", None)
+        self.runs.append({"completed": result.requests, "records": counts["records"],
+                          "lost": ctx.pop("minimal_lost", None)})
         return result
 
 
@@ -518,6 +674,28 @@ class BaselineMode(EcaptureMode):
                         "from orchestrator.cli import main; main()"]
 
 
+class KernBaselineMode(EcaptureMode):
+    """Today's `ecapture apply` (its Python, compiled or not, as it is on disk) with the kernel
+    templates of --kern-baseline REV: two versions of the BPF programs measured side by side in
+    one run, the consumer the same."""
+    name = "kernbase"
+
+    def __init__(self, tmp: Path, profile_text: str, rev: str):
+        super().__init__(tmp, profile_text)
+        self.tree = tmp / f"kernbase-{rev}"
+        shutil.copytree(ROOT / "orchestrator", self.tree / "orchestrator",
+                        ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+        kern = self.tree / "orchestrator" / "templates" / "kern"
+        shutil.rmtree(kern)
+        kern.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "orchestrator/templates/kern"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(kern), "--strip-components=3"], input=archive, check=True)
+        self.command = [sys.executable, "-c",
+                        f"import sys; sys.path.insert(0, {str(self.tree)!r}); sys.argv[0] = 'ecapture'; "
+                        "from orchestrator.cli import main; main()"]
+
+
 class KeysMode(EcaptureMode):
     """Keys and packets: the JSONL holds only secrets (and loss records); requests are counted
     in the pcapng file with tshark, decrypted by the secrets the file itself holds."""
@@ -648,6 +826,15 @@ def costs(res: WrkResult) -> list[str]:
     return out
 
 
+def bpf_kind_costs(res: WrkResult) -> str:
+    """The BPF time per request by kind of program: uprobes (the hooks) apart from tracepoints."""
+    if not res.bpf_kinds or not res.requests:
+        return ""
+    parts = [f"{kind} {ns / res.requests / 1e3:.2f} in {runs / res.requests:.1f} runs"
+             for kind, (ns, runs) in sorted(res.bpf_kinds.items(), key=lambda kv: -kv[1][0]) if runs]
+    return "BPF by kind (us/req): " + ", ".join(parts) if parts else ""
+
+
 def thread_costs(res: WrkResult) -> str:
     """The capture CPU per request by thread, busiest first (threads under 0.1 us/req left out)."""
     if not res.threads or not res.requests:
@@ -674,6 +861,9 @@ def main(argv=None) -> int:
                     " (default: all; with --server go all but sslsniff)")
     ap.add_argument("--baseline", default=BASELINE, metavar="REV",
                     help=f"git revision the baseline mode runs (default {BASELINE}, before issue 12)")
+    ap.add_argument("--kern-baseline", default="HEAD", metavar="REV",
+                    help="git revision whose kernel templates the kernbase mode runs under today's Python "
+                         "(default HEAD: the committed templates against the work tree's)")
     ap.add_argument("--server", choices=("nginx", "go"), default="nginx",
                     help="what serves HTTPS: nginx (openssl target) or a Go server (gotls target)")
     ap.add_argument("--bpf-stats", action="store_true",
@@ -682,13 +872,13 @@ def main(argv=None) -> int:
                     "during round 1's wrk run "
                     "(flame graph if SVG ends in .svg, else collapsed stacks)")
     args = ap.parse_args(argv)
-    default_modes = [m for m in MODES if m not in ("keys", "secrets", "baseline")
+    default_modes = [m for m in MODES if m not in ("minimal", "keys", "secrets", "baseline", "kernbase")
                      and (args.server == "nginx" or m != "sslsniff")]
     modes = [m for m in (args.modes or ",".join(default_modes)).split(",") if m]
     if any(m not in MODES for m in modes):
         ap.error(f"--modes: choose from {', '.join(MODES)}")
-    if args.server == "go" and {"sslsniff", "keys", "secrets"} & set(modes):
-        ap.error("--server go: sslsniff does not capture Go's crypto/tls; keys mode runs on nginx")
+    if args.server == "go" and {"sslsniff", "keys", "secrets", "minimal"} & set(modes):
+        ap.error("--server go: sslsniff and minimal capture OpenSSL calls only; keys mode runs on nginx")
     if "sslsniff" in modes and not SSLSNIFF.exists():
         print(f"overhead: cannot run: missing {SSLSNIFF}")
         return 0
@@ -726,6 +916,10 @@ def main(argv=None) -> int:
             impl["secrets"] = SecretsMode(tmp)
         if "baseline" in modes:
             impl["baseline"] = BaselineMode(tmp, profile_text, args.baseline)
+        if "minimal" in modes:
+            impl["minimal"] = MinimalMode(profile_text, tmp)
+        if "kernbase" in modes:
+            impl["kernbase"] = KernBaselineMode(tmp, profile_text, args.kern_baseline)
 
         with server_cm as srv:
             workers = srv.worker_pids()
@@ -761,8 +955,10 @@ def main(argv=None) -> int:
                         noisy_rounds.append(f"round {r} {m}")
                     print(f"  round {r} {m:<9} {res.rps:>10.0f} req/s  {res.requests:>8} requests{extra}",
                           flush=True)
-                    if m in ("ecapture", "keys") and thread_costs(res):
+                    if m in ("ecapture", "keys", "kernbase") and thread_costs(res):
                         print(f"    {m} {thread_costs(res)}", flush=True)
+                    if bpf_kind_costs(res):
+                        print(f"    {m} {bpf_kind_costs(res)}", flush=True)
                     time.sleep(1)
         report(args, modes, rps, results, impl, errors)
         if noisy_rounds:
@@ -845,7 +1041,7 @@ def report(args, modes, rps, results, impl, errors) -> None:
             print(f"{label:<24} {med[a] / med[b]:.2f}")
 
     verdicts = []
-    for mode in ("ecapture", "baseline"):
+    for mode in ("ecapture", "baseline", "kernbase"):
         if mode not in impl or not impl[mode].captures:
             continue
         print()
@@ -890,6 +1086,14 @@ def report(args, modes, rps, results, impl, errors) -> None:
         for i, s in enumerate(impl["sslsniff"].runs, 1):
             print(f"sslsniff round {i}: wrk completed {s['completed']}; printed >= {s['reads']} READ, "
                   f"{s['writes']} WRITE events; perf-buffer samples lost: {s['lost']}")
+    if "minimal" in impl and impl["minimal"].runs:
+        all_ok = True
+        for i, r in enumerate(impl["minimal"].runs, 1):
+            ok = r["records"] >= 2 * r["completed"] and not r["lost"]
+            all_ok &= ok
+            print(f"minimal round {i}: wrk completed {r['completed']}; ring-buffer records {r['records']} "
+                  f"({r['records'] / max(1, 2 * r['completed']):.4f} of 2 per request); lost {r['lost']}")
+        verdicts.append(("minimal: 2 records per completed request, none lost", all_ok))
     if "floor" in impl:
         fl = impl["floor"].leftovers
         print(f"floor cleanup: {'no leftover uprobes/perf events' if not fl else '; '.join(fl)}")
@@ -914,6 +1118,13 @@ def report(args, modes, rps, results, impl, errors) -> None:
         verdicts.append((f"ecapture BPF time per request <= {BPF_RATIO:g} x the floor's "
                          f"({bpf_new / 1e3:.2f} / {bpf_floor / 1e3:.2f} us = {bpf_new / bpf_floor:.2f})",
                          bpf_new <= BPF_RATIO * bpf_floor))
+    bpf_min, bpf_kb = per_request("minimal", "bpf_ns"), per_request("kernbase", "bpf_ns")
+    if bpf_min and bpf_floor:
+        print(f"\nBPF time per request: minimal {bpf_min / 1e3:.2f} us = {bpf_min / bpf_floor:.2f} x the floor's"
+              + (f"; ecapture {bpf_new / bpf_min:.2f} x minimal's" if bpf_new else ""))
+    if bpf_kb and bpf_new:
+        print(f"BPF time per request: ecapture {bpf_new / 1e3:.2f} us, kernbase ({args.kern_baseline}'s templates) "
+              f"{bpf_kb / 1e3:.2f} us: {bpf_new / bpf_kb:.2f} x")
     print()
     for label, ok in verdicts:
         print(f"{'PASS' if ok else 'FAIL'}  {label}")
