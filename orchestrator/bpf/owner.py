@@ -98,6 +98,36 @@ def attach_tracepoint(module, tracepoint: str, fn_name: str) -> None:
             raise BccError(first_line(exc)) from None
 
 
+def detach_tracepoints(module) -> None:
+    """Detach every tracepoint and raw tracepoint `module` attached; its programs and tables stay."""
+    with _lock:
+        for tp in list(module.tracepoint_fds):
+            module.detach_tracepoint(tp)
+        for tp in list(module.raw_tracepoint_fds):
+            module.detach_raw_tracepoint(tp)
+
+
+def attach_tracepoints_again(module) -> None:
+    """Attach again what bcc's autoload attached at compile (detach_tracepoints): by its naming,
+    program tracepoint__CATEGORY__EVENT on CATEGORY:EVENT, raw_tracepoint__EVENT on EVENT."""
+    from bcc.libbcc import lib
+
+    with _lock:
+        try:
+            for i in range(lib.bpf_num_functions(module.module)):
+                name = lib.bpf_function_name(module.module, i)
+                if name.startswith(b"tracepoint__"):
+                    tp = name[len(b"tracepoint__"):].replace(b"__", b":")
+                    if tp not in module.tracepoint_fds:
+                        module.attach_tracepoint(tp=tp, fn_name=name)
+                elif name.startswith(b"raw_tracepoint__"):
+                    tp = name[len(b"raw_tracepoint__"):]
+                    if tp not in module.raw_tracepoint_fds:
+                        module.attach_raw_tracepoint(tp=tp, fn_name=name)
+        except Exception as exc:
+            raise BccError(first_line(exc)) from None
+
+
 def cleanup(module) -> None:
     """Detach everything `module` attached and free it (best effort; once).
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from orchestrator.bpf import loader, state, trampoline
+from orchestrator.bpf import loader, render, state, trampoline
 from orchestrator.plan import build
 from orchestrator.profile import load
 from tests.kernel.conftest import ECAPTURE, perf_event_fds, uprobe_events_of
@@ -127,6 +127,43 @@ def test_trampolines_and_generations_release_everything(nginx_server):
     assert uprobe_events_of(os.getpid()) == []
     state.close()
     assert perf_event_fds() == empty
+
+
+def test_generations_after_the_shared_state_was_closed_use_its_tables(nginx_server):
+    # bcc resolves a generation's extern tables by name in a process-wide storage that keeps the
+    # first export of each name: a shared state compiled again after close() left every new
+    # generation with the closed tables' fds. Holding the freed fd numbers makes that visible.
+    prof = load.load_file(os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "nginx-tls.yaml"))
+    (ps,), _ = build.plan_profile(prof)
+    state.shared()
+    empty_state = perf_event_fds()
+    state.close()
+    assert perf_event_fds() < empty_state            # its tracepoints are detached
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(64)]
+    tramp = gen = None
+    try:
+        state.shared()
+        assert perf_event_fds() == empty_state       # and attached again
+        tramp = trampoline.Trampoline(ps).attach()
+        gen = loader.LoadedTarget(ps, target_no=1).load()
+        gen.write_filters(0, 1, render.lane_values(ps.target, ps.cgroups))   # as the express lane arms it
+        gen.open_gate(0)
+        tramp.install(gen)
+        assert curl(nginx_server.url + "/after-close").returncode == 0
+        deadline = time.monotonic() + 10
+        seen = b""
+        while b"GET /after-close" not in seen and time.monotonic() < deadline:
+            seen += b"".join(gen.drain_all())
+            time.sleep(0.05)
+        assert b"GET /after-close" in seen
+    finally:
+        if gen is not None:
+            gen.close()
+        if tramp is not None:
+            tramp.close()
+        for fd in held:
+            os.close(fd)
+        state.close()
 
 
 def test_attach_failure_rolls_back(nginx_server):
