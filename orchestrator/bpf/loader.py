@@ -140,6 +140,21 @@ class LoadedTarget:
                 return []
             return self.reader.read_all()
 
+    def wait_for_records(self, timeout: float) -> bool:
+        """Sleep until the kernel says records wait in the ring buffer, interrupt_wait() is called,
+        or `timeout` seconds pass (ringreader.RingReader.wait). False, at once, once closed."""
+        with self._lock:
+            reader = None if self._closed else self.reader
+        if reader is None:
+            return False
+        reader.wait(timeout)
+        return True
+
+    def interrupt_wait(self) -> None:
+        with self._lock:
+            if self.reader is not None and not self._closed:
+                self.reader.interrupt()
+
     def close(self) -> None:
         with self._lock:
             if self._closed or self.bpf is None:

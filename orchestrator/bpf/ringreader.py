@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
+import select
 import struct
 
 try:        # the compiled hot path's copy of `read_all` (scripts/build_fast.py; fastpath.py)
@@ -40,6 +42,11 @@ class RingReader:
         # The producer position must be read in one 8-byte load too: struct's "<Q" reads byte by
         # byte and could combine old and new bytes into a position past what was written.
         self._words = memoryview(self._data).cast("Q")
+        # wait(): the kernel wakes the ring's pollers (see event.h), interrupt() an eventfd
+        self._epoll = select.epoll()
+        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(map_fd, select.EPOLLIN)
+        self._epoll.register(self._wakeup, select.EPOLLIN)
 
     def read(self, take) -> int:
         """Call `take(bytes)` for every committed record, in order; returns how many.
@@ -84,7 +91,26 @@ class RingReader:
         so a write or read in between makes it a moment old, never out of range."""
         return max(0, min(self.size, self._words[0] - self._consumer_pos.value))
 
+    def wait(self, timeout: float) -> None:
+        """Sleep until the kernel wakes the ring's readers (it has records to read: the kernel wakes
+        them for a record written to a ring read to its end), interrupt() is called, or `timeout`
+        seconds pass. Returns at once while records wait."""
+        try:
+            for fd, _ in self._epoll.poll(timeout):
+                if fd == self._wakeup:
+                    os.eventfd_read(self._wakeup)
+        except (OSError, ValueError):       # closed meanwhile, or the interrupt already read
+            pass
+
+    def interrupt(self) -> None:
+        """End a wait() in progress (or make the next one return at once)."""
+        if self._wakeup >= 0:
+            os.eventfd_write(self._wakeup, 1)
+
     def close(self) -> None:
+        self._epoll.close()
+        os.close(self._wakeup)
+        self._wakeup = -1
         del self._consumer_pos          # the mappings cannot close while views export them
         self._words.release()
         self._consumer.close()

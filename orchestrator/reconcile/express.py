@@ -28,6 +28,7 @@ from orchestrator.bpf import loader, render
 from orchestrator.pipeline import events
 
 DRAIN_INTERVAL_S = 0.01
+IDLE_WAIT_S = 1.0       # an idle lane sleeps until the kernel wakes it; this bounds only a lost wakeup
 KEPT_SOURCES = 64      # generations whose records may still be unread; far more than a drain needs
 
 
@@ -121,14 +122,16 @@ class ExpressLane:
         self.held = False
         self.flush()
 
-    def flush(self) -> None:
-        """Submit every record written so far (unless held)."""
+    def flush(self) -> int:
+        """Submit every record written so far (unless held); how many records were read."""
         with self._lock:
-            events.decode_lane(self.loaded.drain_all(), self.sources.by_gen, self.sources.newest,
+            raws = self.loaded.drain_all()
+            events.decode_lane(raws, self.sources.by_gen, self.sources.newest,
                                self.loaded.probe_set, self._pending)
             if self._pending and not self.held:
                 self.dispatcher.submit(self._pending)
                 self._pending = []
+            return len(raws)
 
     def idle(self) -> None:
         """No trampoline runs the lane any more: deliver what it wrote and forget its configurations."""
@@ -138,12 +141,19 @@ class ExpressLane:
 
     def _poll(self) -> None:
         threadname.name_this_thread()
-        # The programs write without wakeups (probes.c.j2): drain on a timer.
-        while not self._stop.wait(DRAIN_INTERVAL_S):
-            self.flush()
+        # While records come, drain on a timer: they gather into batches, and the kernel wakes no
+        # one for a record written while earlier ones wait (event.h). Once a drain finds none,
+        # sleep until the kernel wakes the ring's readers for the next record: an idle lane
+        # costs no CPU.
+        while not self._stop.is_set():
+            if self.flush():
+                self._stop.wait(DRAIN_INTERVAL_S)
+            elif not self.loaded.wait_for_records(IDLE_WAIT_S):
+                self._stop.wait(DRAIN_INTERVAL_S)      # closed under us: only stop is left
 
     def close(self) -> None:
         self._stop.set()
+        self.loaded.interrupt_wait()
         if self._thread.is_alive():
             self._thread.join(5)
         self.loaded.close()
