@@ -148,9 +148,10 @@ static __always_inline void event_submit(struct event *ev) {
     u64 size = HEADER_SIZE + (u64)ev->h.cap;
     if (size > sizeof(struct event)) size = sizeof(struct event);
     asm volatile("" : "+r"(size));   /* keep the clamped value in the register the helper gets */
-    /* No wakeup per record: the reader drains on a short timer, so a busy target costs one
-     * wakeup per batch instead of one per record. */
-    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP) != 0) count_loss(LOSS_RINGBUF);
+    /* The kernel's adaptive wakeup (flags 0): the reader is woken only for a record written to a
+     * ring it had read to the end. A busy reader drains on a short timer (express.py), so a busy
+     * target costs one wakeup per batch, not per record; an idle one sleeps until a record comes. */
+    if (events.ringbuf_output(ev, size, 0) != 0) count_loss(LOSS_RINGBUF);
 }
 
 /* (Here, not in shared.h: bcc rewrites table calls only in the text it is given, not in headers.)
