@@ -3,11 +3,11 @@
 libbcc is not thread safe. Tables shared between modules live in one global storage that every
 compile adds to and every cleanup removes its own entries from (a SIGSEGV in
 `TableStorage::iterator` was seen when a background compile met a cleanup; an exported name is
-taken by its first export and kept until exit, see state.py), and every compile `chdir`s the whole process into the
-kernel headers and back. So every call into libbcc runs under one lock, bcc's own exit-time
-cleanups included. Reading and writing elements of a table already looked up are plain bpf()
-syscalls on its map fd and need no lock: gate flips, filter writes, loss counters and ring
-buffers stay off it, so a long compile never delays them.
+taken by its first export and kept until exit, see state.py), and every compile `chdir`s the
+whole process into the kernel headers and back. So every call into libbcc runs under one lock,
+bcc's own exit-time cleanups included. Reading and writing elements of a table already looked up
+are plain bpf() syscalls on its map fd and need no lock: gate flips, filter writes, loss counters
+and ring buffers stay off it, so a long compile never delays them.
 
 A leaf module: it imports nothing of the project.
 """
