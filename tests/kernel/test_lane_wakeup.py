@@ -57,4 +57,5 @@ def test_an_idle_lane_sleeps_until_the_kernel_wakes_it_for_a_record(nginx_server
     finally:
         tramp.close()
         lane.close()
+        state.close()                       # as the tests after this one expect it
     assert lt.wait_for_records(5) is False  # closed: no wait at all

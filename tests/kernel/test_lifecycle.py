@@ -106,6 +106,7 @@ def test_trampolines_and_generations_release_everything(nginx_server):
     prof = load.load_file(os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "nginx-tls.yaml"))
     (ps,), failed = build.plan_profile(prof)
     assert failed == []
+    state.close()             # whatever an earlier test in this process left open
     empty = perf_event_fds()
     state.shared()            # the shared tables and connection tracepoints, created once
     before = perf_event_fds()
