@@ -299,17 +299,20 @@ def raw_tracepoints() -> list[str]:
     return sorted(set(re.findall(r"RAW_TRACEPOINT_PROBE\((\w+)\)", (render.KERN_DIR / "state.c.j2").read_text())))
 
 
-def empty_program(ps, tracepoints) -> str:
-    """The same hook functions and tracepoints as ps.rendered, each returning 0 at once."""
-    lines = [
-        "/* bench/overhead.py: ecapture's attach points with empty programs (the floor) */",
-        "#include <uapi/linux/ptrace.h>",
-        "BPF_RINGBUF_OUTPUT(events, 8);",
-        "BPF_PERCPU_ARRAY(lost, u64, 2);",
-    ]
+FLOOR_PRELUDE = """/* bench/overhead.py: ecapture's attach points with empty programs (the floor) */
+#include <uapi/linux/ptrace.h>
+BPF_RINGBUF_OUTPUT(events, 8);
+BPF_PERCPU_ARRAY(lost, u64, 2);"""
+
+
+def empty_program(ps, tracepoints, prelude: str = FLOOR_PRELUDE, bodies: dict | None = None) -> str:
+    """The same hook functions and tracepoints as ps.rendered, each returning 0 at once but the
+    hooks in `bodies` (hook index → the entry's and the return's return expression)."""
+    lines = [prelude]
     for i in range(len(ps.hooks)):
-        lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return 0; }}")
-        lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return 0; }}")
+        entry, ret = (bodies or {}).get(i, ("0", "0"))
+        lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return {entry}; }}")
+        lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return {ret}; }}")
     for category, event in tracepoints:
         lines.append(f"TRACEPOINT_PROBE({category}, {event}) {{ return 0; }}")
     for event in raw_tracepoints():
@@ -453,20 +456,9 @@ class MinimalMode(FloorMode):
 
     def program(self, worker: int) -> str:
         ps = self.probe_set
-        lines = [MINIMAL_PROGRAM % {"worker": worker}]
-        for i, hook in enumerate(ps.hooks):
-            which = self.RECORDING.get(hook.symbol)
-            if which is not None and hook.on == "return":
-                lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return enter(ctx, {which}); }}")
-                lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return leave(ctx, {which}); }}")
-            else:
-                lines.append(f"int hook_{i}_entry(struct pt_regs *ctx) {{ return 0; }}")
-                lines.append(f"int hook_{i}_return(struct pt_regs *ctx) {{ return 0; }}")
-        for category, event in self.tracepoints:
-            lines.append(f"TRACEPOINT_PROBE({category}, {event}) {{ return 0; }}")
-        for event in raw_tracepoints():
-            lines.append(f"RAW_TRACEPOINT_PROBE({event}) {{ return 0; }}")
-        return "\n".join(lines) + "\n"
+        bodies = {i: (f"enter(ctx, {self.RECORDING[h.symbol]})", f"leave(ctx, {self.RECORDING[h.symbol]})")
+                  for i, h in enumerate(ps.hooks) if h.symbol in self.RECORDING and h.on == "return"}
+        return empty_program(ps, self.tracepoints, MINIMAL_PROGRAM % {"worker": worker}, bodies)
 
     def run(self, url, duration, connections, ctx) -> WrkResult:
         import threading
