@@ -1,7 +1,6 @@
 """Kernel tests: real probes on real programs. Needs root, bcc, kernel headers and tracefs (`make setup`)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ ECAPTURE = str(ROOT / ".venv" / "bin" / "ecapture")
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import preflight  # noqa: E402
+from tests.support import jsonl as jsonl_file  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,9 +42,7 @@ class Capture:
         self.returncode = None
 
     def records(self, type_=None) -> list[dict]:
-        if not self.jsonl.exists():
-            return []
-        out = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        out = jsonl_file.read(self.jsonl, finished=self.proc.poll() is not None)
         return [r for r in out if type_ is None or r["type"] == type_]
 
     @property

@@ -4,7 +4,6 @@ lines of the exit summary, and what is left in the kernel."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from tests.kernel.conftest import uprobe_events_of
 from tests.support import bpf_objects
+from tests.support import jsonl as jsonl_file
 from tests.support.nginx import NginxServer, curl, curl_loop
 
 PROFILE = """
@@ -37,13 +37,6 @@ def _profile(port: int, more_sinks: str = "") -> str:
     return PROFILE.format(port=port, more_sinks=more_sinks)
 
 
-def _lines(path: Path) -> list[dict]:
-    """Every line of a JSONL file, each of which must be one whole JSON object."""
-    if not path.exists():
-        return []
-    text = path.read_text()
-    assert text == "" or text.endswith("\n"), f"{path} ends inside a line: {text[-200:]!r}"
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def _paths(records, type_="http.request") -> list[str]:
@@ -153,7 +146,7 @@ def test_full_disk_sink_counts_losses_others_keep_capturing_and_it_resumes(apply
         for i in range(2):
             assert curl(f"{nginx_server.url}/after/{i}").returncode == 0
         assert _wait(lambda: any(_http_path(r) == "/after/1" and r["type"] == "http.response"
-                                 for r in _lines(small)), 10), cap.stderr
+                                 for r in jsonl_file.read(small, finished=False)), 10), cap.stderr
         assert _got_response(cap, "/after/1")
     assert cap.returncode == 0, cap.stderr
 
@@ -165,7 +158,7 @@ def test_full_disk_sink_counts_losses_others_keep_capturing_and_it_resumes(apply
     lost = sum(r["count"] for r in told)
 
     # The recovered file: a loss record saying what it lacks, then the new records, every line whole.
-    mine = _lines(small)
+    mine = jsonl_file.read(small, finished=True)
     assert mine[0]["type"] == "loss" and mine[0]["stage"] == "sink.jsonl" and mine[0]["count"] == lost
     assert _paths(mine) == [f"/after/{i}" for i in range(2)]
     assert [r["type"] for r in mine[1:] if r["type"] != "tls.secret"] == ["http.request", "http.response"] * 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import gzip
-import json
 import os
 import re
 import signal
@@ -13,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import jsonl as jsonl_file
 from tests.support.nginx import curl
 
 PROFILE = """
@@ -34,18 +34,11 @@ MAX_BYTES = 64_000            # ~1.4 MB of http records: ~20 rotations
 KEEP = 60
 
 
-def _parse(data: bytes, path: Path, strict: bool) -> list[dict]:
-    """The records of a file's bytes; `strict`: every line whole (the file is complete)."""
-    if strict:
-        assert data == b"" or data.endswith(b"\n"), f"{path} ends in the middle of a line"
-    else:
-        data = data[:data.rfind(b"\n") + 1]        # a batch being written: up to its last whole line
-    return [json.loads(line) for line in data.splitlines()]
 
 
 def _read(path: Path, strict: bool = True) -> list[dict]:
     data = path.read_bytes()
-    return _parse(gzip.decompress(data) if path.name.endswith(".gz") else data, path, strict)
+    return jsonl_file.parse(gzip.decompress(data) if path.name.endswith(".gz") else data, strict, path)
 
 
 def _files(jsonl: Path) -> tuple[list[Path], list[Path]]:

@@ -4,7 +4,6 @@ no new privileges) captures nginx's TLS plaintext; and `ecapture reload` (the un
 reads the folder, retries and reopens files, even when no watcher told apply of a change."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import ECAPTURE
+from tests.support import jsonl as jsonl_file
 from tests.support.nginx import curl
 from tests.unit.test_packaging import unit
 
@@ -40,9 +40,7 @@ def _caps(pid: int, field: str) -> int:
 
 
 def _paths(jsonl: Path) -> list[str]:
-    if not jsonl.exists():
-        return []
-    return [json.loads(line).get("path") for line in jsonl.read_text().splitlines() if '"http.request"' in line]
+    return [r.get("path") for r in jsonl_file.read(jsonl, finished=False) if r["type"] == "http.request"]
 
 
 def _captured(jsonl: Path, url: str, path: str, timeout: float = 20.0) -> bool:

@@ -134,3 +134,14 @@ def test_nginx_retries_when_picked_port_is_taken(monkeypatch):
         with NginxServer() as b:
             assert b.port != a.port
             assert curl(b.url + "/").stdout == ROOT_BODY
+
+
+def test_jsonl_reader_keeps_a_line_being_written_out_until_the_writer_stopped(tmp_path):
+    from . import jsonl
+    path = tmp_path / "out.jsonl"
+    assert jsonl.read(path, finished=False) == []
+    path.write_bytes(b'{"type":"data","seq":1}\n{"type":"data","se')
+    assert jsonl.read(path, finished=False) == [{"type": "data", "seq": 1}]
+    with pytest.raises(AssertionError, match="ends inside a line"):
+        jsonl.read(path, finished=True)
+    assert jsonl.parse('{"a":1}\n{"a":2}\n', finished=True) == [{"a": 1}, {"a": 2}]
