@@ -35,10 +35,16 @@ def _entries(har: Path) -> list[dict]:
 
 
 def _wait_entries(har: Path, predicate, timeout: float = 15.0) -> list[dict]:
+    """While apply runs. A read can land inside the sink's write of a batch over the old trailer
+    (the kernel copies a write page by page): that read is not JSON and is tried again. A write
+    the sink left unfinished would fail every try, and the checks after apply stops are strict."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        entries = _entries(har)
-        if predicate(entries):
+        try:
+            entries = _entries(har)
+        except json.JSONDecodeError:
+            entries = None
+        if entries is not None and predicate(entries):
             return entries
         time.sleep(0.1)
     return _entries(har)
