@@ -37,8 +37,6 @@ def _profile(port: int, more_sinks: str = "") -> str:
     return PROFILE.format(port=port, more_sinks=more_sinks)
 
 
-
-
 def _paths(records, type_="http.request") -> list[str]:
     return [r["path"] for r in records if r["type"] == type_]
 

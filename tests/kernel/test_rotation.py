@@ -34,8 +34,6 @@ MAX_BYTES = 64_000            # ~1.4 MB of http records: ~20 rotations
 KEEP = 60
 
 
-
-
 def _read(path: Path, strict: bool = True) -> list[dict]:
     data = path.read_bytes()
     return jsonl_file.parse(gzip.decompress(data) if path.name.endswith(".gz") else data, strict, path)
